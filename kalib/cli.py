@@ -56,6 +56,24 @@ def _evaluate(args) -> None:
           else "\n".join(f"{k:>10s}  {v:5.1f}" for k, v in ap.items()))
 
 
+def _amalgamate(args) -> None:
+    from .amalgamate import run, teacher_files
+    from .checkpoints import read_meta
+    from .filters import task_plan
+    preset = get_preset(args.preset)
+    _, paths, _ = teacher_files(preset, args.teachers, args.teacher_set)
+    task_plan(args.tasks, [read_meta(p).get("labels", []) for p in paths])   # fail fast on unknown tasks
+    t0 = time.perf_counter()
+    bench = load_benchmark(preset.data, allow_download=args.allow_download)
+    record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
+                 init=args.init, branch_at=args.branch_at, seed=args.seed)
+    chosen = ", ".join(f"{t}@{b}" for t, b in record["branch_block"].items())
+    print(f"branch-out: {chosen}")
+    print(f"TargetNet test mAP {record['target_ap']['mAP']:.2f} (teachers {record['teacher_ap']['mAP']:.2f}), "
+          f"{record['params']['targetnet']:,} parameters (teachers {record['params']['teachers']:,})")
+    print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kalib", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -73,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-sets", default="2",
                    help="comma-separated: 2 (10/10 split), 3 (7/7/6), dense (DenseNet 10/10); default 2")
     p.set_defaults(func=_pretrain)
+
+    p = common(sub.add_parser("amalgamate", help="amalgamate the teachers into a task-customized TargetNet "
+                                                 "(Eq. 4-10, Alg. 1)"))
+    p.add_argument("--teachers", type=Path, required=True, help="directory written by `kalib pretrain`")
+    p.add_argument("--out", type=Path, required=True, help="directory for the TargetNet, run.json, block states")
+    p.add_argument("--tasks", default=None, help="comma-separated customized task set C (default: all labels "
+                                                 "of the teachers, C = A)")
+    p.add_argument("--teacher-set", default="2", choices=["2", "3", "dense"],
+                   help="2 (10/10 split), 3 (7/7/6) or dense (DenseNet 10/10); default 2")
+    p.add_argument("--init", default="generic", choices=["generic", "random", "teacher1"],
+                   help="student init: the teachers' shared generic backbone (default), random, teacher 1")
+    p.add_argument("--branch-at", default=None,
+                   help="branch every task at this stage (b1..b4) or block instead of Eq. 9's choice")
+    p.set_defaults(func=_amalgamate)
 
     p = common(sub.add_parser("evaluate", help="per-label AP and mAP of a checkpoint on the test split"))
     p.add_argument("checkpoint", type=Path, help="a .pt checkpoint written by kalib")

@@ -36,9 +36,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, 3, H, W)`` canvases (or float images already in [0, 1]) → zero-centred float input."""
+    """uint8 ``(N, 3, H, W)`` canvases (or float images already in [0, 1]) → zero-centred float input,
+    channels-last (about 1.5× faster convolutions on the CPU, measured in benchmarks/speed.py)."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return (x - 0.5) / 0.25
+    return ((x - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
@@ -59,7 +60,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     """
     if schedule.epochs == 0:
         return []
-    model.train()
+    model.to(memory_format=torch.channels_last).train()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
                           weight_decay=schedule.weight_decay)
@@ -91,7 +92,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) for all ``images``, batched, as one float tensor."""
     was_training = model.training
-    model.eval()
+    model.to(memory_format=torch.channels_last).eval()
     out = torch.cat([model(to_input(images[idx])) for idx in batches(len(images), batch_size)])
     model.train(was_training)
     return out

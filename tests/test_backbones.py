@@ -161,3 +161,8 @@ def test_unknown_names_raise():
         net.block_index("b1_1")
     with pytest.raises(ValueError):
         net.prefix(torch.zeros(1, 3, 64, 64), 5)
+
+
+def test_narrow_resnet_below_width_8_is_refused():
+    with pytest.raises(ValueError, match="width >= 8"):
+        build_backbone("resnet18_narrow", 2, width=4)

@@ -37,7 +37,7 @@ def test_pretrain_then_evaluate_on_the_smoke_preset(tmp_path, smoke_bench):
 
 
 def test_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path, smoke_bench):
-    path = save_model(tmp_path / "t.pt", build_backbone("resnet18_narrow", 2, width=4), labels=["coat", "bag"])
+    path = save_model(tmp_path / "t.pt", build_backbone("resnet18_narrow", 2, width=8), labels=["coat", "bag"])
     path.write_bytes(b"not a zip")
     out = run("evaluate", str(path), "--preset", "smoke")
     assert out.returncode == 2

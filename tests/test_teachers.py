@@ -11,7 +11,7 @@ from kalib.models import build_backbone
 from kalib.teachers import evaluate, pretrain, teacher_loss, train_generic, train_teacher
 from kalib.train import NonFiniteLossError, Schedule, batches, fit, to_input
 
-TINY_NET = {"width": 4}
+TINY_NET = {"width": 8}
 ONE_EPOCH = Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4)
 
 
@@ -128,7 +128,7 @@ def test_a_pickle_payload_in_a_checkpoint_is_not_executed(tmp_path):
 def test_weights_of_another_architecture_are_refused(tmp_path):
     path = save_model(tmp_path / "t.pt", build_backbone("resnet18_narrow", 3, **TINY_NET))
     meta = json.loads(path.with_suffix(".json").read_text())
-    meta["config"]["width"] = 8
+    meta["config"]["width"] = 16
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="does not match its architecture"):
         load_model(path)

@@ -131,11 +131,18 @@ def _torchvision_resnet(arch: str, num_classes: int, weights=None, **kwargs) -> 
     return BlockNet(arch, config, names, blocks, _head(channels[-1], fc), channels, ends)
 
 
-def _resnet18_narrow(num_classes: int, width: int = 16, stem_stride: int = 2) -> BlockNet:
-    """ResNet-18 layout with widths (w, 2w, 4w, 8w) and a 3x3 stem without max-pool for 64-px inputs."""
+def _resnet18_narrow(num_classes: int, width: int = 16, stem_stride: int = 2, stem_pool: bool = False) -> BlockNet:
+    """ResNet-18 layout with widths (w, 2w, 4w, 8w) and a 3x3 stem for 64-px inputs; ``stem_pool`` adds
+    torchvision's 3x3/2 max-pool after it (4x fewer operations in every later block).
+
+    ``width`` must be at least 8: narrower convolutions crash oneDNN's channels-last CPU kernels
+    (torch 2.14, "double free or corruption"), and kalib trains in channels-last (kalib.train)."""
+    if width < 8:
+        raise ValueError(f"resnet18_narrow needs width >= 8, got {width}")
     stem = nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(3, width, 3, stride=stem_stride, padding=1, bias=False),
-        bn1=nn.BatchNorm2d(width), relu=nn.ReLU(inplace=True)))
+        bn1=nn.BatchNorm2d(width), relu=nn.ReLU(inplace=True),
+        **({"maxpool": nn.MaxPool2d(3, 2, 1)} if stem_pool else {})))
     layers, inplanes = [], width
     for s, planes in enumerate((width, 2 * width, 4 * width, 8 * width)):
         stride = 1 if s == 0 else 2
@@ -146,7 +153,7 @@ def _resnet18_narrow(num_classes: int, width: int = 16, stem_stride: int = 2) ->
         inplanes = planes
     names, blocks, channels, ends = _resnet_blocks(stem, layers)
     net = BlockNet("resnet18_narrow", {"arch": "resnet18_narrow", "num_classes": num_classes, "width": width,
-                                       "stem_stride": stem_stride},
+                                       "stem_stride": stem_stride, "stem_pool": stem_pool},
                    names, blocks, _head(channels[-1], num_classes=num_classes), channels, ends)
     for m in net.blocks.modules():  # torchvision ResNet init
         if isinstance(m, nn.Conv2d):

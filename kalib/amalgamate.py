@@ -1,0 +1,552 @@
+"""Entangled block-wise training (paper §3.4, Eq. 6–8, Alg. 1) and the whole amalgamation run.
+
+For block k = 1..B (Alg. 1 lines 4–11) the student's frozen blocks 1..k-1 give F_u^{k-1}; student block
+k turns it into F_u^k; the teacher-level filter f_n^k (Eq. 4) maps it into teacher n's feature space;
+it *replaces* teacher n's own block-k features and runs through teacher n's frozen blocks k+1..B and
+head (Eq. 6). The task-level filter g keeps the outputs of the customized tasks C_n, and the loss is the
+soft cross-entropy against teacher n's own predictions on the same image, averaged over |C| (Eq. 7–8).
+Only student block k and the filters f_n^k are updated. No label is used: the API takes images only.
+
+Speed (CPU): the teachers' soft targets are computed once per pool image, and the frozen prefix
+F_u^{k-1} once per block; each block trains on a seeded subset of the pool (``images_per_block``), and
+its converged loss L_i^k is measured on a fixed held-out slice at the end of the pool that is never
+trained on.
+
+:func:`run` strings everything together for the CLI: block-wise training (resumable per block),
+Eq. 9 branch-out, Eq. 10 assembly (:mod:`kalib.branch`), fine-tuning (Alg. 1 line 14), and the
+evaluation on the test split (Fig. 3 curves, Table 1 APs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .branch import assemble, branch_points, count_parameters, forced_branch_points, save_target
+from .checkpoints import _atomic_write, load_model, load_state
+from .filters import TaskPlan, TeacherFilter, select_tasks, task_plan
+from .metrics import ap_voc07
+from .models import BlockNet, build_backbone
+from .train import NonFiniteLossError, Schedule, batches, fit, predict, to_input
+
+INITS = ("generic", "random", "teacher1")
+CL = torch.channels_last        # as kalib.train: ~1.5x faster convolutions on the CPU
+
+
+# ------------------------------------------------------------------------------------ Eq. 6–8 pieces
+
+def freeze(teachers: Sequence[BlockNet]) -> list[BlockNet]:
+    """Teachers are fixed during amalgamation: eval mode (BatchNorm uses its running statistics and
+    never updates them) and no gradients for their weights."""
+    for t in teachers:
+        t.to(memory_format=CL).eval().requires_grad_(False)
+    return list(teachers)
+
+
+@torch.no_grad()
+def soft_targets(teachers: Sequence[BlockNet], images: torch.Tensor, plan: TaskPlan,
+                 batch_size: int = 500) -> torch.Tensor:
+    """Teacher n's own predictions O_n^i (logits) for the tasks of C, ``(len(images), |C|)`` in C's order.
+
+    Computed once per image and cached by the caller: the targets of Eq. 7 never change.
+    """
+    out = torch.empty(len(images), len(plan.tasks))
+    for n in plan.active_teachers:
+        out[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], images, batch_size),
+                                                   plan.local_per_teacher[n])
+    return out
+
+
+def task_losses(pred: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """ℓ(O_n^i, O_un^i) of Eq. 7 for every task i, ``(|C|,)``: the loss of Eq. 2 (binary cross-entropy),
+    with teacher n's sigmoid probability as the soft target, averaged over the batch."""
+    return F.binary_cross_entropy_with_logits(pred, torch.sigmoid(target_logits), reduction="none").mean(0)
+
+
+def filtered_loss(pred: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 7: L_u = 1/|C| Σ_n Σ_{i∈C_n} ℓ(O_n^i, O_un^i), with |C| = Σ_n |C_n| (Eq. 8).
+
+    ``pred``/``target_logits`` are ``(batch, |C|)``, columns in C's order (all teachers together).
+    Returns the scalar loss and the per-task terms.
+    """
+    per_task = task_losses(pred, target_logits)
+    return per_task.sum() / per_task.numel(), per_task
+
+
+def entangled_predictions(features: torch.Tensor, k: int, filters_k: Sequence[nn.Module],
+                          teachers: Sequence[BlockNet], plan: TaskPlan) -> torch.Tensor:
+    """Eq. 6: O_un = teacher n's blocks k+1..B and head applied to F_un^k = f_n^k(F_u^k), in place of
+    its own block-k features; then g keeps the tasks of C_n. Returns ``(batch, |C|)`` in C's order."""
+    outs, positions = [], []
+    for n in plan.active_teachers:
+        logits = teachers[n].suffix(filters_k[n](features), k)
+        outs.append(select_tasks(logits, plan.local_per_teacher[n]))
+        positions += plan.per_teacher[n]
+    return torch.cat(outs, dim=1)[:, np.argsort(positions)]
+
+
+def make_filters(student: BlockNet, teachers: Sequence[BlockNet], reduction: int = 4) -> nn.ModuleList:
+    """f_n^k for every block k and teacher n (``filters[k-1][n]``), each starting as the identity."""
+    for t in teachers:
+        if t.num_blocks != student.num_blocks:
+            raise ValueError(f"student has {student.num_blocks} blocks but a teacher ({t.arch}) has "
+                             f"{t.num_blocks}; block-wise amalgamation needs the same block count")
+    return nn.ModuleList(
+        nn.ModuleList(TeacherFilter(student.out_channels[k], t.out_channels[k], reduction) for t in teachers)
+        for k in range(student.num_blocks))
+
+
+def init_student(init: str, teachers: Sequence[BlockNet], generic: BlockNet | None = None,
+                 seed: int = 0) -> BlockNet:
+    """The student T(θ_0) of Alg. 1 line 1.
+
+    ``generic``: the shared generic backbone the teachers started from (design.md §1, the default);
+    ``random``: a fresh network of the teachers' architecture; ``teacher1``: a copy of teacher 1.
+    """
+    if init == "generic":
+        if generic is None:
+            raise ValueError("init='generic' needs the generic backbone the teachers started from")
+        student = copy.deepcopy(generic)
+    elif init == "random":
+        torch.manual_seed(seed)
+        student = build_backbone(**teachers[0].config)
+    elif init == "teacher1":
+        student = copy.deepcopy(teachers[0])
+    else:
+        raise ValueError(f"unknown student init '{init}'; valid: {', '.join(INITS)}")
+    return student.requires_grad_(True).train()
+
+
+@torch.no_grad()
+def _features(student: BlockNet, images: torch.Tensor, k: int, dtype: torch.dtype,
+              batch_size: int = 250) -> torch.Tensor | None:
+    """F_u^k of the (frozen, eval-mode) student for ``images``; ``None`` for k = 0 (use the images)."""
+    if k == 0:
+        return None
+    student.eval()
+    return torch.cat([student.prefix(to_input(images[idx]), k).to(dtype)
+                      for idx in batches(len(images), batch_size)])
+
+
+def _rows(feats: torch.Tensor | None, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return to_input(images[idx]) if feats is None else feats[idx].float().contiguous(memory_format=CL)
+
+
+@torch.no_grad()
+def _heldout_block(block: nn.Module, filters_k, teachers, plan, feats, images, soft, k,
+                   dtype: torch.dtype = torch.float32, batch_size: int = 250) -> tuple[np.ndarray, torch.Tensor]:
+    """Per-task loss of block k on the held-out slice (eval mode, mean over the slice), and F_u^k."""
+    block.eval()
+    total = torch.zeros(len(plan.tasks), dtype=torch.float64)
+    out = []
+    for idx in batches(len(images), batch_size):
+        h = block(_rows(feats, images, idx))
+        out.append(h.to(dtype))
+        total += task_losses(entangled_predictions(h, k, filters_k, teachers, plan), soft[idx]).double() * len(idx)
+    return (total / max(len(images), 1)).numpy(), torch.cat(out)
+
+
+@dataclass
+class Amalgamation:
+    """Result of block-wise training: the student, the filters ``filters[k-1][n]``, the converged held-out
+    loss ``losses[k-1, i]`` = L_i^k, the mean training loss of every epoch of every block, and seconds."""
+    student: BlockNet
+    filters: nn.ModuleList
+    plan: TaskPlan
+    losses: np.ndarray
+    train_loss: list[list[float]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def split_pool(n: int, heldout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the training part and of the held-out slice (the last ``heldout`` pool images)."""
+    if not 0 <= heldout < n:
+        raise ValueError(f"held-out slice of {heldout} images needs a pool of more than {heldout}, got {n}")
+    return torch.arange(n - heldout), torch.arange(n - heldout, n)
+
+
+def block_subset(train_idx: torch.Tensor, k: int, images_per_block: int | None, seed: int) -> torch.Tensor:
+    """The pool images block k trains on: a seeded random subset (the same on every rerun)."""
+    if not images_per_block or images_per_block >= len(train_idx):
+        return train_idx
+    gen = torch.Generator().manual_seed(seed * 1009 + k)
+    return train_idx[torch.randperm(len(train_idx), generator=gen)[:images_per_block]]
+
+
+def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, images: torch.Tensor,
+               schedule: Schedule, *, images_per_block: int | None = None, heldout: int = 500,
+               seed: int = 0, reduction: int = 4, soft: torch.Tensor | None = None,
+               filters: nn.ModuleList | None = None, start_block: int = 1,
+               previous: Amalgamation | None = None, cache_dtype: torch.dtype = torch.float32,
+               on_block_end: Callable[[int, Amalgamation], None] | None = None,
+               last_block: int | None = None, log: Callable[[str], None] | None = None) -> Amalgamation:
+    """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
+
+    ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only
+    used to measure the converged losses L_i^k. ``schedule`` is the per-block SGD + poly schedule
+    (``epochs`` passes over the block's subset of ``images_per_block`` pool images). ``soft`` are
+    cached teacher logits for ``images`` (computed here if not given). ``start_block``/``previous``/
+    ``filters`` continue an interrupted run; ``on_block_end(k, result)`` is called after each block;
+    ``last_block`` stops early (losses of later blocks stay NaN).
+    The teachers are put in eval mode with frozen weights and are never modified.
+    """
+    freeze(teachers)
+    student.to(memory_format=CL)
+    num_blocks = student.num_blocks
+    last_block = num_blocks if last_block is None else last_block
+    filters = filters if filters is not None else make_filters(student, teachers, reduction)
+    if soft is None:
+        soft = soft_targets(teachers, images, plan)
+    if len(soft) != len(images) or soft.shape[1] != len(plan.tasks):
+        raise ValueError(f"soft targets {tuple(soft.shape)} do not match {len(images)} images x {len(plan.tasks)} tasks")
+    train_idx, held_idx = split_pool(len(images), heldout)
+    held_images, held_soft = images[held_idx], soft[held_idx]
+    result = previous or Amalgamation(student, filters, plan, np.full((num_blocks, len(plan.tasks)), np.nan))
+    result.student, result.filters = student, filters
+    held_feats = _features(student, held_images, start_block - 1, cache_dtype) if start_block <= last_block else None
+    for k in range(start_block, last_block + 1):
+        t0 = time.perf_counter()
+        name = student.block_names[k - 1]
+        idx = block_subset(train_idx, k, images_per_block, seed)
+        block_images, block_soft = images[idx], soft[idx]
+        feats = _features(student, block_images, k - 1, cache_dtype)       # F_u^{k-1}, cached per block
+        block = student.blocks[k - 1]
+        filters_k = filters[k - 1]
+        student.requires_grad_(False).eval()
+        block.requires_grad_(True).train()
+        active = [filters_k[n] for n in plan.active_teachers]
+        for f in active:
+            f.requires_grad_(True).train()
+        params = list(block.parameters()) + [p for f in active for p in f.parameters()]
+        opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
+                              weight_decay=schedule.weight_decay)
+        steps = max(len(idx) // schedule.batch_size, 1)
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(schedule.epochs * steps, 1),
+                                                      power=schedule.power)
+        gen = torch.Generator().manual_seed(seed * 7919 + k)
+        history = []
+        bar = tqdm(total=schedule.epochs * steps, desc=f"block {name} ({k}/{num_blocks})", leave=False)
+        for epoch in range(schedule.epochs):
+            total, seen = 0.0, 0
+            for step, b in enumerate(batches(len(idx), schedule.batch_size, gen, drop_last=True)):
+                pred = entangled_predictions(block(_rows(feats, block_images, b)), k, filters_k, teachers, plan)
+                loss, _ = filtered_loss(pred, block_soft[b])
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"block {name}: loss became {loss.item()} at epoch {epoch + 1}, "
+                                             f"step {step + 1}; lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total, seen = total + loss.item() * len(b), seen + len(b)
+                bar.update()
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+            history.append(total / max(seen, 1))
+        bar.close()
+        del feats
+        block.requires_grad_(False)
+        for f in active:
+            f.requires_grad_(False).eval()
+        result.losses[k - 1], held_feats = _heldout_block(block, filters_k, teachers, plan, held_feats,
+                                                          held_images, held_soft, k, cache_dtype)
+        student.eval()
+        result.train_loss = result.train_loss[:k - 1] + [history]
+        result.seconds = result.seconds[:k - 1] + [time.perf_counter() - t0]
+        if log:
+            log(f"block {name} ({k}/{num_blocks}): train loss {history[-1] if history else float('nan'):.4f}, "
+                f"held-out loss {result.losses[k - 1].mean():.4f} in {result.seconds[-1]:.0f} s")
+        if on_block_end:
+            on_block_end(k, result)
+    return result
+
+
+@torch.no_grad()
+def branch_logits(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan,
+                  images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Logits of every task of C when branching out after every block k (before fine-tuning):
+    student 1..k -> f_n^k -> teacher n's blocks k+1..B and head (Eq. 6 at test time). ``(B, N_img, |C|)``;
+    row k-1 draws Fig. 3 at block k."""
+    freeze(teachers)
+    student.eval()
+    filters.eval()
+    out = torch.empty(student.num_blocks, len(images), len(plan.tasks))
+    for idx in batches(len(images), batch_size):
+        h = to_input(images[idx])
+        for k in range(1, student.num_blocks + 1):
+            h = student.blocks[k - 1](h)
+            out[k - 1, idx] = entangled_predictions(h, k, filters[k - 1], teachers, plan)
+    return out
+
+
+class _FrozenBatchNorm(nn.Module):
+    """Wraps a network so that ``train()`` leaves its BatchNorm layers in eval mode (running statistics
+    used and kept), while every weight still trains."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule,
+             seed: int = 0, freeze_bn: bool = False) -> list[float]:
+    """Alg. 1 line 14: fine-tune the whole assembled TargetNet against the teachers' soft predictions
+    (``soft``, logits in C's order) on unlabeled ``images`` with the loss of Eq. 7 and the poly schedule.
+    ``freeze_bn`` keeps the BatchNorm statistics (those of the teachers in the copied branches).
+    Returns the mean loss per epoch; ``target`` is left in eval mode."""
+    model = _FrozenBatchNorm(target) if freeze_bn else target
+    history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t)[0], schedule, seed,
+                  desc="finetune")
+    target.eval()
+    return history
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, images: torch.Tensor, soft: torch.Tensor) -> np.ndarray:
+    """Per-task Eq. 7 loss of a network with output in C's order on held-out pool images."""
+    return task_losses(predict(model, images), soft).numpy()
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+TEACHER_SETS = ("2", "3", "dense")
+
+
+def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> tuple[str, list[Path], Path]:
+    """(arch, teacher checkpoint paths, generic checkpoint path) of a teacher set in ``teachers_dir``."""
+    sets = {"2": (preset.groups, preset.arch), "3": (preset.groups3, preset.arch),
+            "dense": (preset.groups, preset.dense_arch)}
+    if teacher_set not in sets:
+        raise ValueError(f"unknown teacher set '{teacher_set}'; valid: {', '.join(sets)}")
+    groups, arch = sets[teacher_set]
+    d = Path(teachers_dir)
+    paths = [d / f"teacher{len(groups)}-{arch}-{n}.pt" for n in range(1, len(groups) + 1)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no teacher checkpoints {', '.join(missing)} in {d}; run "
+                                f"`python -m kalib pretrain --preset {preset.name} --out {d} "
+                                f"--teacher-sets {teacher_set}` first")
+    return arch, paths, d / f"generic-{arch}.pt"
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha1(Path(path).with_suffix(".json").read_bytes()).hexdigest()[:16]
+
+
+class BlockStore:
+    """Per-block student + filter state in ``DIR/blocks/``, so a rerun resumes after the last finished
+    block. A block counts only when its JSON (written after its weights) carries this run's fingerprint."""
+
+    def __init__(self, out_dir: Path, fingerprint: str):
+        self.dir = Path(out_dir) / "blocks"
+        self.fingerprint = fingerprint
+
+    def _json(self, k: int) -> Path:
+        return self.dir / f"block{k:02d}.json"
+
+    def save(self, k: int, result: Amalgamation) -> None:
+        state = {"student": result.student.state_dict(), "filters": result.filters.state_dict()}
+        _atomic_write(self.dir / f"block{k:02d}.pt", lambda p: torch.save(state, p))
+        info = {"fingerprint": self.fingerprint, "block": k, "losses": result.losses[:k].tolist(),
+                "train_loss": result.train_loss[:k], "seconds": result.seconds[:k]}
+        _atomic_write(self._json(k), lambda p: p.write_text(json.dumps(info)))
+
+    def last_finished(self, num_blocks: int) -> int:
+        done = 0
+        for k in range(1, num_blocks + 1):
+            try:
+                info = json.loads(self._json(k).read_text())
+            except (OSError, json.JSONDecodeError):
+                break
+            if info.get("fingerprint") != self.fingerprint:
+                break
+            done = k
+        return done
+
+    def load(self, k: int, result: Amalgamation) -> Amalgamation:
+        state = load_state(self.dir / f"block{k:02d}.pt")
+        result.student.load_state_dict(state["student"])
+        result.filters.load_state_dict(state["filters"])
+        info = json.loads(self._json(k).read_text())
+        result.losses[:k] = np.asarray(info["losses"])
+        result.train_loss, result.seconds = info["train_loss"], info["seconds"]
+        return result
+
+    def cached(self, name: str, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        path = self.dir / f"{name}-{key}.pt"
+        if path.is_file():
+            try:
+                return load_state(path)
+            except Exception:
+                pass
+        value = compute()
+        _atomic_write(path, lambda p: torch.save(value, p))
+        return value
+
+
+def _peak_rss_mb() -> int | None:
+    """Peak resident memory of this process in MiB (Linux reports KiB; None where unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    ap = ap_voc07(scores.numpy(), targets.numpy())
+    out = {n: round(float(a), 3) for n, a in zip(names, ap)}
+    out["mAP"] = round(float(np.nanmean(ap)), 3)
+    return out
+
+
+def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
+        tasks=None, init: str = "generic", branch_at: str | None = None, evaluate: bool = True,
+        seed: int | None = None, log: Callable[[str], None] = print) -> dict:
+    """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
+    training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
+    -> TargetNet (Eq. 10) -> fine-tuning. Training reads only ``bench.pool_images``; with ``evaluate``
+    the test split gives the Fig. 3 curves and the APs of teachers and TargetNet. Writes
+    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record.
+    """
+    seed = preset.seed if seed is None else seed
+    out_dir = Path(out_dir)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    arch, paths, generic_path = teacher_files(preset, teachers_dir, teacher_set)
+    loaded = [load_model(p) for p in paths]
+    teachers = freeze([m for m, _ in loaded])
+    labels = [meta["labels"] for _, meta in loaded]
+    plan = task_plan(tasks, labels)
+    generic = None
+    if init == "generic":
+        if not generic_path.is_file():
+            raise FileNotFoundError(f"{generic_path} (the generic backbone the teachers started from) is "
+                                    "missing; use --init random or teacher1, or rerun pretrain")
+        generic = load_model(generic_path)[0]
+    student = init_student(init, teachers, generic, seed)
+    pool = bench.pool_images
+    cache_dtype = getattr(torch, preset.amalgamation_cache)
+    settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [_file_digest(p) for p in paths],
+                "generic": _file_digest(generic_path) if init == "generic" else None, "init": init,
+                "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.block),
+                "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
+                "reduction": preset.filter_reduction}
+    store = BlockStore(out_dir, _digest(settings))
+    times["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    soft = store.cached("soft-targets", _digest([settings["data"], settings["teachers"], settings["tasks"]]),
+                        lambda: soft_targets(teachers, pool, plan))
+    times["teacher_targets"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    filters = make_filters(student, teachers, preset.filter_reduction)
+    result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
+    done = store.last_finished(student.num_blocks)
+    if done:
+        store.load(done, result)
+        log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
+    result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
+                        heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
+                        start_block=done + 1, previous=result, cache_dtype=cache_dtype,
+                        on_block_end=store.save, log=log)
+    times["blocks"] = time.perf_counter() - t0
+    names = student.block_names
+
+    chosen = branch_points(result.losses)
+    points = chosen if branch_at is None else forced_branch_points(student, branch_at, len(plan.tasks))
+    record = {
+        "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
+        "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
+        "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
+        "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
+                 "images_per_block": preset.block_images},
+        "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
+                           for i, t in enumerate(plan.tasks)},
+        "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
+        "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
+        "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
+        "branch_at": branch_at,
+        "pairs": {name: list(pair) for name, pair in preset.pairs.items()
+                  if teacher_set != "3" and all(t in plan.tasks for t in pair)},
+    }
+
+    t0 = time.perf_counter()
+    target = assemble(student, filters, teachers, plan, points)
+    times["assembly"] = time.perf_counter() - t0
+    record["params"] = {"targetnet": count_parameters(target),
+                        "teachers": sum(count_parameters(t) for t in teachers),
+                        "branches": target.branch_names}
+
+    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
+    held_before = heldout_loss(target, pool[held_idx], soft[held_idx])
+    t0 = time.perf_counter()
+    ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
+    pre_finetune = copy.deepcopy(target) if evaluate else None
+    record["finetune_loss"] = [round(v, 5) for v in finetune(target, pool[ft_idx], soft[ft_idx],
+                                                             preset.finetune, seed,
+                                                             freeze_bn=preset.finetune_freeze_bn)]
+    times["finetune"] = time.perf_counter() - t0
+    held_after = heldout_loss(target, pool[held_idx], soft[held_idx])
+    record["heldout_loss"] = {"before_finetune": round(float(held_before.mean()), 5),
+                              "after_finetune": round(float(held_after.mean()), 5)}
+
+    if evaluate:
+        t0 = time.perf_counter()
+        test_y = bench.test_labels[:, bench.label_indices(plan.tasks)]
+        curves = branch_logits(student, filters, teachers, plan, bench.test_images)
+        branch_ap = np.stack([ap_voc07(c.numpy(), test_y.numpy()) for c in curves])   # (B, |C|)
+        times["branch_curves"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        teacher_scores = torch.empty(len(bench.test_images), len(plan.tasks))
+        for n in plan.active_teachers:
+            teacher_scores[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], bench.test_images),
+                                                                  plan.local_per_teacher[n])
+        record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
+                               for i, t in enumerate(plan.tasks)}
+        record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
+        record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
+                               for s, k in student.stage_ends.items()}
+        record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, test_y)
+        record["target_ap_before_finetune"] = _ap_dict(plan.tasks, predict(pre_finetune, bench.test_images), test_y)
+        record["target_ap"] = _ap_dict(plan.tasks, predict(target, bench.test_images), test_y)
+        times["evaluation"] = time.perf_counter() - t0
+        if log:
+            log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
+                f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
+                f"after fine-tuning")
+    times["total"] = sum(times.values())
+    record["peak_rss_mb"] = _peak_rss_mb()
+    record["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
+    save_target(out_dir / "targetnet.pt", target, role="targetnet", preset=preset.name, init=init,
+                teacher_set=teacher_set, data=bench.spec.key(),
+                test_ap=record.get("target_ap"))
+    _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    return record

@@ -1,0 +1,205 @@
+"""Branch-out (paper §3.5, Eq. 9) and the assembled task-customized TargetNet (Eq. 10).
+
+After the B blocks of the student have been trained with Eq. 7, every task i of C has a converged loss
+L_i^k per block k. Eq. 9 picks its branch-out block S_i = argmin_k L_i^k; Eq. 10 assembles
+
+    T_i = [T^1 .. T^{S_i}  (the shared student trunk),  f_n^{S_i},  A_n^{S_i+1} .. A_n^B,  F_n^i]
+
+i.e. the student blocks up to max_i S_i (later ones are dropped), and per task a branch made of the
+filter of its teacher n at S_i, a *copy* of teacher n's blocks S_i+1..B and the head row of task i.
+Tasks with the same (teacher, S_i) share one branch. :class:`TargetNet` is that network as one module.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import FORMAT, VERSION, CheckpointError, _atomic_write, load_state, read_meta
+from .filters import TaskPlan, TeacherFilter
+from .models import BlockNet, build_backbone
+
+
+def branch_points(losses) -> list[int]:
+    """Eq. 9: S_i = argmin_k L_i^k for every task i.
+
+    ``losses`` is ``(B, |C|)`` (row k-1 = block k); returns 1-based block indices, one per task. Exact
+    ties go to the earliest block (``numpy.argmin``).
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 2 or losses.shape[0] < 1:
+        raise ValueError(f"losses must be (blocks, tasks), got shape {losses.shape}")
+    if not np.isfinite(losses).all():
+        raise ValueError("converged losses contain NaN or inf; cannot choose branch-out blocks")
+    return [int(k) + 1 for k in losses.argmin(axis=0)]
+
+
+def forced_branch_points(student: BlockNet, where: str | int, num_tasks: int) -> list[int]:
+    """Every task branches at one block (the "Target b1..b4" rows of Table 1).
+
+    ``where``: a stage name ("b1".."b4": its last block, ``stage_ends``), a block name ("b2_1") or a
+    1-based block index.
+    """
+    if isinstance(where, int) or (isinstance(where, str) and where.isdigit()):
+        k = int(where)
+        if not 1 <= k <= student.num_blocks:
+            raise ValueError(f"branch block must be in 1..{student.num_blocks}, got {k}")
+    elif where in student.stage_ends:
+        k = student.stage_ends[where]
+    elif where in student.block_names:
+        k = student.block_index(where)
+    else:
+        raise ValueError(f"unknown branch block {where!r}; valid: stages {', '.join(student.stage_ends)} "
+                         f"or blocks {', '.join(student.block_names)}")
+    return [k] * num_tasks
+
+
+def _head_rows(fc: nn.Linear, rows: Sequence[int]) -> nn.Sequential:
+    """Global pool -> flatten -> a Linear holding only the head rows ``rows`` of ``fc`` (copied)."""
+    new = nn.Linear(fc.in_features, len(rows), bias=fc.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(fc.weight[list(rows)])
+        if fc.bias is not None:
+            new.bias.copy_(fc.bias[list(rows)])
+    return nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1), fc=new))
+
+
+class Branch(nn.Module):
+    """One branch of Eq. 10: f_n^S, then a copy of teacher n's blocks S+1..B and its head rows of the
+    branch's tasks."""
+
+    def __init__(self, teacher_filter: nn.Module, teacher: BlockNet, block: int, rows: Sequence[int]):
+        super().__init__()
+        self.filter = copy.deepcopy(teacher_filter)
+        self.blocks = nn.ModuleList(copy.deepcopy(b) for b in teacher.blocks[block:])
+        self.head = _head_rows(teacher.head.fc, rows)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.filter(h)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+class TargetNet(nn.Module):
+    """Eq. 10: the task-customized student. Forward returns logits ``(batch, |C|)`` in the order of C.
+
+    ``trunk`` = copies of student blocks 1..max_i S_i; ``branches[j]`` taps the trunk after block
+    ``branch_block[j]`` and serves the tasks at positions ``branch_tasks[j]`` of C, all from teacher
+    ``branch_teacher[j]``. ``spec`` is a JSON description from which :meth:`from_spec` rebuilds it.
+    """
+
+    def __init__(self, student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan,
+                 points: Sequence[int]):
+        super().__init__()
+        if len(points) != len(plan.tasks):
+            raise ValueError(f"need one branch block per task ({len(plan.tasks)}), got {len(points)}")
+        num_blocks = student.num_blocks
+        if any(not 1 <= s <= num_blocks for s in points):
+            raise ValueError(f"branch blocks must be in 1..{num_blocks}, got {list(points)}")
+        self.tasks = list(plan.tasks)
+        self.points = [int(s) for s in points]
+        self.trunk = nn.ModuleList(copy.deepcopy(b) for b in student.blocks[:max(self.points)])
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (n, s) in enumerate(zip(plan.teacher, self.points)):
+            groups.setdefault((n, s), []).append(i)
+        self.branch_teacher, self.branch_block, self.branch_tasks = [], [], []
+        branches = []
+        for (n, s), positions in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            rows = [plan.local[i] for i in positions]
+            branches.append(Branch(filters[s - 1][n], teachers[n], s, rows))
+            self.branch_teacher.append(n)
+            self.branch_block.append(s)
+            self.branch_tasks.append(positions)
+        self.branches = nn.ModuleList(branches)
+        order = [i for positions in self.branch_tasks for i in positions]
+        self.register_buffer("_unpermute", torch.tensor(np.argsort(order), dtype=torch.long), persistent=False)
+        self.spec = {
+            "tasks": self.tasks, "points": self.points,
+            "block_names": list(student.block_names),
+            "student_config": dict(student.config),
+            "teacher_configs": {str(n): dict(teachers[n].config) for n in sorted(set(plan.teacher))},
+            "teacher": list(plan.teacher), "local": list(plan.local),
+            "num_teachers": plan.num_teachers,
+            "filters": {f"{s}:{n}": _filter_config(filters[s - 1][n]) for (n, s) in groups},
+        }
+
+    @property
+    def branch_names(self) -> list[str]:
+        names = self.spec["block_names"]
+        return [f"teacher{n + 1}@{names[s - 1]}" for n, s in zip(self.branch_teacher, self.branch_block)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [None] * len(self.branches)
+        h = x
+        for k, block in enumerate(self.trunk, start=1):
+            h = block(h)
+            for j, s in enumerate(self.branch_block):
+                if s == k:
+                    outs[j] = self.branches[j](h)
+        return torch.cat(outs, dim=1)[:, self._unpermute]
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "TargetNet":
+        """An untrained TargetNet of the shape described by ``spec`` (load weights afterwards)."""
+        student = build_backbone(**spec["student_config"])
+        teachers = {int(n): build_backbone(**cfg) for n, cfg in spec["teacher_configs"].items()}
+        num_blocks = student.num_blocks
+        filters = [[None] * spec["num_teachers"] for _ in range(num_blocks)]
+        for key, cfg in spec["filters"].items():
+            s, n = (int(v) for v in key.split(":"))
+            filters[s - 1][n] = TeacherFilter(**cfg)
+        plan = TaskPlan(tuple(spec["tasks"]), tuple(spec["teacher"]), tuple(spec["local"]), spec["num_teachers"])
+        teacher_list = [teachers.get(n) for n in range(spec["num_teachers"])]
+        return cls(student, filters, teacher_list, plan, spec["points"])
+
+
+def _filter_config(f: TeacherFilter) -> dict:
+    return {"in_channels": f.in_channels, "out_channels": f.out_channels, "reduction": f.reduction}
+
+
+def assemble(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan,
+             points: Sequence[int]) -> TargetNet:
+    """Eq. 10: the TargetNet for branch-out blocks ``points`` (from :func:`branch_points` or
+    :func:`forced_branch_points`), in eval mode. Student, filters and teachers are copied, not shared."""
+    return TargetNet(student, filters, teachers, plan, points).eval()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_target(path: str | Path, net: TargetNet, **meta) -> Path:
+    """Write the TargetNet's weights to ``path`` (``.pt``) and its spec plus ``meta`` to ``path.json``.
+
+    The JSON's ``config`` names the pseudo-arch ``targetnet`` so that tools expecting a plain backbone
+    fail with a clear "unknown arch" message instead of loading the wrong network.
+    """
+    path = Path(path).with_suffix(".pt")
+    _atomic_write(path, lambda p: torch.save(net.state_dict(), p))
+    info = {"format": FORMAT, "version": VERSION, "kind": "targetnet",
+            "config": {"arch": "targetnet", "num_classes": len(net.tasks)},
+            "labels": list(net.tasks), "targetnet": net.spec, **meta}
+    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+    return path
+
+
+def load_target(path: str | Path) -> tuple[TargetNet, dict]:
+    """Rebuild a TargetNet saved by :func:`save_target` (weights loaded with ``weights_only=True``)."""
+    meta = read_meta(path)
+    if meta.get("kind") != "targetnet" or "targetnet" not in meta:
+        raise CheckpointError(f"{path} is not a TargetNet checkpoint")
+    net = TargetNet.from_spec(meta["targetnet"])
+    try:
+        net.load_state_dict(load_state(path))
+    except RuntimeError as err:
+        raise CheckpointError(f"{Path(path).with_suffix('.pt')} does not match its TargetNet spec: "
+                              f"{str(err).splitlines()[0]}") from None
+    return net.eval(), meta
