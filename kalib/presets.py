@@ -55,7 +55,7 @@ PRESETS = {
     "quick": Preset(
         name="quick",
         data=BenchmarkSpec(seed=0),
-        # measured on a 1,000-canvas validation slice of train (docs/results.md): 3+5 epochs gave
+        # teacher 1's mAP on a 1,000-canvas validation slice of train (exploratory runs, note on issue #3): 3+5 epochs gave
         # teacher 1 61.6 mAP, 4+6 epochs 73.0, 6+9 epochs 76.7; glyph size 26-36 px did not help
         generic=Schedule(epochs=6, lr=0.1, batch_size=64, weight_decay=5e-4),
         teacher=Schedule(epochs=9, lr=0.05, batch_size=64, weight_decay=5e-4),
