@@ -32,14 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .branch import assemble, branch_points, count_parameters, forced_branch_points, save_target
 from .checkpoints import _atomic_write, load_model, load_state
 from .filters import TaskPlan, TeacherFilter, select_tasks, task_plan
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
-from .train import NonFiniteLossError, Schedule, batches, fit, predict, to_input
+from .train import Schedule, batches, fit, optimise, predict, to_input
 
 INITS = ("generic", "random", "teacher1")
 CL = torch.channels_last        # as kalib.train: ~1.5x faster convolutions on the CPU
@@ -230,31 +229,11 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
         for f in active:
             f.requires_grad_(True).train()
         params = list(block.parameters()) + [p for f in active for p in f.parameters()]
-        opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
-                              weight_decay=schedule.weight_decay)
-        steps = max(len(idx) // schedule.batch_size, 1)
-        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(schedule.epochs * steps, 1),
-                                                      power=schedule.power)
-        gen = torch.Generator().manual_seed(seed * 7919 + k)
-        history = []
-        bar = tqdm(total=schedule.epochs * steps, desc=f"block {name} ({k}/{num_blocks})", leave=False)
-        for epoch in range(schedule.epochs):
-            total, seen = 0.0, 0
-            for step, b in enumerate(batches(len(idx), schedule.batch_size, gen, drop_last=True)):
-                pred = entangled_predictions(block(_rows(feats, block_images, b)), k, filters_k, teachers, plan)
-                loss, _ = filtered_loss(pred, block_soft[b])
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"block {name}: loss became {loss.item()} at epoch {epoch + 1}, "
-                                             f"step {step + 1}; lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total, seen = total + loss.item() * len(b), seen + len(b)
-                bar.update()
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-            history.append(total / max(seen, 1))
-        bar.close()
+        history = optimise(
+            params, len(idx),
+            lambda b: filtered_loss(entangled_predictions(block(_rows(feats, block_images, b)), k, filters_k,
+                                                          teachers, plan), block_soft[b])[0],
+            schedule, seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})")
         del feats
         block.requires_grad_(False)
         for f in active:

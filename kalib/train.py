@@ -51,30 +51,25 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
         yield order[start:start + batch_size]
 
 
-def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
-        seed: int = 0, desc: str = "train", params=None) -> list[float]:
-    """Train ``model`` on ``(images, targets)`` with SGD + poly lr; return the mean loss of each epoch.
-
-    ``params`` restricts the optimised parameters (default: all that require grad).
-    """
+def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], schedule: Schedule,
+             seed: int = 0, desc: str = "train") -> list[float]:
+    """SGD + poly lr over ``params`` for ``schedule.epochs`` shuffled passes over ``range(n)``;
+    ``batch_loss(idx)`` gives the loss of one batch of indices. Returns the mean loss of each epoch."""
     if schedule.epochs == 0:
         return []
-    model.to(memory_format=torch.channels_last).train()
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
                           weight_decay=schedule.weight_decay)
-    steps = max(len(images) // schedule.batch_size, 1)
+    steps = max(n // schedule.batch_size, 1)
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=schedule.epochs * steps,
                                                   power=schedule.power)
     gen = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(schedule.epochs):
         total, seen = 0.0, 0
-        bar = tqdm(batches(len(images), schedule.batch_size, gen, drop_last=True), total=steps,
+        bar = tqdm(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
                    desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False)
         for step, idx in enumerate(bar):
-            loss = loss_fn(model(to_input(images[idx])), targets[idx])
+            loss = batch_loss(idx)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, "
                                          f"step {step + 1}; lower the learning rate")
@@ -86,6 +81,19 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
             bar.set_postfix(loss=f"{total / seen:.4f}")
         history.append(total / max(seen, 1))
     return history
+
+
+def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
+        seed: int = 0, desc: str = "train", params=None) -> list[float]:
+    """Train ``model`` on ``(images, targets)`` with SGD + poly lr; return the mean loss of each epoch.
+
+    ``params`` restricts the optimised parameters (default: all that require grad).
+    """
+    model.to(memory_format=torch.channels_last).train()
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    return optimise(params, len(images), lambda idx: loss_fn(model(to_input(images[idx])), targets[idx]),
+                    schedule, seed, desc)
 
 
 @torch.no_grad()

@@ -19,13 +19,7 @@ LABELS = [("a", "b", "c"), ("d", "e")]
 TINY = Schedule(epochs=1, lr=0.05, batch_size=8, weight_decay=5e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread, and two threads crawl when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_nets(seed=0):
