@@ -29,8 +29,9 @@ data:
 
 install: $(STAMP) data
 
+# The five notebooks through papermill; the quick preset's figures, tables and results.json go to figures/.
 reproduce: install
-	$(PY) -m kalib pretrain --preset $(PRESET) --out $(OUT)/teachers
+	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(filter quick,$(PRESET)),--figures figures)
 
 test: install
 	$(PY) -m pytest -q

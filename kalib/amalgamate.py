@@ -12,17 +12,20 @@ F_u^{k-1} once per block; each block trains on a seeded subset of the pool (``im
 its converged loss L_i^k is measured on a fixed held-out slice at the end of the pool that is never
 trained on.
 
-:func:`run` strings everything together for the CLI: block-wise training (resumable per block),
-Eq. 9 branch-out, Eq. 10 assembly (:mod:`kalib.branch`), fine-tuning (Alg. 1 line 14), and the
-evaluation on the test split (Fig. 3 curves, Table 1 APs).
+:func:`run` strings everything together for the CLI: block-wise training (resumable per block and per
+epoch inside a block), Eq. 9 branch-out, Eq. 10 assembly (:mod:`kalib.branch`), fine-tuning (Alg. 1
+line 14, resumable per epoch), and the evaluation on the test split (Fig. 3 curves, Table 1 APs).
+
+Devices: networks move to ``device``; pool canvases, cached soft targets and cached prefix features stay
+on the CPU and move batch by batch (bfloat16 autocast for forward passes on CUDA).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .branch import assemble, branch_points, count_parameters, forced_branch_points, save_target
-from .checkpoints import _atomic_write, load_model, load_state
+from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, load_model, load_state, read_meta
+from .config import changed_keys, digest, file_digest
+from .device import as_device, autocast
 from .filters import TaskPlan, TeacherFilter, select_tasks, task_plan
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
@@ -46,24 +51,25 @@ CL = torch.channels_last        # as kalib.train: ~1.5x faster convolutions on t
 
 # ------------------------------------------------------------------------------------ Eq. 6–8 pieces
 
-def freeze(teachers: Sequence[BlockNet]) -> list[BlockNet]:
+def freeze(teachers: Sequence[BlockNet], device=None) -> list[BlockNet]:
     """Teachers are fixed during amalgamation: eval mode (BatchNorm uses its running statistics and
-    never updates them) and no gradients for their weights."""
+    never updates them) and no gradients for their weights; moved to ``device`` (default CPU)."""
+    device = as_device(device)
     for t in teachers:
-        t.to(memory_format=CL).eval().requires_grad_(False)
+        t.to(device=device, memory_format=CL).eval().requires_grad_(False)
     return list(teachers)
 
 
 @torch.no_grad()
 def soft_targets(teachers: Sequence[BlockNet], images: torch.Tensor, plan: TaskPlan,
-                 batch_size: int = 500) -> torch.Tensor:
+                 batch_size: int = 500, device=None) -> torch.Tensor:
     """Teacher n's own predictions O_n^i (logits) for the tasks of C, ``(len(images), |C|)`` in C's order.
 
     Computed once per image and cached by the caller: the targets of Eq. 7 never change.
     """
     out = torch.empty(len(images), len(plan.tasks))
     for n in plan.active_teachers:
-        out[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], images, batch_size),
+        out[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], images, batch_size, device=device),
                                                    plan.local_per_teacher[n])
     return out
 
@@ -130,30 +136,41 @@ def init_student(init: str, teachers: Sequence[BlockNet], generic: BlockNet | No
 
 @torch.no_grad()
 def _features(student: BlockNet, images: torch.Tensor, k: int, dtype: torch.dtype,
-              batch_size: int = 250) -> torch.Tensor | None:
-    """F_u^k of the (frozen, eval-mode) student for ``images``; ``None`` for k = 0 (use the images)."""
+              batch_size: int = 250, device=None) -> torch.Tensor | None:
+    """F_u^k of the (frozen, eval-mode) student for ``images`` (kept on the CPU as ``dtype``); ``None``
+    for k = 0 (use the images)."""
     if k == 0:
         return None
+    device = as_device(device)
     student.eval()
-    return torch.cat([student.prefix(to_input(images[idx]), k).to(dtype)
-                      for idx in batches(len(images), batch_size)])
+    with autocast(device):
+        return torch.cat([student.prefix(to_input(images[idx].to(device, non_blocking=True)), k).to(dtype).cpu()
+                          for idx in batches(len(images), batch_size)])
 
 
-def _rows(feats: torch.Tensor | None, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return to_input(images[idx]) if feats is None else feats[idx].float().contiguous(memory_format=CL)
+def _rows(feats: torch.Tensor | None, images: torch.Tensor, idx: torch.Tensor,
+          device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    if feats is None:
+        return to_input(images[idx].to(device, non_blocking=True))
+    return feats[idx].to(device, non_blocking=True).float().contiguous(memory_format=CL)
 
 
 @torch.no_grad()
 def _heldout_block(block: nn.Module, filters_k, teachers, plan, feats, images, soft, k,
-                   dtype: torch.dtype = torch.float32, batch_size: int = 250) -> tuple[np.ndarray, torch.Tensor]:
+                   dtype: torch.dtype = torch.float32, batch_size: int = 250,
+                   device=None) -> tuple[np.ndarray, torch.Tensor]:
     """Per-task loss of block k on the held-out slice (eval mode, mean over the slice), and F_u^k."""
+    device = as_device(device)
     block.eval()
     total = torch.zeros(len(plan.tasks), dtype=torch.float64)
     out = []
     for idx in batches(len(images), batch_size):
-        h = block(_rows(feats, images, idx))
-        out.append(h.to(dtype))
-        total += task_losses(entangled_predictions(h, k, filters_k, teachers, plan), soft[idx]).double() * len(idx)
+        with autocast(device):
+            h = block(_rows(feats, images, idx, device))
+            out.append(h.to(dtype).cpu())
+            losses = task_losses(entangled_predictions(h, k, filters_k, teachers, plan),
+                                 soft[idx].to(device, non_blocking=True))
+        total += losses.double().cpu() * len(idx)
     return (total / max(len(images), 1)).numpy(), torch.cat(out)
 
 
@@ -190,7 +207,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
                filters: nn.ModuleList | None = None, start_block: int = 1,
                previous: Amalgamation | None = None, cache_dtype: torch.dtype = torch.float32,
                on_block_end: Callable[[int, Amalgamation], None] | None = None,
-               last_block: int | None = None, log: Callable[[str], None] | None = None) -> Amalgamation:
+               last_block: int | None = None, log: Callable[[str], None] | None = None,
+               device=None, state_dir: str | Path | None = None, fingerprint: str = "") -> Amalgamation:
     """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
 
     ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only
@@ -198,29 +216,38 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
     (``epochs`` passes over the block's subset of ``images_per_block`` pool images). ``soft`` are
     cached teacher logits for ``images`` (computed here if not given). ``start_block``/``previous``/
     ``filters`` continue an interrupted run; ``on_block_end(k, result)`` is called after each block;
-    ``last_block`` stops early (losses of later blocks stay NaN).
+    ``last_block`` stops early (losses of later blocks stay NaN). ``state_dir``: block k's training state
+    is saved there after every epoch (``blockKK.partial.pt``, tagged with ``fingerprint``) and resumed
+    from; it is deleted once the block is finished (after ``on_block_end``). ``device``: where the
+    networks run (default CPU); images, soft targets and cached features stay on the CPU.
     The teachers are put in eval mode with frozen weights and are never modified.
     """
-    freeze(teachers)
-    student.to(memory_format=CL)
+    device = as_device(device)
+    freeze(teachers, device)
+    student.to(device=device, memory_format=CL)
     num_blocks = student.num_blocks
     last_block = num_blocks if last_block is None else last_block
     filters = filters if filters is not None else make_filters(student, teachers, reduction)
+    filters.to(device)
     if soft is None:
-        soft = soft_targets(teachers, images, plan)
+        soft = soft_targets(teachers, images, plan, device=device)
     if len(soft) != len(images) or soft.shape[1] != len(plan.tasks):
         raise ValueError(f"soft targets {tuple(soft.shape)} do not match {len(images)} images x {len(plan.tasks)} tasks")
     train_idx, held_idx = split_pool(len(images), heldout)
     held_images, held_soft = images[held_idx], soft[held_idx]
     result = previous or Amalgamation(student, filters, plan, np.full((num_blocks, len(plan.tasks)), np.nan))
     result.student, result.filters = student, filters
-    held_feats = _features(student, held_images, start_block - 1, cache_dtype) if start_block <= last_block else None
+    held_feats = (_features(student, held_images, start_block - 1, cache_dtype, device=device)
+                  if start_block <= last_block else None)
+    if state_dir is not None:           # epoch states of finished blocks (a kill right after the block was saved)
+        for k in range(1, start_block):
+            (Path(state_dir) / f"block{k:02d}.partial.pt").unlink(missing_ok=True)
     for k in range(start_block, last_block + 1):
         t0 = time.perf_counter()
         name = student.block_names[k - 1]
         idx = block_subset(train_idx, k, images_per_block, seed)
         block_images, block_soft = images[idx], soft[idx]
-        feats = _features(student, block_images, k - 1, cache_dtype)       # F_u^{k-1}, cached per block
+        feats = _features(student, block_images, k - 1, cache_dtype, device=device)   # F_u^{k-1}, per block
         block = student.blocks[k - 1]
         filters_k = filters[k - 1]
         student.requires_grad_(False).eval()
@@ -229,17 +256,22 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
         for f in active:
             f.requires_grad_(True).train()
         params = list(block.parameters()) + [p for f in active for p in f.parameters()]
+        partial = Path(state_dir) / f"block{k:02d}.partial.pt" if state_dir is not None else None
+        if partial is not None and partial.is_file() and log:
+            log(f"block {name} ({k}/{num_blocks}): resuming from {partial}")
         history = optimise(
             params, len(idx),
-            lambda b: filtered_loss(entangled_predictions(block(_rows(feats, block_images, b)), k, filters_k,
-                                                          teachers, plan), block_soft[b])[0],
-            schedule, seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})")
+            lambda b: filtered_loss(entangled_predictions(block(_rows(feats, block_images, b, device)), k,
+                                                          filters_k, teachers, plan),
+                                    block_soft[b].to(device, non_blocking=True))[0],
+            schedule, seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})", checkpoint=partial,
+            state=nn.ModuleList([block, *active]), fingerprint=f"{fingerprint}:block{k}", device=device)
         del feats
         block.requires_grad_(False)
         for f in active:
             f.requires_grad_(False).eval()
         result.losses[k - 1], held_feats = _heldout_block(block, filters_k, teachers, plan, held_feats,
-                                                          held_images, held_soft, k, cache_dtype)
+                                                          held_images, held_soft, k, cache_dtype, device=device)
         student.eval()
         result.train_loss = result.train_loss[:k - 1] + [history]
         result.seconds = result.seconds[:k - 1] + [time.perf_counter() - t0]
@@ -248,24 +280,28 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
                 f"held-out loss {result.losses[k - 1].mean():.4f} in {result.seconds[-1]:.0f} s")
         if on_block_end:
             on_block_end(k, result)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     return result
 
 
 @torch.no_grad()
 def branch_logits(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan,
-                  images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+                  images: torch.Tensor, batch_size: int = 250, device=None) -> torch.Tensor:
     """Logits of every task of C when branching out after every block k (before fine-tuning):
-    student 1..k -> f_n^k -> teacher n's blocks k+1..B and head (Eq. 6 at test time). ``(B, N_img, |C|)``;
-    row k-1 draws Fig. 3 at block k."""
-    freeze(teachers)
-    student.eval()
-    filters.eval()
+    student 1..k -> f_n^k -> teacher n's blocks k+1..B and head (Eq. 6 at test time). ``(B, N_img, |C|)``
+    on the CPU; row k-1 draws Fig. 3 at block k."""
+    device = as_device(device)
+    freeze(teachers, device)
+    student.to(device=device).eval()
+    filters.to(device).eval()
     out = torch.empty(student.num_blocks, len(images), len(plan.tasks))
-    for idx in batches(len(images), batch_size):
-        h = to_input(images[idx])
-        for k in range(1, student.num_blocks + 1):
-            h = student.blocks[k - 1](h)
-            out[k - 1, idx] = entangled_predictions(h, k, filters[k - 1], teachers, plan)
+    with autocast(device):
+        for idx in batches(len(images), batch_size):
+            h = to_input(images[idx].to(device, non_blocking=True))
+            for k in range(1, student.num_blocks + 1):
+                h = student.blocks[k - 1](h)
+                out[k - 1, idx] = entangled_predictions(h, k, filters[k - 1], teachers, plan).float().cpu()
     return out
 
 
@@ -289,22 +325,28 @@ class _FrozenBatchNorm(nn.Module):
 
 
 def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule,
-             seed: int = 0, freeze_bn: bool = False) -> list[float]:
+             seed: int = 0, freeze_bn: bool = False, *, device=None, checkpoint: str | Path | None = None,
+             fingerprint: str = "") -> list[float]:
     """Alg. 1 line 14: fine-tune the whole assembled TargetNet against the teachers' soft predictions
     (``soft``, logits in C's order) on unlabeled ``images`` with the loss of Eq. 7 and the poly schedule.
     ``freeze_bn`` keeps the BatchNorm statistics (those of the teachers in the copied branches).
+    ``checkpoint``: per-epoch resume file (:func:`kalib.train.optimise`).
+    Every weight of ``target`` is trained: its parts are copies, and the copies of frozen parts (teacher
+    blocks, student blocks and filters after their block) would otherwise stay frozen, and whether a part
+    had been frozen would depend on whether its block was trained in this process or loaded on resume.
     Returns the mean loss per epoch; ``target`` is left in eval mode."""
+    target.requires_grad_(True)
     model = _FrozenBatchNorm(target) if freeze_bn else target
     history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t)[0], schedule, seed,
-                  desc="finetune")
+                  desc="finetune", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
     target.eval()
     return history
 
 
 @torch.no_grad()
-def heldout_loss(model: nn.Module, images: torch.Tensor, soft: torch.Tensor) -> np.ndarray:
+def heldout_loss(model: nn.Module, images: torch.Tensor, soft: torch.Tensor, device=None) -> np.ndarray:
     """Per-task Eq. 7 loss of a network with output in C's order on held-out pool images."""
-    return task_losses(predict(model, images), soft).numpy()
+    return task_losses(predict(model, images, device=device), soft).numpy()
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -329,21 +371,66 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     return arch, paths, d / f"generic-{arch}.pt"
 
 
-def _digest(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_digest, _file_digest = digest, file_digest
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha1(Path(path).with_suffix(".json").read_bytes()).hexdigest()[:16]
+def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, label_names: Sequence[str],
+                   generic_path: Path | None = None, generic_meta: dict | None = None) -> None:
+    """Refuse teachers that cannot be amalgamated together, with a one-line reason: another architecture
+    than the teacher set's (or than each other's), a checkpoint that is not a teacher, labels the dataset
+    does not have, or a generic backbone of another architecture."""
+    for path, meta in zip(paths, metas):
+        role = meta.get("role", "teacher")
+        if role != "teacher":
+            raise CheckpointError(f"{path} is a {role} checkpoint, not a teacher")
+        got = meta.get("config", {}).get("arch")
+        if got != arch:
+            raise CheckpointError(f"teachers of different architectures: {path} is {got}, the teacher set needs "
+                                  f"{arch} (amalgamation needs teachers of one architecture); rerun pretrain")
+        unknown = [n for n in meta.get("labels", []) if n not in label_names]
+        if unknown:
+            raise CheckpointError(f"{path} is a teacher for labels {unknown} that the dataset does not have; "
+                                  "use teachers pretrained on this preset's data")
+    if generic_meta is not None and generic_meta.get("config", {}).get("arch") != arch:
+        raise CheckpointError(f"{generic_path} is a {generic_meta.get('config', {}).get('arch')} network, "
+                              f"not the {arch} the teachers started from; rerun pretrain or use --init random")
 
 
 class BlockStore:
     """Per-block student + filter state in ``DIR/blocks/``, so a rerun resumes after the last finished
-    block. A block counts only when its JSON (written after its weights) carries this run's fingerprint."""
+    block. A block counts only when its JSON (written after its weights) carries this run's fingerprint.
+    ``blocks/config.json`` holds the fingerprint and the settings behind it; ``blockKK.partial.pt`` and
+    ``finetune-*.partial.pt`` the per-epoch state of the unit in progress."""
 
     def __init__(self, out_dir: Path, fingerprint: str):
         self.dir = Path(out_dir) / "blocks"
         self.fingerprint = fingerprint
+
+    def prepare(self, settings: dict, restart: bool = False, log: Callable[[str], None] | None = None) -> None:
+        """Check that the saved state belongs to ``settings`` (:class:`ConfigMismatchError` naming the
+        changed settings otherwise) and record them; ``restart`` first deletes this directory, and only
+        it (teachers and other runs are never touched)."""
+        config = self.dir / "config.json"
+        if restart and self.dir.exists():
+            shutil.rmtree(self.dir)
+            if log:
+                log(f"--restart: removed {self.dir}")
+        if config.is_file():
+            try:
+                old = json.loads(config.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old.get("fingerprint") != self.fingerprint:
+                changed = changed_keys(old.get("settings", {}), json.loads(json.dumps(settings)))
+                raise ConfigMismatchError(
+                    f"{self.dir} holds the block states of another configuration (changed: "
+                    f"{', '.join(changed) or 'unknown'}); rerun with --restart to discard them and start "
+                    "over, or choose another --out directory")
+        else:
+            info = {"fingerprint": self.fingerprint, "settings": settings}
+            _atomic_write(config, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
+        for stale in self.dir.glob(".*.tmp*"):     # temporary files of a killed run
+            stale.unlink(missing_ok=True)
 
     def _json(self, k: int) -> Path:
         return self.dir / f"block{k:02d}.json"
@@ -406,20 +493,30 @@ def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
 
 def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
         tasks=None, init: str = "generic", branch_at: str | None = None, evaluate: bool = True,
-        seed: int | None = None, log: Callable[[str], None] = print) -> dict:
+        seed: int | None = None, log: Callable[[str], None] = print, device=None,
+        restart: bool = False) -> dict:
     """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
     -> TargetNet (Eq. 10) -> fine-tuning. Training reads only ``bench.pool_images``; with ``evaluate``
     the test split gives the Fig. 3 curves and the APs of teachers and TargetNet. Writes
     ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record.
+
+    Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
+    ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
+    :class:`~kalib.checkpoints.ConfigMismatchError` unless ``restart``, which deletes ``out_dir/blocks``
+    first. ``device``: where the networks run (default CPU).
     """
     seed = preset.seed if seed is None else seed
+    device = as_device(device)
     out_dir = Path(out_dir)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     arch, paths, generic_path = teacher_files(preset, teachers_dir, teacher_set)
+    metas = [read_meta(p) for p in paths]
+    generic_meta = read_meta(generic_path) if init == "generic" and generic_path.is_file() else None
+    check_teachers(paths, metas, arch, bench.label_names, generic_path, generic_meta)
     loaded = [load_model(p) for p in paths]
-    teachers = freeze([m for m, _ in loaded])
+    teachers = freeze([m for m, _ in loaded], device)
     labels = [meta["labels"] for _, meta in loaded]
     plan = task_plan(tasks, labels)
     generic = None
@@ -437,14 +534,16 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
                 "reduction": preset.filter_reduction}
     store = BlockStore(out_dir, _digest(settings))
+    store.prepare(settings, restart, log)
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     soft = store.cached("soft-targets", _digest([settings["data"], settings["teachers"], settings["tasks"]]),
-                        lambda: soft_targets(teachers, pool, plan))
+                        lambda: soft_targets(teachers, pool, plan, device=device))
     times["teacher_targets"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    torch.manual_seed(seed)             # the filters' initial weights: the same in every run of this seed
     filters = make_filters(student, teachers, preset.filter_reduction)
     result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
     done = store.last_finished(student.num_blocks)
@@ -454,7 +553,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
                         heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
                         start_block=done + 1, previous=result, cache_dtype=cache_dtype,
-                        on_block_end=store.save, log=log)
+                        on_block_end=store.save, log=log, device=device, state_dir=store.dir,
+                        fingerprint=store.fingerprint)
     times["blocks"] = time.perf_counter() - t0
     names = student.block_names
 
@@ -484,37 +584,46 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                         "branches": target.branch_names}
 
     train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
-    held_before = heldout_loss(target, pool[held_idx], soft[held_idx])
+    held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
     t0 = time.perf_counter()
     ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
     pre_finetune = copy.deepcopy(target) if evaluate else None
+    ft_key = _digest([store.fingerprint, points, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                      preset.finetune_freeze_bn])
+    ft_partial = store.dir / f"finetune-{ft_key}.partial.pt"
+    for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
+        if stale != ft_partial:
+            stale.unlink(missing_ok=True)
     record["finetune_loss"] = [round(v, 5) for v in finetune(target, pool[ft_idx], soft[ft_idx],
                                                              preset.finetune, seed,
-                                                             freeze_bn=preset.finetune_freeze_bn)]
+                                                             freeze_bn=preset.finetune_freeze_bn,
+                                                             device=device, checkpoint=ft_partial,
+                                                             fingerprint=ft_key)]
     times["finetune"] = time.perf_counter() - t0
-    held_after = heldout_loss(target, pool[held_idx], soft[held_idx])
+    held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
     record["heldout_loss"] = {"before_finetune": round(float(held_before.mean()), 5),
                               "after_finetune": round(float(held_after.mean()), 5)}
 
     if evaluate:
         t0 = time.perf_counter()
         test_y = bench.test_labels[:, bench.label_indices(plan.tasks)]
-        curves = branch_logits(student, filters, teachers, plan, bench.test_images)
+        curves = branch_logits(student, filters, teachers, plan, bench.test_images, device=device)
         branch_ap = np.stack([ap_voc07(c.numpy(), test_y.numpy()) for c in curves])   # (B, |C|)
         times["branch_curves"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         teacher_scores = torch.empty(len(bench.test_images), len(plan.tasks))
         for n in plan.active_teachers:
-            teacher_scores[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], bench.test_images),
-                                                                  plan.local_per_teacher[n])
+            teacher_scores[:, plan.per_teacher[n]] = select_tasks(
+                predict(teachers[n], bench.test_images, device=device), plan.local_per_teacher[n])
         record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
                                for i, t in enumerate(plan.tasks)}
         record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
         record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
                                for s, k in student.stage_ends.items()}
         record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, test_y)
-        record["target_ap_before_finetune"] = _ap_dict(plan.tasks, predict(pre_finetune, bench.test_images), test_y)
-        record["target_ap"] = _ap_dict(plan.tasks, predict(target, bench.test_images), test_y)
+        record["target_ap_before_finetune"] = _ap_dict(plan.tasks, predict(pre_finetune, bench.test_images,
+                                                                           device=device), test_y)
+        record["target_ap"] = _ap_dict(plan.tasks, predict(target, bench.test_images, device=device), test_y)
         times["evaluation"] = time.perf_counter() - t0
         if log:
             log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
@@ -528,4 +637,5 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 teacher_set=teacher_set, data=bench.spec.key(),
                 test_ap=record.get("target_ap"))
     _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    ft_partial.unlink(missing_ok=True)
     return record

@@ -21,6 +21,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, truncated, foreign or incompatible."""
 
 
+class ConfigMismatchError(CheckpointError):
+    """Saved training state (a finished checkpoint, an epoch checkpoint, block states) belongs to another
+    configuration; resuming from it would mix two runs. The message offers ``--restart``."""
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -1,72 +1,117 @@
 """Command line: ``python -m kalib <command>`` (also installed as ``kalib``).
 
-Expected problems (missing data, unknown task, bad checkpoint, bad option) end with a one-line
-message and exit code 2; ``--debug`` shows the full traceback instead.
+Commands: ``pretrain`` (generic stage + teachers, Eq. 2), ``amalgamate`` (Eq. 4-10, Alg. 1), ``evaluate``
+(per-label AP and mAP of a teacher or TargetNet checkpoint), ``reproduce`` (the notebooks, in order).
+They share option names: ``--preset``, ``--out``, ``--data-root``, ``--device``, ``--seed``,
+``--restart``, ``--tasks`` (where it means something) and ``--set FIELD=VALUE`` (preset overrides).
+
+Training resumes: a rerun of the same command continues after the last finished epoch / block; a run
+directory of other settings is refused with a message offering ``--restart``. Expected problems
+(missing data, unknown task, bad checkpoint, bad option, NaN loss) end with a one-line message and exit
+code 2; ``--debug`` shows the full traceback instead. Ctrl-C ends with exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 from .checkpoints import CheckpointError
-from .data import MissingSourceError, UnknownTaskError, load_benchmark
+from .config import override
+from .data import MissingSourceError, UnknownTaskError
 from .presets import PRESETS, get_preset
 from .train import NonFiniteLossError
 
-EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFiniteLossError,
-                   FileExistsError, FileNotFoundError, ValueError)
+TEACHER_SETS = ("2", "3", "dense")
 
+
+class CommandError(RuntimeError):
+    """A command cannot run as asked (the message says why and what to do)."""
+
+
+EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFiniteLossError, CommandError,
+                   FileExistsError, FileNotFoundError, NotADirectoryError, ValueError)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def _preset(args):
+    """The preset named by ``--preset`` with the ``--set`` overrides applied (validated)."""
+    return override(get_preset(args.preset), getattr(args, "set", None))
+
+
+def load_data(preset, data_root=None, allow_download: bool = False):
+    """The dataset of ``preset``: the embedded benchmark (``data_root``: its Fashion-MNIST folder) or, for
+    the paper presets, VOC/COCO under ``data_root``."""
+    from .data import BenchmarkSpec, load_benchmark
+    if isinstance(preset.data, BenchmarkSpec):
+        return load_benchmark(preset.data, allow_download=allow_download, data_root=data_root)
+    from .data import load_dataset
+    return load_dataset(preset, data_root, allow_download=allow_download)
+
+
+def _describe(bench) -> str:
+    return (f"{len(bench.train_images)} train / {len(bench.pool_images)} pool / {len(bench.test_images)} test "
+            "images")
+
+
+def _teacher_sets(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in TEACHER_SETS]
+    if bad or not names:
+        raise ValueError(f"unknown teacher set '{','.join(bad) or text}'; valid: {', '.join(TEACHER_SETS)}")
+    return names
+
+
+def _seed(args, preset) -> int:
+    return preset.seed if args.seed is None else args.seed
+
+
+# ------------------------------------------------------------------------------------------ commands
 
 def _pretrain(args) -> None:
+    from .device import resolve_device
     from .teachers import pretrain
-    preset = get_preset(args.preset)
+    preset = _preset(args)
+    names = _teacher_sets(args.teacher_sets)
+    device = resolve_device(args.device)
+    seed = _seed(args, preset)
     t0 = time.perf_counter()
-    bench = load_benchmark(preset.data, allow_download=args.allow_download)
-    print(f"embedded benchmark {preset.data.key()}: {len(bench.train_images)} train / "
-          f"{len(bench.pool_images)} pool / {len(bench.test_images)} test canvases "
-          f"({time.perf_counter() - t0:.0f} s)")
+    bench = load_data(preset, args.data_root, args.allow_download)
+    print(f"{preset.name} data {bench.spec.key()}: {_describe(bench)} ({time.perf_counter() - t0:.0f} s); "
+          f"training on {device}")
     sets = {"2": (preset.groups, preset.arch, preset.arch_kwargs),
             "3": (preset.groups3, preset.arch, preset.arch_kwargs),
             "dense": (preset.groups, preset.dense_arch, preset.dense_kwargs)}
-    for name in args.teacher_sets.split(","):
-        if name not in sets:
-            raise ValueError(f"unknown teacher set '{name}'; valid: {', '.join(sets)}")
+    for name in names:
         groups, arch, kwargs = sets[name]
-        pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, args.out,
-                 seed=args.seed if args.seed is not None else preset.seed)
+        if getattr(preset, "init", "generic") != "generic":     # paper presets: ImageNet weights, no generic stage
+            from .models.pretrained import prepare_generic
+            prepare_generic(args.out, arch, bench.label_names, init=preset.init, arch_kwargs=kwargs,
+                            weights_path=preset.weights_paths.get(arch), allow_download=args.allow_download,
+                            seed=seed)
+        pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, args.out, seed=seed,
+                 device=device, restart=args.restart)
     print(f"teachers in {args.out} ({time.perf_counter() - t0:.0f} s)")
-
-
-def _evaluate(args) -> None:
-    from .checkpoints import load_model
-    from .teachers import evaluate
-    preset = get_preset(args.preset)
-    bench = load_benchmark(preset.data, allow_download=args.allow_download)
-    model, meta = load_model(args.checkpoint)
-    names = meta.get("labels")
-    if not names:
-        raise CheckpointError(f"{args.checkpoint} stores no label names")
-    idx = bench.label_indices(names)
-    ap = evaluate(model, bench.test_images, bench.test_labels[:, idx], names)
-    print(json.dumps({k: round(v, 2) for k, v in ap.items()}, indent=1) if args.json
-          else "\n".join(f"{k:>10s}  {v:5.1f}" for k, v in ap.items()))
 
 
 def _amalgamate(args) -> None:
     from .amalgamate import run, teacher_files
     from .checkpoints import read_meta
+    from .device import resolve_device
     from .filters import task_plan
-    preset = get_preset(args.preset)
+    preset = _preset(args)
+    device = resolve_device(args.device)
     _, paths, _ = teacher_files(preset, args.teachers, args.teacher_set)
     task_plan(args.tasks, [read_meta(p).get("labels", []) for p in paths])   # fail fast on unknown tasks
     t0 = time.perf_counter()
-    bench = load_benchmark(preset.data, allow_download=args.allow_download)
+    bench = load_data(preset, args.data_root, args.allow_download)
     record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
-                 init=args.init, branch_at=args.branch_at, seed=args.seed)
+                 init=args.init, branch_at=args.branch_at, seed=args.seed, device=device, restart=args.restart)
     chosen = ", ".join(f"{t}@{b}" for t, b in record["branch_block"].items())
     print(f"branch-out: {chosen}")
     print(f"TargetNet test mAP {record['target_ap']['mAP']:.2f} (teachers {record['teacher_ap']['mAP']:.2f}), "
@@ -74,31 +119,145 @@ def _amalgamate(args) -> None:
     print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kalib", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _evaluation_preset(args, meta: dict):
+    """The preset whose data the checkpoint is evaluated on: ``--preset`` (with its second benchmark when
+    the checkpoint was trained on that), else the preset recorded in the checkpoint or the one whose data
+    it was trained on."""
+    key = meta.get("data")
+    names = [args.preset] if args.preset else [n for n in [meta.get("preset"), *PRESETS] if n]
+    for name in names:
+        p = override(get_preset(name), args.set)
+        for spec in (p.data, getattr(p, "hard_data", None)):
+            if key is not None and spec is not None and hasattr(spec, "key") and spec.key() == key:
+                return dataclasses.replace(p, data=spec)
+    if args.preset or meta.get("preset"):
+        return override(get_preset(args.preset or meta["preset"]), args.set)
+    raise CommandError(f"{args.checkpoint}: cannot tell which preset's data it belongs to; pass --preset")
 
-    def common(p):
-        p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="preset (default quick)")
-        p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
-        p.add_argument("--allow-download", action="store_true",
-                       help="let torchvision download Fashion-MNIST/MNIST if the offline sources are missing")
+
+def _evaluate(args) -> None:
+    from .checkpoints import load_model, read_meta
+    from .data import resolve_tasks
+    from .device import resolve_device
+    from .metrics import ap_area, ap_voc07
+    from .train import predict
+    meta = read_meta(args.checkpoint)
+    preset = _evaluation_preset(args, meta)
+    device = resolve_device(args.device)
+    if meta.get("kind") == "targetnet":
+        from .branch import load_target
+        model, meta = load_target(args.checkpoint)
+        kind = "TargetNet"
+    else:
+        model, meta = load_model(args.checkpoint)
+        kind = meta.get("role", "model")
+    names = meta.get("labels")
+    if not names:
+        raise CheckpointError(f"{args.checkpoint} stores no label names")
+    cols = resolve_tasks(args.tasks, names) if args.tasks is not None else list(range(len(names)))
+    chosen = [names[c] for c in cols]
+    bench = load_data(preset, args.data_root, args.allow_download)
+    missing = [n for n in chosen if n not in bench.label_names]
+    if missing:
+        raise CheckpointError(f"{args.checkpoint} predicts labels {missing} that preset {preset.name}'s data "
+                              "does not have; pass the --preset it was trained with")
+    targets = bench.test_labels[:, bench.label_indices(chosen)]
+    scores = predict(model, bench.test_images, device=device)[:, cols]
+    metric = ap_voc07 if args.metric == "voc07" else ap_area
+    ap = metric(scores.numpy(), targets.numpy())
+    result = {n: round(float(a), 2) for n, a in zip(chosen, ap)}
+    result["mAP"] = round(float(ap.mean()), 2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "kind": kind, "preset": preset.name,
+                                        "metric": args.metric, "test_images": len(bench.test_images),
+                                        "ap": result}, indent=1))
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    what = "11-point VOC2007 AP" if args.metric == "voc07" else "area-under-PR AP (VOC2010+)"
+    print(f"{kind} {args.checkpoint} on the test split of {preset.name} ({len(bench.test_images)} images), {what}:")
+    print("\n".join(f"{k:>14s}  {v:6.2f}" for k, v in result.items()))
+
+
+def _reproduce(args) -> None:
+    from .device import resolve_device
+    _preset(args)                           # fail fast on an unknown preset or a bad --set
+    device = resolve_device(args.device)
+    from . import pipeline
+    out = args.out if args.out is not None else Path("runs") / args.preset
+    try:
+        pipeline.reproduce(preset=args.preset, out_dir=out, seed=args.seed, data_root=args.data_root,
+                           device=str(device), restart=args.restart, overrides=args.set, figures=args.figures)
+    except pipeline.NotebookError as err:
+        raise CommandError(str(err)) from None
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other kalib error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kalib", description="Amalgamating Filtered Knowledge (Ye et al., IJCAI 2019): "
+                     "task-customized students from multi-task teachers. `kalib COMMAND --help` lists the "
+                     "options of a command.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p, *, out_help: str, out_required: bool = True, training: bool = True, tasks: str | None = None,
+               preset_default: str | None = "quick", overrides: bool = True):
+        p.add_argument("--preset", default=preset_default, choices=sorted(PRESETS),
+                       help=f"preset (default {preset_default or 'the one recorded in the checkpoint'})")
+        p.add_argument("--out", type=Path, required=out_required, default=None, help=out_help)
+        p.add_argument("--data-root", type=Path, default=None,
+                       help="dataset folder: the Fashion-MNIST IDX files for the embedded presets (default "
+                            "$KALIB_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist), the VOC/COCO root "
+                            "for the paper presets (default $KALIB_DATA_ROOT)")
+        p.add_argument("--device", default=None,
+                       help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
+        if tasks:
+            p.add_argument("--tasks", default=None, help=tasks)
+        if training:
+            p.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: the preset's)")
+            p.add_argument("--restart", action="store_true",
+                           help="discard this run's saved partial state (and state of other settings) and "
+                                "start over; other runs and finished teachers of these settings are kept")
+        if overrides:
+            p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                           help="override a preset field, e.g. teacher.epochs=3, block.batch_size=64, "
+                                "data.n_pool=4000 (repeatable)")
+            p.add_argument("--allow-download", action="store_true",
+                           help="let torchvision download missing sources (Fashion-MNIST/MNIST, ImageNet weights)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         return p
 
-    p = common(sub.add_parser("pretrain", help="train the generic backbone and the teachers (Eq. 2)"))
-    p.add_argument("--out", type=Path, required=True, help="directory for the teacher checkpoints")
+    p = common(sub.add_parser("pretrain", help="train the generic backbone and the teachers (Eq. 2); resumable"),
+               out_help="directory for the teacher checkpoints")
     p.add_argument("--teacher-sets", default="2",
                    help="comma-separated: 2 (10/10 split), 3 (7/7/6), dense (DenseNet 10/10); default 2")
     p.set_defaults(func=_pretrain)
 
     p = common(sub.add_parser("amalgamate", help="amalgamate the teachers into a task-customized TargetNet "
-                                                 "(Eq. 4-10, Alg. 1)"))
+                                                 "(Eq. 4-10, Alg. 1); resumable per block"),
+               out_help="directory for the TargetNet, run.json and the block states",
+               tasks="comma-separated customized task set C (default: all labels of the teachers, C = A)")
     p.add_argument("--teachers", type=Path, required=True, help="directory written by `kalib pretrain`")
-    p.add_argument("--out", type=Path, required=True, help="directory for the TargetNet, run.json, block states")
-    p.add_argument("--tasks", default=None, help="comma-separated customized task set C (default: all labels "
-                                                 "of the teachers, C = A)")
-    p.add_argument("--teacher-set", default="2", choices=["2", "3", "dense"],
+    p.add_argument("--teacher-set", default="2", choices=list(TEACHER_SETS),
                    help="2 (10/10 split), 3 (7/7/6) or dense (DenseNet 10/10); default 2")
     p.add_argument("--init", default="generic", choices=["generic", "random", "teacher1"],
                    help="student init: the teachers' shared generic backbone (default), random, teacher 1")
@@ -106,10 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="branch every task at this stage (b1..b4) or block instead of Eq. 9's choice")
     p.set_defaults(func=_amalgamate)
 
-    p = common(sub.add_parser("evaluate", help="per-label AP and mAP of a checkpoint on the test split"))
-    p.add_argument("checkpoint", type=Path, help="a .pt checkpoint written by kalib")
+    p = common(sub.add_parser("evaluate", help="per-label AP and mAP of a teacher or TargetNet checkpoint "
+                                               "on the test split"),
+               out_help="also write the APs as JSON to this file", out_required=False, training=False,
+               tasks="comma-separated labels of the checkpoint to evaluate (default: all)", preset_default=None)
+    p.add_argument("checkpoint", type=Path, help="a .pt checkpoint written by kalib (teacher, generic or TargetNet)")
+    p.add_argument("--metric", default="voc07", choices=["voc07", "area"],
+                   help="voc07: 11-point interpolated AP (default, Table 1); area: area under the "
+                        "interpolated PR curve (VOC2010+)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_evaluate)
+
+    p = common(sub.add_parser("reproduce", help="run the five notebooks in order (teachers, filters, block "
+                                                "training, branch-out, tables); resumable"),
+               out_help="run directory (default runs/PRESET)", out_required=False)
+    p.add_argument("--figures", type=Path, default=None,
+                   help="also copy the figures, tables and results.json into this directory (make reproduce: figures)")
+    p.set_defaults(func=_reproduce)
     return parser
 
 
@@ -117,9 +289,21 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"kalib {args.command}: interrupted; finished epochs and blocks are saved, rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
     except EXPECTED_ERRORS as err:
         if args.debug:
             raise
-        print(f"kalib {args.command}: error: {err}", file=sys.stderr)
+        print(f"kalib {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except Exception as err:   # a bug or an unexpected failure deep inside a library: still one line
+        if args.debug:
+            raise
+        print(f"kalib {args.command}: unexpected {type(err).__name__}: {' '.join(str(err).split())[:500]} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0

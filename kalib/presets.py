@@ -2,13 +2,16 @@
 
 * ``smoke``: a few hundred canvases, a width-8 network; every step takes seconds (CI, nbval).
 * ``quick``: the full embedded benchmark on a laptop CPU in minutes (``make reproduce``).
+* ``paper-voc07``, ``paper-voc12``, ``paper-coco``: the paper's experiments (Tables 1–3, Fig. 3) on PASCAL
+  VOC 2007 / 2012 and MS-COCO 2014 (``--data-root``), ResNet-50 and DenseNet-121 from ImageNet weights,
+  the paper's optimiser settings (§4.1); for a GPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .data import LABEL_NAMES, BenchmarkSpec, fig3_pairs, seeded_split
+from .data import COCO_CLASSES, LABEL_NAMES, VOC_CLASSES, BenchmarkSpec, PaperSpec, fig3_pairs, seeded_split
 from .train import Schedule
 
 SPLIT_SEED = 0   # the seeded 10/10 and 7/7/6 label splits, fixed like the paper's random VOC split
@@ -19,7 +22,7 @@ GROUPS_3 = seeded_split(LABEL_NAMES, (7, 7, 6), SPLIT_SEED)
 @dataclass(frozen=True)
 class Preset:
     name: str
-    data: BenchmarkSpec
+    data: BenchmarkSpec | PaperSpec         # Table 1's benchmark: embedded canvases or VOC/COCO (load_dataset)
     generic: Schedule                       # the shared "ImageNet" stage (design.md §1)
     teacher: Schedule                       # Eq. 2 pretraining
     arch: str = "resnet18_narrow"
@@ -40,21 +43,46 @@ class Preset:
     finetune_freeze_bn: bool = True         # keep BatchNorm statistics (the teachers') while fine-tuning
     filter_reduction: int = 4               # Eq. 4 filter: hidden width = channels / reduction
     amalgamation_cache: str = "float32"     # dtype of the cached frozen-prefix features F_u^{k-1}
+    # Table 2 (the paper's VOC 2012) on a harder variant: more objects per canvas, unlabeled clutter,
+    # another seed (other canvases and glyph splits); None where the preset has no second table
+    hard_data: BenchmarkSpec | None = None
+    # the side runs (Target-3, TargetDenseNet and all of Table 2): a cheaper teacher schedule and fewer
+    # pool images per block keep the whole pipeline within its CPU budget; None = as the main run
+    side_teacher: Schedule | None = None
+    side_block_images: int | None = None
+    # shared initialisation of teachers and student (design.md §1): "generic" trains the generic stage on
+    # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
+    # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
+    init: str = "generic"
+    weights_paths: dict = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str:
+        """"embedded", "voc07", "voc12" or "coco"."""
+        return self.data.dataset if isinstance(self.data, PaperSpec) else "embedded"
 
 
 PRESETS = {
     "smoke": Preset(
         name="smoke",
         data=BenchmarkSpec(seed=0, n_train=512, n_pool=512, n_test=256, n_generic=512),
+        hard_data=BenchmarkSpec(seed=1, n_train=256, n_pool=256, n_test=128, n_generic=256, objects=(2, 5),
+                                clutter=6),
         generic=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
         teacher=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
         arch_kwargs={"width": 8},
         loss_slice=64,
+        side_block_images=128,
         dense_kwargs={"growth_rate": 6, "num_init_features": 12},
     ),
     "quick": Preset(
         name="quick",
-        data=BenchmarkSpec(seed=0),
+        # non-overlapping objects: teacher 1 reached 79.1 mAP on the validation slice (76.7 with 25 % overlap)
+        data=BenchmarkSpec(seed=0, max_overlap=0.0),
+        hard_data=BenchmarkSpec(seed=1, n_train=4000, n_pool=6000, n_generic=4000, objects=(2, 5), clutter=6,
+                                max_overlap=0.0),
+        side_teacher=Schedule(epochs=3, lr=0.05, batch_size=64, weight_decay=5e-4),
+        side_block_images=3000,
         # teacher 1's mAP on a 1,000-canvas validation slice of train (exploratory runs, note on issue #3): 3+5 epochs gave
         # teacher 1 61.6 mAP, 4+6 epochs 73.0, 6+9 epochs 76.7; glyph size 26-36 px did not help
         generic=Schedule(epochs=6, lr=0.1, batch_size=64, weight_decay=5e-4),
@@ -65,6 +93,51 @@ PRESETS = {
         block_images=12000,
     ),
 }
+
+
+# ------------------------------------------------------------------------------------------ paper presets
+# Label groups (paper §4.2: VOC's 20 labels "divided randomly into two groups"; Fig. 3 takes 'bus' and 'dog'
+# from teacher 1, 'diningtable' and 'horse' from teacher 2). The seed is the smallest one of seeded_split whose
+# two-teacher split puts bus and dog on teacher 1 and diningtable and horse on teacher 2 (the paper's
+# assignment); the same seed's 7/7/6 split keeps each Fig. 3 pair on two different teachers.
+# tests/test_paper_presets.py checks both properties and that no smaller seed qualifies.
+VOC_SPLIT_SEED = 10
+COCO_SPLIT_SEED = 4      # the same rule on COCO's names ('dining table'), 40/40 and 27/27/26
+PAPER_PAIRS = {"voc": {"unrelated": ("bus", "diningtable"), "related": ("dog", "horse")},
+               "coco": {"unrelated": ("bus", "dining table"), "related": ("dog", "horse")}}
+
+
+def _paper_preset(name: str, dataset: str, teacher_epochs: int, block_epochs: int, finetune_epochs: int,
+                  block_images: int = 0, loss_slice: int = 500) -> Preset:
+    """A paper preset: the paper's optimiser (SGD, poly lr 0.01 with power 0.9, weight decay 5e-3, batch 16;
+    the defaults of Schedule) for every stage. The paper gives no epoch counts; ours are a first guess,
+    not yet tuned or measured on a GPU."""
+    labels = COCO_CLASSES if dataset == "coco" else VOC_CLASSES
+    seed = COCO_SPLIT_SEED if dataset == "coco" else VOC_SPLIT_SEED
+    half = len(labels) // 2
+    third = (len(labels) + 2) // 3
+    return Preset(
+        name=name,
+        data=PaperSpec(dataset, image_size=224),
+        generic=Schedule(epochs=0),                 # no generic stage: ImageNet weights (init="imagenet")
+        teacher=Schedule(epochs=teacher_epochs),
+        arch="resnet50", dense_arch="densenet121",
+        groups=seeded_split(labels, (half, len(labels) - half), seed),
+        groups3=seeded_split(labels, (third, third, len(labels) - 2 * third), seed),
+        pairs=PAPER_PAIRS["coco" if dataset == "coco" else "voc"],
+        block=Schedule(epochs=block_epochs), block_images=block_images, loss_slice=loss_slice,
+        finetune=Schedule(epochs=finetune_epochs),
+        amalgamation_cache="float16",               # F_u^{k-1} of ResNet-50 at 224 px: 1.6 MB per image in fp16
+        init="imagenet",
+    )
+
+
+PRESETS.update({
+    "paper-voc07": _paper_preset("paper-voc07", "voc07", teacher_epochs=20, block_epochs=2, finetune_epochs=5),
+    "paper-voc12": _paper_preset("paper-voc12", "voc12", teacher_epochs=20, block_epochs=2, finetune_epochs=5),
+    "paper-coco": _paper_preset("paper-coco", "coco", teacher_epochs=8, block_epochs=1, finetune_epochs=2,
+                                block_images=16000, loss_slice=2000),
+})
 
 
 def get_preset(name: str) -> Preset:

@@ -3,10 +3,15 @@
 Every teacher — and later the student — starts from one generic backbone, pretrained as a 20-way
 softmax classifier on single-glyph canvases. The shared start keeps the teachers' block-k features
 aligned channel by channel, which is what lets the paper's channel filters (Eq. 4) work.
+
+Resume (:func:`pretrain`): each stage writes its training state after every epoch to
+``OUT/partial/NAME.pt`` and a rerun continues from there; a finished ``NAME.pt`` carries the hash of the
+configuration that made it (``config_hash`` in ``NAME.json``) and is re-used when the hash matches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load_model, read_meta, save_model
+from .checkpoints import ConfigMismatchError, load_model, read_meta, save_model
+from .config import digest, file_digest
 from .data import Benchmark, resolve_tasks
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
@@ -28,66 +34,128 @@ def teacher_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def train_generic(bench: Benchmark, arch: str, arch_kwargs: dict, schedule: Schedule,
-                  seed: int = 0) -> BlockNet:
-    """The shared initialisation: a 20-way softmax classifier on single-glyph train canvases."""
+                  seed: int = 0, *, checkpoint: str | Path | None = None, fingerprint: str = "",
+                  device=None) -> BlockNet:
+    """The shared initialisation: a 20-way softmax classifier on single-glyph train canvases.
+    ``checkpoint``/``fingerprint``: per-epoch resume (:func:`kalib.train.optimise`)."""
     torch.manual_seed(seed)
     model = build_backbone(arch, num_classes=len(bench.label_names), **arch_kwargs)
     fit(model, bench.generic_images, bench.generic_labels, F.cross_entropy, schedule, seed,
-        desc=f"generic {arch}")
+        desc=f"generic {arch}", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
     return model.eval()
 
 
 def train_teacher(generic: BlockNet, bench: Benchmark, labels: Sequence[str], schedule: Schedule,
-                  seed: int = 0) -> BlockNet:
+                  seed: int = 0, *, checkpoint: str | Path | None = None, fingerprint: str = "",
+                  device=None) -> BlockNet:
     """Teacher A_n for the label group ``labels``: the generic backbone with a new head, trained with
-    Eq. 2 on the labeled train split."""
+    Eq. 2 on the labeled train split. ``checkpoint``/``fingerprint``: per-epoch resume."""
     idx = resolve_tasks(labels, bench.label_names)
     torch.manual_seed(seed)
     model = generic.with_new_head(len(idx))
     fit(model, bench.train_images, bench.train_labels[:, idx], teacher_loss, schedule, seed,
-        desc=f"teacher[{labels[0]}…]")
+        desc=f"teacher[{labels[0]}…]", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
     return model.eval()
 
 
 def evaluate(model: BlockNet, images: torch.Tensor, targets: torch.Tensor,
-             names: Sequence[str]) -> dict[str, float]:
+             names: Sequence[str], device=None) -> dict[str, float]:
     """Per-label 11-point AP (percent, VOC2007) of ``model`` and their mean under key ``"mAP"``."""
-    ap = ap_voc07(predict(model, images).numpy(), targets.numpy())
+    ap = ap_voc07(predict(model, images, device=device).numpy(), targets.numpy())
     out = {n: float(a) for n, a in zip(names, ap)}
     out["mAP"] = float(ap.mean())
     return out
 
 
+def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
+    """Whether the finished checkpoint ``path`` can be re-used: made with ``config_hash`` (or before
+    kalib stored hashes). One from another configuration is refused, or removed with ``restart``. Weights
+    without their JSON (a kill between the two writes) count as unfinished."""
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        return False
+    made = read_meta(path).get("config_hash")
+    if made is None or made == config_hash:
+        return True
+    if not restart:
+        raise ConfigMismatchError(f"{path} was trained with another configuration (preset, schedule, seed, "
+                                  "data or labels changed); rerun with --restart to retrain it, or choose "
+                                  "another --out directory")
+    for p in (path, path.with_suffix(".json")):
+        p.unlink(missing_ok=True)
+    log(f"--restart: removed {path} (another configuration)")
+    return False
+
+
+def _partial(out_dir: Path, path: Path, restart: bool) -> Path:
+    """The per-epoch checkpoint of the unit that writes ``path``; removed first with ``restart``."""
+    partial = out_dir / "partial" / path.name
+    if restart:
+        partial.unlink(missing_ok=True)
+    return partial
+
+
 def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_kwargs: dict,
              generic_schedule: Schedule, teacher_schedule: Schedule, out_dir: str | Path,
-             seed: int = 0, log=print) -> list[Path]:
+             seed: int = 0, log=print, *, device=None, restart: bool = False) -> list[Path]:
     """Train the generic backbone (once per architecture) and one teacher per label group into
-    ``out_dir``; finished checkpoints found there are re-used, not retrained."""
+    ``out_dir``; finished checkpoints found there are re-used, not retrained.
+
+    Resumable: every epoch of every stage is saved to ``out_dir/partial/`` and a rerun continues from the
+    last finished epoch (with the same final weights). A finished checkpoint or epoch state of another
+    configuration raises :class:`~kalib.checkpoints.ConfigMismatchError`; ``restart`` removes those and
+    the epoch states of this call's stages (finished checkpoints of this configuration are still
+    re-used). ``device``: where training runs (default CPU)."""
     out_dir = Path(out_dir)
     generic_path = out_dir / f"generic-{arch}.pt"
-    if generic_path.is_file():
+    generic_hash = digest({"role": "generic", "data": bench.spec.key(), "labels": list(bench.label_names),
+                           "arch": arch, "arch_kwargs": dict(arch_kwargs),
+                           "schedule": dataclasses.asdict(generic_schedule), "seed": seed})
+    partial = _partial(out_dir, generic_path, restart)
+    if _finished(generic_path, generic_hash, restart, log):
         generic, _ = load_model(generic_path)
+        partial.unlink(missing_ok=True)       # left behind by a kill between saving and cleaning up
     else:
         t0 = time.perf_counter()
-        generic = train_generic(bench, arch, arch_kwargs, generic_schedule, seed)
+        if partial.is_file():
+            log(f"generic {arch}: resuming from {partial}")
+        generic = train_generic(bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
+                                fingerprint=generic_hash, device=device)
         save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
-                   data=bench.spec.key(), seconds=round(time.perf_counter() - t0, 1))
+                   data=bench.spec.key(), config_hash=generic_hash, seconds=round(time.perf_counter() - t0, 1))
+        partial.unlink(missing_ok=True)
         log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
+    generic_digest = file_digest(generic_path)
     paths = []
     for n, labels in enumerate(groups, start=1):
         path = out_dir / f"teacher{len(groups)}-{arch}-{n}.pt"
-        if path.is_file() and read_meta(path).get("labels") != list(labels):
-            raise FileExistsError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
-                                  "choose another --out directory or delete it")
-        if not path.is_file():
+        if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
+            if not restart:
+                raise FileExistsError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
+                                      "choose another --out directory, or rerun with --restart to retrain it")
+            for p in (path, path.with_suffix(".json")):
+                p.unlink(missing_ok=True)
+            log(f"--restart: removed {path} (a teacher for other labels)")
+        config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
+                              "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
+                              "seed": seed + n})
+        partial = _partial(out_dir, path, restart)
+        if _finished(path, config_hash, restart, log):
+            partial.unlink(missing_ok=True)
+        else:
             t0 = time.perf_counter()
-            teacher = train_teacher(generic, bench, labels, teacher_schedule, seed + n)
+            if partial.is_file():
+                log(f"teacher {n}/{len(groups)}: resuming from {partial}")
+            teacher = train_teacher(generic, bench, labels, teacher_schedule, seed + n, checkpoint=partial,
+                                    fingerprint=config_hash, device=device)
             seconds = time.perf_counter() - t0
             idx = resolve_tasks(labels, bench.label_names)
-            ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels)
+            ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
             save_model(path, teacher, role="teacher", labels=list(labels), data=bench.spec.key(),
-                       test_ap=ap, seconds=round(seconds, 1))
+                       config_hash=config_hash, test_ap=ap, seconds=round(seconds, 1))
+            partial.unlink(missing_ok=True)
             log(f"teacher {n}/{len(groups)} ({arch}, {', '.join(labels)}): test mAP {ap['mAP']:.1f} "
                 f"in {seconds:.0f} s")
         paths.append(path)
+    if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
+        (out_dir / "partial").rmdir()
     return paths

@@ -3,16 +3,25 @@
 Paper §4.1: "We adopt the poly learning rate policy ... the power to 0.9" — implemented with
 ``torch.optim.lr_scheduler.PolynomialLR`` stepped once per iteration. Canvases stay uint8 in memory and
 are normalised batch by batch (:func:`to_input`), which is far faster than a per-item ``DataLoader``.
+
+Resume: with ``checkpoint=PATH``, :func:`optimise` writes the complete training state after every epoch
+(weights and BatchNorm statistics, SGD momentum, scheduler, shuffling generator and torch RNG) atomically
+to ``PATH`` and, when ``PATH`` exists, continues from it, so an interrupted run ends with exactly the
+weights of an uninterrupted one (on the CPU). The caller deletes ``PATH`` once its own result is saved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .device import as_device, autocast
 
 
 @dataclass(frozen=True)
@@ -26,9 +35,11 @@ class Schedule:
     power: float = 0.9
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"invalid schedule {self}: need epochs >= 0, batch_size >= 1, lr > 0, "
-                             "weight_decay >= 0")
+        checks = [("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0")]
+        bad = [f"{name} must be {rule}, got {getattr(self, name)}" for name, ok, rule in checks if not ok]
+        if bad:
+            raise ValueError(f"invalid schedule: {'; '.join(bad)}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,28 +62,71 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
         yield order[start:start + batch_size]
 
 
+EPOCH_FORMAT = "kalib-epoch-checkpoint"
+
+
+def _load_epoch(path: Path, fingerprint: str, meta: dict) -> dict:
+    from .checkpoints import CheckpointError, ConfigMismatchError, load_state
+    state = load_state(path)
+    if not isinstance(state, dict) or state.get("format") != EPOCH_FORMAT:
+        raise CheckpointError(f"{path} is not a kalib epoch checkpoint; delete it or rerun with --restart")
+    stored = {k: state.get(k) for k in meta}
+    if state.get("fingerprint") != fingerprint or stored != meta:
+        raise ConfigMismatchError(f"{path} holds the training state of another configuration; rerun with "
+                                  "--restart to discard it and start over")
+    return state
+
+
 def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], schedule: Schedule,
-             seed: int = 0, desc: str = "train") -> list[float]:
+             seed: int = 0, desc: str = "train", *, checkpoint: str | Path | None = None,
+             state: nn.Module | None = None, fingerprint: str = "", device=None) -> list[float]:
     """SGD + poly lr over ``params`` for ``schedule.epochs`` shuffled passes over ``range(n)``;
-    ``batch_loss(idx)`` gives the loss of one batch of indices. Returns the mean loss of each epoch."""
+    ``batch_loss(idx)`` gives the loss of one batch of indices. Returns the mean loss of each epoch.
+
+    ``checkpoint``: file for the per-epoch training state of ``state`` (the module that owns ``params``);
+    an existing file is resumed from if its ``fingerprint``, schedule, ``n`` and ``seed`` match
+    (:class:`~kalib.checkpoints.ConfigMismatchError` otherwise). ``device``: where ``batch_loss`` runs
+    (bfloat16 autocast on CUDA for the forward pass; nothing changes on the CPU).
+    A NaN/inf loss raises :class:`NonFiniteLossError` before the step, so the last epoch checkpoint
+    stays the last good state.
+    """
     if schedule.epochs == 0:
         return []
+    if checkpoint is not None and state is None:
+        raise ValueError("optimise(checkpoint=...) needs state=, the module whose weights it saves")
+    device = as_device(device)
+    params = list(params)
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
                           weight_decay=schedule.weight_decay)
     steps = max(n // schedule.batch_size, 1)
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=schedule.epochs * steps,
                                                   power=schedule.power)
     gen = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(schedule.epochs):
+    history: list[float] = []
+    meta = {"schedule": dataclasses.asdict(schedule), "n": n, "seed": seed}
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.is_file():
+        saved = _load_epoch(checkpoint, fingerprint, meta)
+        state.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        history = list(saved["history"])
+    for epoch in range(len(history), schedule.epochs):
         total, seen = 0.0, 0
         bar = tqdm(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
                    desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False)
         for step, idx in enumerate(bar):
-            loss = batch_loss(idx)
+            with autocast(device):
+                loss = batch_loss(idx)
             if not torch.isfinite(loss):
+                kept = f"; the last good epoch checkpoint {checkpoint} is kept" if (
+                    checkpoint is not None and checkpoint.is_file()) else ""
                 raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, "
-                                         f"step {step + 1}; lower the learning rate")
+                                         f"step {step + 1}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,27 +134,51 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
             total, seen = total + loss.item() * len(idx), seen + len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         history.append(total / max(seen, 1))
+        if checkpoint is not None:
+            _save_epoch(checkpoint, fingerprint, meta, history, state, opt, sched, gen, device)
     return history
+
+
+def _save_epoch(path: Path, fingerprint: str, meta: dict, history: list[float], state: nn.Module, opt,
+                sched, gen: torch.Generator, device: torch.device) -> None:
+    from .checkpoints import _atomic_write
+    blob = {"format": EPOCH_FORMAT, "fingerprint": fingerprint, **meta, "history": list(history),
+            "model": state.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    _atomic_write(path, lambda p: torch.save(blob, p))
 
 
 def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
-        seed: int = 0, desc: str = "train", params=None) -> list[float]:
+        seed: int = 0, desc: str = "train", params=None, *, checkpoint: str | Path | None = None,
+        fingerprint: str = "", device=None) -> list[float]:
     """Train ``model`` on ``(images, targets)`` with SGD + poly lr; return the mean loss of each epoch.
 
-    ``params`` restricts the optimised parameters (default: all that require grad).
+    ``params`` restricts the optimised parameters (default: all that require grad). ``checkpoint``:
+    per-epoch resume file (see :func:`optimise`). ``device``: the model moves there; ``images`` and
+    ``targets`` stay where they are and each batch is moved on its own.
     """
-    model.to(memory_format=torch.channels_last).train()
+    device = as_device(device)
+    model.to(device=device, memory_format=torch.channels_last).train()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    return optimise(params, len(images), lambda idx: loss_fn(model(to_input(images[idx])), targets[idx]),
-                    schedule, seed, desc)
+    return optimise(params, len(images),
+                    lambda idx: loss_fn(model(to_input(images[idx].to(device, non_blocking=True))),
+                                        targets[idx].to(device, non_blocking=True)),
+                    schedule, seed, desc, checkpoint=checkpoint, state=model, fingerprint=fingerprint,
+                    device=device)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for all ``images``, batched, as one float tensor."""
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, device=None) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) for all ``images``, batched, as one float tensor on the CPU.
+
+    ``device``: where the model runs (it is moved there); batches are moved one at a time."""
+    device = as_device(device)
     was_training = model.training
-    model.to(memory_format=torch.channels_last).eval()
-    out = torch.cat([model(to_input(images[idx])) for idx in batches(len(images), batch_size)])
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    with autocast(device):
+        out = torch.cat([model(to_input(images[idx].to(device, non_blocking=True))).float().cpu()
+                         for idx in batches(len(images), batch_size)])
     model.train(was_training)
     return out

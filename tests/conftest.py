@@ -29,3 +29,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_teachers(smoke_bench, tmp_path_factory):
+    """The smoke preset's generic backbone and two teachers, pretrained once per session (read-only: copy
+    the directory before changing anything in it)."""
+    from kalib.teachers import pretrain
+    preset = get_preset("smoke")
+    out = tmp_path_factory.mktemp("smoke-teachers")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pretrain(smoke_bench, preset.groups, preset.arch, preset.arch_kwargs, preset.generic, preset.teacher,
+                 out, seed=preset.seed, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_target(smoke_bench, smoke_teachers, tmp_path_factory):
+    """One uninterrupted smoke-preset amalgamation of ``smoke_teachers`` (C = A): ``(out_dir, record)``."""
+    from kalib.amalgamate import run
+    out = tmp_path_factory.mktemp("smoke-target")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = run(smoke_bench, get_preset("smoke"), smoke_teachers, out, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out, record

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from kalib.checkpoints import save_model
+from kalib.cli import main
 from kalib.models import build_backbone
 
 
@@ -16,12 +17,57 @@ def run(*args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
 
 
-def test_help_lists_the_commands():
+def test_help_lists_the_commands_and_their_shared_options(capsys):
     out = run("--help")
     assert out.returncode == 0
-    for command in ("pretrain", "evaluate"):
-        assert command in out.stdout
-    assert "--out" in run("pretrain", "--help").stdout
+    for command in ("pretrain", "amalgamate", "evaluate", "reproduce"):
+        assert f"    {command}" in out.stdout
+    shared = ["--preset", "--out", "--data-root", "--device", "--debug"]
+    for command, extra in (("pretrain", ["--seed", "--restart", "--set"]),
+                           ("amalgamate", ["--seed", "--restart", "--set", "--tasks"]),
+                           ("evaluate", ["--tasks", "--set"]), ("reproduce", ["--seed", "--restart"])):
+        with pytest.raises(SystemExit) as exit_:      # in-process: the same parser as `python -m kalib`
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert exit_.value.code == 0 and text.startswith(f"usage: kalib {command}")
+        for option in shared + extra:
+            assert f"{option} " in text or f"{option}\n" in text, (command, option)
+
+
+def test_reproduce_passes_its_options_to_the_pipeline(tmp_path, monkeypatch, capsys):
+    import kalib.pipeline
+    seen = {}
+    monkeypatch.setattr(kalib.pipeline, "reproduce", lambda **kwargs: seen.update(kwargs))
+    code = main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--seed", "3", "--device", "cpu",
+                 "--data-root", str(tmp_path / "data"), "--restart", "--set", "block_images=64",
+                 "--figures", str(tmp_path / "figs")])
+    assert code == 0 and seen == {"preset": "smoke", "out_dir": tmp_path, "seed": 3, "data_root": tmp_path / "data",
+                                  "device": "cpu", "restart": True, "overrides": ["block_images=64"],
+                                  "figures": tmp_path / "figs"}
+    assert main(["reproduce", "--preset", "smoke", "--set", "block_imagez=1"]) == 2
+    assert "unknown field 'block_imagez'" in capsys.readouterr().err
+
+    def fail(**kwargs):
+        raise kalib.pipeline.NotebookError("02_filters, cell 4: ValueError: boom (executed notebook: x.ipynb)")
+    monkeypatch.setattr(kalib.pipeline, "reproduce", fail)
+    code = main(["reproduce", "--preset", "smoke", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "kalib reproduce: error: 02_filters, cell 4: ValueError: boom (executed notebook: x.ipynb)"
+
+
+def test_evaluate_prints_per_label_ap_of_a_targetnet(smoke_target, tmp_path, capsys, one_thread):
+    out_dir, record = smoke_target
+    code = main(["evaluate", str(out_dir / "targetnet.pt"), "--json", "--device", "cpu",
+                 "--out", str(tmp_path / "ap.json")])
+    ap = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(ap) == set(record["tasks"]) | {"mAP"}
+    assert all(abs(ap[k] - v) < 0.006 for k, v in record["target_ap"].items())
+    saved = json.loads((tmp_path / "ap.json").read_text())
+    assert saved["kind"] == "TargetNet" and saved["preset"] == "smoke" and saved["ap"] == ap
+    code = main(["evaluate", str(out_dir / "targetnet.pt"), "--tasks", "shirt,coat"])
+    text = capsys.readouterr().out
+    assert code == 0 and "TargetNet" in text and "11-point VOC2007 AP" in text
+    assert [line.split()[0] for line in text.splitlines()[1:]] == ["shirt", "coat", "mAP"]
 
 
 def test_pretrain_then_evaluate_on_the_smoke_preset(tmp_path, smoke_bench):

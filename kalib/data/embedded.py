@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .sources import DIGIT_NAMES, FASHION_NAMES, load_fashion_mnist, load_mnist_digits
+from .sources import DIGIT_NAMES, FASHION_NAMES, check_fashion_dir, load_fashion_mnist, load_mnist_digits
 
 LABEL_NAMES: tuple[str, ...] = FASHION_NAMES + DIGIT_NAMES
 FORMAT_VERSION = 2
@@ -85,8 +85,8 @@ def cache_dir() -> Path:
 class GlyphBank:
     """All source glyphs in one array, with per-split, per-class index lists (disjoint splits)."""
 
-    def __init__(self, seed: int, allow_download: bool = False):
-        ftr_x, ftr_y, fte_x, fte_y = load_fashion_mnist(allow_download)
+    def __init__(self, seed: int, allow_download: bool = False, fashion_dir: str | Path | None = None):
+        ftr_x, ftr_y, fte_x, fte_y = load_fashion_mnist(allow_download, fashion_dir)
         dig_x, dig_y = load_mnist_digits(allow_download)
         self.glyphs = np.concatenate([ftr_x, fte_x, dig_x])
         n_ftr, n_fte = len(ftr_x), len(fte_x)
@@ -181,9 +181,10 @@ def labels_from_objects(objects: np.ndarray, n_classes: int = len(LABEL_NAMES)) 
     return labels
 
 
-def generate(spec: BenchmarkSpec, allow_download: bool = False) -> dict[str, np.ndarray]:
+def generate(spec: BenchmarkSpec, allow_download: bool = False,
+             fashion_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """Render all four splits of ``spec`` (numpy arrays, the content of the cache file)."""
-    bank = GlyphBank(spec.seed, allow_download)
+    bank = GlyphBank(spec.seed, allow_download, fashion_dir)
     seeds = np.random.SeedSequence(spec.seed).spawn(4)
     out = {}
     for (split, n, single), seed in zip([("train", spec.n_train, False), ("pool", spec.n_pool, False),
@@ -193,11 +194,17 @@ def generate(spec: BenchmarkSpec, allow_download: bool = False) -> dict[str, np.
     return out
 
 
-def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False) -> Benchmark:
-    """Load the canvases of ``spec`` from the cache, generating (and caching) them on first use."""
+def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
+                   data_root: str | Path | None = None) -> Benchmark:
+    """Load the canvases of ``spec`` from the cache, generating (and caching) them on first use.
+
+    ``data_root``: the Fashion-MNIST folder to read (checked even when the canvases are cached, so a
+    wrong ``--data-root`` is reported); default ``$KALIB_FASHION_MNIST_DIR`` or Debian's package folder."""
+    if data_root is not None:
+        data_root = check_fashion_dir(data_root)
     path = cache_dir() / f"embedded-{spec.key()}.npz"
     if not path.is_file():
-        arrays = generate(spec, allow_download)
+        arrays = generate(spec, allow_download, data_root)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, **arrays)

@@ -26,13 +26,24 @@ class MissingSourceError(RuntimeError):
     """A glyph source is not installed; the message says how to install it."""
 
 
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    """Read a (possibly gzipped) IDX file as a uint8 array."""
+    """Read a (possibly gzipped) IDX file as a uint8 array; :class:`MissingSourceError` if it is not one."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as err:       # gzip.BadGzipFile is an OSError
+        raise MissingSourceError(f"{path} cannot be read ({type(err).__name__}: {err}); reinstall "
+                                 "dataset-fashion-mnist or replace the file") from None
+    ndim = raw[3] if len(raw) >= 4 else 0
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise MissingSourceError(f"{path} is not a valid uint8 IDX file (truncated or another format); "
+                                 "reinstall dataset-fashion-mnist or replace the file")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -48,11 +59,27 @@ def _download_dir() -> Path:
     return cache_dir() / "downloads"
 
 
-def load_fashion_mnist(allow_download: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(train_images, train_labels, test_images, test_labels)``: 60k/10k 28×28 uint8 glyphs."""
-    folder = Path(os.environ.get("KALIB_FASHION_MNIST_DIR", FASHION_DIR))
-    files = [_find_idx(folder, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+def check_fashion_dir(folder: str | Path) -> Path:
+    """``folder`` (a ``--data-root`` for the embedded benchmark) if it holds the four Fashion-MNIST IDX
+    files; :class:`MissingSourceError` naming what is missing otherwise."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise MissingSourceError(f"data root {folder} does not exist or is not a directory; for the embedded "
+                                 "benchmark it is the folder of the Fashion-MNIST IDX files (Debian: "
+                                 f"{FASHION_DIR})")
+    missing = [s for s in FASHION_FILES if _find_idx(folder, s) is None]
+    if missing:
+        raise MissingSourceError(f"data root {folder} is not a Fashion-MNIST folder: {', '.join(missing)} "
+                                 "(or .gz) not found in it")
+    return folder
+
+
+def load_fashion_mnist(allow_download: bool = False, folder: str | Path | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(train_images, train_labels, test_images, test_labels)``: 60k/10k 28×28 uint8 glyphs,
+    from ``folder`` (default ``$KALIB_FASHION_MNIST_DIR``, else Debian's package folder)."""
+    folder = Path(folder) if folder is not None else Path(os.environ.get("KALIB_FASHION_MNIST_DIR", FASHION_DIR))
+    files = [_find_idx(folder, s) for s in FASHION_FILES]
     if all(files):
         return tuple(_read_idx(f) for f in files)  # type: ignore[return-value]
     if not allow_download:

@@ -1,0 +1,142 @@
+"""The runs behind Fig. 3 and Tables 1–3, laid out in one output directory that the notebooks, the CLI
+and ``python -m kalib reproduce`` share, so every finished step is found and re-used:
+
+```
+OUT/table1/teachers/          generic + teacher checkpoints (Eq. 2) of the Table 1 benchmark
+OUT/table1/amalgamation-2/    two ResNet teachers, C = A (Target, Target b1..b4, Fig. 3)
+OUT/table1/amalgamation-3/    three teachers 7/7/6 (Target-3)
+OUT/table1/amalgamation-dense/  DenseNet teachers and student (TargetDenseNet)
+OUT/table2/...                the same on the harder benchmark variant (Table 2, standing in for VOC 2012)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from .amalgamate import freeze, init_student, make_filters, run, teacher_files
+from .branch import load_target
+from .checkpoints import load_model, load_state
+from .data import BenchmarkSpec, load_benchmark, load_dataset
+from .filters import task_plan
+from .presets import Preset
+from .teachers import pretrain
+from .train import predict
+
+VARIANTS = ("table1", "table2")
+TEACHER_SETS = ("2", "3", "dense")
+ROW_OF_SET = {"2": "Target", "3": "Target-3", "dense": "TargetDenseNet"}
+
+
+def variants(preset: Preset) -> tuple[str, ...]:
+    """The tables this preset reproduces: Table 1, and Table 2 where it has a harder variant."""
+    return VARIANTS if preset.hard_data is not None else VARIANTS[:1]
+
+
+def for_run(preset: Preset, variant: str = "table1", teacher_set: str = "2") -> Preset:
+    """The preset of one run: the main run (Table 1, two teachers) as given, the side runs with the
+    preset's cheaper ``side_teacher`` schedule and ``side_block_images`` where it sets them."""
+    if (variant, teacher_set) == ("table1", "2"):
+        return preset
+    changes = {}
+    if preset.side_teacher is not None:
+        changes.update(teacher=preset.side_teacher, generic=dataclasses.replace(
+            preset.generic, epochs=min(preset.generic.epochs, preset.side_teacher.epochs))
+            if teacher_set == "dense" else preset.generic)
+    if preset.side_block_images is not None:
+        changes["block_images"] = preset.side_block_images
+    return dataclasses.replace(preset, **changes)
+
+
+def variant_data(preset: Preset, variant: str) -> BenchmarkSpec:
+    """The benchmark of Table 1 (``preset.data``) or of Table 2 (``preset.hard_data``)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown table variant '{variant}'; valid: {', '.join(VARIANTS)}")
+    return preset.data if variant == "table1" else preset.hard_data
+
+
+def load_variant(preset: Preset, variant: str = "table1", data_root=None, allow_download: bool = False):
+    """The data of one table: the embedded benchmark (generated and cached on first use), or for a paper
+    preset VOC/COCO under ``data_root``."""
+    if variant == "table1":
+        return load_dataset(preset, data_root, allow_download=allow_download)
+    return load_benchmark(variant_data(preset, variant), allow_download=allow_download)
+
+
+def teachers_dir(out_dir: str | Path, variant: str = "table1") -> Path:
+    return Path(out_dir) / variant / "teachers"
+
+
+def run_dir(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2") -> Path:
+    return Path(out_dir) / variant / f"amalgamation-{teacher_set}"
+
+
+def teacher_set_config(preset: Preset, teacher_set: str) -> tuple[tuple, str, dict]:
+    """(label groups, architecture, architecture kwargs) of a teacher set: ``2`` (10/10, Table 1's
+    Teacher and Target rows), ``3`` (7/7/6, Target-3) or ``dense`` (DenseNet 10/10, TargetDenseNet)."""
+    sets = {"2": (preset.groups, preset.arch, preset.arch_kwargs),
+            "3": (preset.groups3, preset.arch, preset.arch_kwargs),
+            "dense": (preset.groups, preset.dense_arch, preset.dense_kwargs)}
+    if teacher_set not in sets:
+        raise ValueError(f"unknown teacher set '{teacher_set}'; valid: {', '.join(sets)}")
+    return sets[teacher_set]
+
+
+def ensure_teachers(preset: Preset, bench, out_dir: str | Path, variant: str = "table1",
+                    teacher_set: str = "2", seed: int | None = None, log=print, device=None) -> list[Path]:
+    """Pretrain (or re-use) the generic backbone and the teachers of ``teacher_set`` (Eq. 2). Paper
+    presets start from ImageNet weights instead of a generic stage (``kalib.models.pretrained``)."""
+    groups, arch, kwargs = teacher_set_config(preset, teacher_set)
+    preset = for_run(preset, variant, teacher_set)
+    seed = preset.seed if seed is None else seed
+    if preset.init != "generic":
+        from .models.pretrained import prepare_generic
+        prepare_generic(teachers_dir(out_dir, variant), arch, bench.label_names, init=preset.init,
+                        arch_kwargs=kwargs, weights_path=preset.weights_paths.get(arch), seed=seed, log=log)
+    return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, teachers_dir(out_dir, variant),
+                    seed=seed, log=log, device=device)
+
+
+def ensure_amalgamation(preset: Preset, bench, out_dir: str | Path, variant: str = "table1",
+                        teacher_set: str = "2", seed: int | None = None, log=print, device=None) -> dict:
+    """Teachers, then block-wise amalgamation with C = A, branch-out, TargetNet and fine-tuning
+    (Alg. 1); finished blocks are re-used. Returns the run record (also in ``run.json``)."""
+    ensure_teachers(preset, bench, out_dir, variant, teacher_set, seed, log, device)
+    return run(bench, for_run(preset, variant, teacher_set), teachers_dir(out_dir, variant), run_dir(out_dir, variant, teacher_set),
+               teacher_set=teacher_set, seed=seed, log=log, device=device)
+
+
+def load_run(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2") -> dict:
+    """The record ``run.json`` of a finished amalgamation."""
+    path = run_dir(out_dir, variant, teacher_set) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the amalgamation first (notebook 02 or "
+                                f"`python -m kalib amalgamate`)")
+    return json.loads(path.read_text())
+
+
+def load_trained(preset: Preset, out_dir: str | Path, variant: str = "table1", teacher_set: str = "2"):
+    """The trained student, filters f_n^k, frozen teachers and task plan of a finished amalgamation
+    (for looking inside: filter weights, features)."""
+    arch, paths, generic_path = teacher_files(preset, teachers_dir(out_dir, variant), teacher_set)
+    loaded = [load_model(p) for p in paths]
+    teachers = freeze([m for m, _ in loaded])
+    plan = task_plan(None, [meta["labels"] for _, meta in loaded])
+    last = run_dir(out_dir, variant, teacher_set) / "blocks" / f"block{teachers[0].num_blocks:02d}.pt"
+    state = load_state(last)
+    student = init_student("teacher1", teachers).with_new_head(state["student"]["head.fc.weight"].shape[0])
+    filters = make_filters(student, teachers, preset.filter_reduction)
+    student.load_state_dict(state["student"])
+    filters.load_state_dict(state["filters"])
+    return student.eval(), filters.eval(), teachers, plan
+
+
+def target_scores(out_dir: str | Path, images: torch.Tensor, variant: str = "table1",
+                  teacher_set: str = "2", device=None) -> tuple[torch.Tensor, list[str]]:
+    """Logits of the fine-tuned TargetNet of a finished run on ``images`` and its task names."""
+    net, meta = load_target(run_dir(out_dir, variant, teacher_set) / "targetnet.pt")
+    return predict(net, images, device=device), list(net.tasks)

@@ -1,0 +1,203 @@
+"""ImageNet initialisation of the paper-scale backbones (paper §4.1: "initialized with parameters
+pre-trained on ImageNet"; design.md §1 "Shared initialisation").
+
+The weights are torchvision's own ``.pth`` files, read from
+
+1. a file path given by the caller (the preset's ``weights_paths[arch]``), or
+2. torch hub's cache, ``torch.hub.get_dir()/checkpoints/`` (``~/.cache/torch/hub/checkpoints``), under
+   torchvision's file names (:func:`weight_files`), where any earlier torchvision download put them.
+
+Nothing is downloaded unless the caller passes ``allow_download=True`` (``--allow-download``); without the
+weights :class:`MissingWeightsError` says which file to fetch from where, or to start from a shared random
+initialisation instead (``--set init=random``).
+The weights are loaded into a torchvision model first (strict: a wrong or truncated file fails here), then
+moved block by block into the :class:`~kalib.models.BlockNet`; the ImageNet classifier is replaced by a
+fresh head, and the checkpoint's config says ``weights: None`` so that loading it never fetches anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+
+from ..data.sources import MissingSourceError
+from .blocknet import BlockNet, build_backbone
+
+# torchvision weight enums per arch, preferred first (V1: the classic weights, closest to the paper's)
+_WEIGHT_ENUMS = {
+    "resnet18": ("ResNet18_Weights", ("IMAGENET1K_V1",)),
+    "resnet50": ("ResNet50_Weights", ("IMAGENET1K_V1", "IMAGENET1K_V2")),
+    "densenet121": ("DenseNet121_Weights", ("IMAGENET1K_V1",)),
+}
+PRETRAINED_ARCHS = tuple(_WEIGHT_ENUMS)
+INITS = ("imagenet", "random")
+
+
+class MissingWeightsError(MissingSourceError):
+    """No ImageNet weights for an architecture were found; the message says how to get them."""
+
+
+def weight_files(arch: str) -> list[tuple[str, str]]:
+    """``(file name, URL)`` of torchvision's ImageNet weights for ``arch``, preferred first."""
+    if arch not in _WEIGHT_ENUMS:
+        raise ValueError(f"no ImageNet weights for arch {arch!r}; available for: {', '.join(PRETRAINED_ARCHS)}")
+    enum_name, members = _WEIGHT_ENUMS[arch]
+    enum = getattr(torchvision.models, enum_name)
+    return [(Path(enum[m].url).name, enum[m].url) for m in members]
+
+
+def hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_weights(arch: str, weights_path: str | Path | None = None) -> Path | None:
+    """The weights file to use for ``arch``: ``weights_path`` if given (it must exist), else the first of
+    torchvision's files found in the torch hub cache, else ``None``."""
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(f"ImageNet weights file {path} (given for {arch}) not found")
+        return path
+    for name, _ in weight_files(arch):
+        if (hub_checkpoints() / name).is_file():
+            return hub_checkpoints() / name
+    return None
+
+
+def missing_message(arch: str) -> str:
+    name, url = weight_files(arch)[0]
+    return (f"ImageNet weights for {arch} not found (looked for {', '.join(n for n, _ in weight_files(arch))} "
+            f"in {hub_checkpoints()}). Fetch torchvision's file once, e.g. `mkdir -p {hub_checkpoints()} && "
+            f"curl -L -o {hub_checkpoints() / name} {url}`, or name a local copy with "
+            f"--set 'weights_paths.{arch}=\"/path/to/{name}\"', "
+            "or pass --allow-download to let torchvision fetch it, or start teachers and student from one "
+            "random initialisation instead with --set init=random")
+
+
+def _read_state(path: Path, arch: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # truncated download, HTML error page saved as .pth, foreign pickle
+        raise MissingWeightsError(f"{path} is not a readable weights file for {arch} ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}); delete it and fetch it "
+                                  "again") from None
+    for key in ("state_dict", "model"):     # checkpoints that wrap the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise MissingWeightsError(f"{path} holds a {type(state).__name__}, not a state dict of {arch}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+_DENSE_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                            r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def imagenet_state(arch: str, weights_path: str | Path | None = None,
+                   allow_download: bool = False) -> tuple[dict, str]:
+    """torchvision's ImageNet state dict of ``arch`` (torchvision key names) and where it came from."""
+    path = find_weights(arch, weights_path)
+    if path is None:
+        if not allow_download:
+            raise MissingWeightsError(missing_message(arch))
+        name, url = weight_files(arch)[0]
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True)
+        source = str(hub_checkpoints() / name)
+    else:
+        state, source = _read_state(path, arch), str(path)
+    if arch.startswith("densenet"):   # torchvision's old DenseNet files name 'norm.1' what is now 'norm1'
+        state = {(f"{m.group(1)}{m.group(2)}" if (m := _DENSE_OLD_KEY.match(k)) else k): v
+                 for k, v in state.items()}
+    return state, source
+
+
+def _blocknet_key(arch: str, key: str, net: BlockNet) -> str | None:
+    """The BlockNet name of torchvision parameter ``key`` (``None`` for the ImageNet classifier)."""
+    if arch.startswith("resnet"):
+        if key.startswith(("fc.",)):
+            return None
+        if key.startswith(("conv1.", "bn1.")):
+            return f"blocks.0.stem.{key}"
+        m = re.match(r"^layer(\d)\.(\d+)\.(.*)$", key)
+        if m:
+            k = net.block_index(f"b{m.group(1)}_{int(m.group(2)) + 1}") - 1
+            return f"blocks.0.unit.{m.group(3)}" if k == 0 else f"blocks.{k}.{m.group(3)}"
+    else:
+        if key.startswith("classifier."):
+            return None
+        m = re.match(r"^features\.(conv0|norm0)\.(.*)$", key)
+        if m:
+            return f"blocks.0.stem.{m.group(1)}.{m.group(2)}"
+        m = re.match(r"^features\.((?:denseblock|transition)(\d))\.(.*)$", key)
+        if m:
+            return f"blocks.{int(m.group(2)) - 1}.{m.group(1)}.{m.group(3)}"
+        if key.startswith("features.norm5."):
+            return f"blocks.{net.num_blocks - 1}.{key.removeprefix('features.')}"
+    raise KeyError(key)
+
+
+def load_imagenet(net: BlockNet, state: dict, source: str = "state dict") -> BlockNet:
+    """Copy torchvision's ImageNet ``state`` into every block of ``net`` (its head stays as it is)."""
+    arch = net.arch
+    tv = getattr(torchvision.models, arch)(weights=None)
+    try:
+        tv.load_state_dict(state)    # strict: every tensor of the torchvision model, with its shape
+    except RuntimeError as err:
+        raise MissingWeightsError(f"{source} is not a torchvision {arch} ImageNet state dict: "
+                                  f"{str(err).splitlines()[0]} …") from None
+    mapped = {}
+    for key, value in tv.state_dict().items():
+        new = _blocknet_key(arch, key, net)
+        if new is not None:
+            mapped[new] = value
+    missing, unexpected = net.load_state_dict(mapped, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise RuntimeError(f"ImageNet weights of {arch} do not map onto its blocks: missing "
+                           f"{[k for k in missing if not k.startswith('head.')][:3]}, unexpected {unexpected[:3]}")
+    return net
+
+
+def imagenet_backbone(arch: str, num_classes: int, weights_path: str | Path | None = None,
+                      allow_download: bool = False, seed: int = 0) -> tuple[BlockNet, str]:
+    """``arch`` as a :class:`BlockNet` with ImageNet weights in every block and a fresh ``num_classes`` head;
+    returns the network and the weights file it came from."""
+    if arch not in PRETRAINED_ARCHS:
+        raise ValueError(f"no ImageNet weights for arch {arch!r}; available for: {', '.join(PRETRAINED_ARCHS)}")
+    state, source = imagenet_state(arch, weights_path, allow_download)
+    torch.manual_seed(seed)
+    return load_imagenet(build_backbone(arch, num_classes), state, source), source
+
+
+def prepare_generic(out_dir: str | Path, arch: str, label_names: Sequence[str], *, init: str = "imagenet",
+                    arch_kwargs: dict | None = None, weights_path: str | Path | None = None,
+                    allow_download: bool = False, seed: int = 0, log=print) -> Path:
+    """Write ``out_dir/generic-{arch}.pt``, the shared start of every teacher and of the student, for a paper
+    preset: ImageNet weights (``init="imagenet"``) or a seeded random init (``init="random"``).
+
+    :func:`kalib.teachers.pretrain` then re-uses it instead of training a generic stage, and
+    :func:`kalib.amalgamate.run` starts the student from it (``--init generic``). An existing file made with
+    the same ``init`` is kept; one made with another raises ``FileExistsError``."""
+    from ..checkpoints import read_meta, save_model
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r} for a paper preset; valid: {', '.join(INITS)}")
+    path = Path(out_dir) / f"generic-{arch}.pt"
+    if path.is_file():
+        made = read_meta(path).get("init")
+        if made != init:
+            raise FileExistsError(f"{path} was made with init {made!r}, not {init!r}; choose another --out "
+                                  "directory or delete it")
+        return path
+    if init == "imagenet":
+        if arch_kwargs:
+            raise ValueError(f"ImageNet weights need the standard {arch}; the preset gives arch_kwargs {arch_kwargs}")
+        model, source = imagenet_backbone(arch, len(label_names), weights_path, allow_download, seed)
+    else:
+        torch.manual_seed(seed)
+        model, source = build_backbone(arch, len(label_names), **(arch_kwargs or {})), None
+    save_model(path, model, role="generic", labels=list(label_names), init=init, weights=source)
+    log(f"generic {arch}: {init} initialisation" + (f" from {source}" if source else "") + f" -> {path}")
+    return path

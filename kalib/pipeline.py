@@ -1,0 +1,84 @@
+"""``python -m kalib reproduce``: the five notebooks, run in order with papermill.
+
+Each notebook gets the same parameters (``preset``, ``seed``, ``out_dir``), its executed copy is kept in
+``OUT/notebooks/``, and everything it trains is found and re-used on a second run (teachers, finished
+blocks). A failing cell stops the run with that cell's error. ``OUT/results.json`` holds every number
+behind Fig. 3 and Tables 1–3; ``OUT/figures/`` the figures and tables (copied to ``figures`` if given).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
+KERNEL = "kalib"
+
+
+class NotebookError(RuntimeError):
+    """A notebook cell raised; the message names the notebook, the cell and the error."""
+
+
+def _kernel_name() -> str:
+    """The ``kalib`` kernel registered by ``make install``, else this interpreter's own ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+RUN_STATE = ("notebooks", "table1", "table2", "figures", "results.json", "teachers.json", "fig3.json")
+
+
+def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: int | None = None,
+              data_root: str | Path | None = None, device: str | None = None, restart: bool = False,
+              overrides=(),
+              figures: str | Path | None = None, notebooks=NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
+              log=print) -> dict:
+    """Run ``notebooks`` in order with papermill; returns the content of ``OUT/results.json``.
+
+    ``restart`` first deletes what an earlier run wrote to ``out_dir`` (only the paths it writes);
+    ``overrides`` are ``FIELD=VALUE`` changes of the preset (the CLI's ``--set``)."""
+    import papermill as pm
+
+    if not notebook_dir.is_dir():
+        raise FileNotFoundError(f"notebooks not found in {notebook_dir}; run from a clone of the kalib "
+                                "repository (the notebooks are not part of the wheel)")
+    out = Path(out_dir).resolve()
+    if restart:
+        for name in RUN_STATE:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    params = {"preset": preset, "seed": seed, "out_dir": str(out),
+              "data_root": None if data_root is None else str(data_root), "device": device,
+              "overrides": list(overrides or ())}
+    kernel = _kernel_name()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for i, name in enumerate(notebooks, start=1):
+        executed = out / "notebooks" / f"{name}.ipynb"
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed, parameters=params, kernel_name=kernel,
+                                cwd=str(notebook_dir), progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            raise NotebookError(f"{name}, cell {err.exec_count}: {err.ename}: {err.evalue} "
+                                f"(executed notebook: {executed})") from None
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"[{i}/{len(notebooks)}] {name:<18s} {timings[name]:7.1f} s  (total {time.perf_counter() - start:.0f} s)")
+
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results.setdefault("timings_s", {})["notebooks"] = timings
+    results["timings_s"]["total"] = round(time.perf_counter() - start, 1)
+    results_path.write_text(json.dumps(results, indent=1))
+    if figures is not None:
+        dest = Path(figures)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted((out / "figures").glob("*")):
+            shutil.copy2(f, dest / f.name)
+        shutil.copy2(results_path, dest / "results.json")
+        log(f"figures, tables and results.json copied to {dest}")
+    return results

@@ -1,0 +1,121 @@
+"""Tables 1–3 and the numbers behind Fig. 3, built from finished runs (``run.json`` records), and
+``results.json``, the file every committed figure and table is drawn from.
+
+Row names follow the paper (Tab. 1): ``Teacher``, ``Target b1`` … ``Target b4`` (every task branches
+out at the end of stage k, AP measured during block-wise training, i.e. before fine-tuning, as in the
+paper), ``Target`` (Eq. 9 branch-out, fine-tuned), ``Target-3`` (three teachers), ``TargetDenseNet``.
+``Teacher-3`` and ``TeacherDenseNet`` give the teachers those two rows learned from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import topk_metrics
+
+TABLE3_KEYS = {"CP": "C-P", "CR": "C-R", "CF1": "C-F1", "OP": "O-P", "OR": "O-R", "OF1": "O-F1"}
+
+# Paper, Tab. 1 (VOC 2007, ResNet-50 / DenseNet) and Tab. 2 (VOC 2012): mAP of the rows we reproduce;
+# Tab. 3 (MS-COCO, top-3). Copied from the paper's tables for side-by-side trends.
+PAPER_MAP = {
+    "table1": {"Teacher": 92.5, "Target b1": 93.0, "Target b2": 92.8, "Target b3": 92.1, "Target b4": 93.4,
+               "Target": 93.5, "Target-3": 93.8, "TargetDenseNet": 93.6},
+    "table2": {"Target": 92.5, "Target-3": 93.2, "TargetDenseNet": 93.3},
+}
+PAPER_TABLE3 = {
+    "Target": {"C-P": 79.8, "C-R": 63.5, "C-F1": 69.4, "O-P": 83.9, "O-R": 65.7, "O-F1": 75.0},
+    "TargetDenseNet": {"C-P": 80.5, "C-R": 64.0, "C-F1": 69.3, "O-P": 85.4, "O-R": 66.9, "O-F1": 75.2},
+}
+
+
+def stage_end_blocks(block_names) -> dict[str, str]:
+    """``{"b1": "b1_2", "b2": "b2_2", ...}``: the last block of every stage (names ``b<stage>_<i>``)."""
+    ends: dict[str, str] = {}
+    for name in block_names:
+        match = re.fullmatch(r"(b\d+)_\d+", name)
+        if match is None:
+            raise ValueError(f"block name '{name}' is not of the form b<stage>_<index>")
+        ends[match.group(1)] = name
+    return ends
+
+
+def _ap_row(values: dict, labels) -> dict:
+    row = {label: float(values[label]) for label in labels if label in values}
+    row["mAP"] = float(np.mean([values[label] for label in labels if label in values]))
+    return row
+
+
+def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = None) -> dict[str, dict]:
+    """Rows of Table 1 (or 2): row name -> {label: AP (%), ..., "mAP": mean}.
+
+    ``run2`` is the two-teacher C = A run; ``run3`` and ``run_dense`` (optional) add Target-3 and
+    TargetDenseNet with the teachers they learned from."""
+    labels = run2["tasks"]
+    rows = {"Teacher": _ap_row(run2["teacher_ap"], labels)}
+    for stage, block in stage_end_blocks(run2["blocks"]).items():
+        rows[f"Target {stage}"] = _ap_row({t: run2["branch_ap"][t][block] for t in labels}, labels)
+    rows["Target"] = _ap_row(run2["target_ap"], labels)
+    for name, record in (("3", run3), ("DenseNet", run_dense)):
+        if record is not None:
+            rows["Target-3" if name == "3" else "TargetDenseNet"] = _ap_row(record["target_ap"], labels)
+            rows[f"Teacher-{name}" if name == "3" else "TeacherDenseNet"] = _ap_row(record["teacher_ap"], labels)
+    return rows
+
+
+def table3_row(scores, targets, k: int = 3) -> dict[str, float]:
+    """Tab. 3 columns (top-k C-P, C-R, C-F1, O-P, O-R, O-F1 in %) of one network's scores."""
+    metrics = topk_metrics(np.asarray(scores), np.asarray(targets), k=k)
+    return {TABLE3_KEYS[key]: float(metrics[key]) for key in TABLE3_KEYS}
+
+
+def fig3_data(run2: dict) -> dict[str, dict]:
+    """pair name -> task -> {teacher_ap, ap_by_block, loss_by_block, chosen_block, best_ap_block}."""
+    out = {}
+    for pair, tasks in run2["pairs"].items():
+        out[pair] = {t: {"teacher": run2["task_teacher"][run2["tasks"].index(t)],
+                         "teacher_ap": run2["teacher_ap"][t],
+                         "ap_by_block": run2["branch_ap"][t],
+                         "loss_by_block": run2["converged_loss"][t],
+                         "chosen_block": run2["chosen_block"][t],
+                         "best_ap_block": run2["ap_best_block"][t]} for t in tasks}
+    return out
+
+
+def table_frame(rows: dict[str, dict], labels=None, paper: dict | None = None) -> pd.DataFrame:
+    """Rows as a DataFrame (labels in ``labels`` order, then mAP; one decimal), with the paper's mAP
+    of the same row in a last column ``paper mAP`` when ``paper`` is given."""
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    cols = [c for c in (labels or frame.columns) if c in frame.columns and c != "mAP"] + ["mAP"]
+    frame = frame[cols].round(1)
+    if paper is not None:
+        frame["paper mAP"] = [paper.get(r, np.nan) for r in frame.index]
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path_stem: str | Path, title: str = "") -> tuple[Path, Path]:
+    """``<stem>.csv`` and ``<stem>.md`` (a pipe table; missing values as blanks)."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    frame.to_csv(csv_path, float_format="%.1f")
+    header = f"{title}\n\n" if title else ""
+    cells = frame.astype(object).where(frame.notna(), None)
+    md_path.write_text(header + cells.to_markdown(floatfmt=".1f", missingval="") + "\n")
+    return csv_path, md_path
+
+
+def write_results(path: str | Path, **sections) -> Path:
+    """Merge ``sections`` (table1, table2, table3, fig3, params, timings_s, ...) into ``results.json``."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(sections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    tmp.replace(path)
+    return path

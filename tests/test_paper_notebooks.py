@@ -1,0 +1,30 @@
+"""A paper preset end to end through the five notebooks (papermill), on a fake VOC tree the test writes,
+made tiny with preset overrides (32 px, width-8 network, random shared init, one epoch per stage)."""
+
+import json
+
+from test_paper_presets import voc_tree
+
+from kalib.data import VOC_CLASSES
+from kalib.pipeline import reproduce
+
+TINY = ["data.image_size=32", "arch=resnet18_narrow", "arch_kwargs.width=8", "dense_arch=densenet_small",
+        'dense_kwargs={"growth_rate": 6, "num_init_features": 12}', "teacher.epochs=1", "block.epochs=1",
+        "finetune.epochs=1", "loss_slice=8", "init=random"]
+
+
+def test_paper_voc07_runs_through_the_notebooks(tmp_path):
+    root = voc_tree(tmp_path / "data")
+    lines = []
+    results = reproduce("paper-voc07", tmp_path / "out", data_root=root, device="cpu", overrides=TINY,
+                        log=lines.append)
+    assert len(lines) == 5 and all(f"[{i}/5]" in line for i, line in enumerate(lines, start=1))
+    table1 = results["table1"]
+    assert {"Teacher", "Target b1", "Target b4", "Target", "Target-3", "TargetDenseNet"} <= set(table1)
+    assert set(table1["Target"]) == set(VOC_CLASSES) | {"mAP"}
+    assert results["table2"] is None, "the paper's Table 2 comes from the paper-voc12 preset"
+    assert set(results["fig3"]) == {"unrelated", "related"}
+    assert set(results["fig3"]["unrelated"]) == {"bus", "diningtable"}
+    figures = tmp_path / "out" / "figures"
+    assert (figures / "fig3.png").is_file() and (figures / "table1.md").is_file()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["timings_s"]["notebooks"]

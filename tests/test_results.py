@@ -1,0 +1,103 @@
+"""Tables, Fig. 3 data, results.json and the papermill pipeline (kalib.results, kalib.pipeline)."""
+
+import json
+
+import nbformat
+import numpy as np
+import pytest
+
+from kalib import experiments, results
+from kalib.pipeline import NotebookError, reproduce
+from kalib.presets import get_preset
+
+BLOCKS = ["b1_1", "b1_2", "b2_1", "b2_2"]
+
+
+def _record(tasks=("a", "b"), offset=0.0):
+    ap = {t: {b: 10.0 * (i + 1) + j + offset for j, b in enumerate(BLOCKS)} for i, t in enumerate(tasks)}
+    loss = {t: {b: 1.0 - 0.1 * j if j < 3 else 0.95 for j, b in enumerate(BLOCKS)} for t in tasks}
+    return {"tasks": list(tasks), "blocks": BLOCKS, "task_teacher": [1, 2][:len(tasks)],
+            "teacher_ap": {"a": 50.0, "b": 70.0, "mAP": 60.0}, "branch_ap": ap, "converged_loss": loss,
+            "chosen_block": {t: "b2_1" for t in tasks}, "ap_best_block": {t: "b2_2" for t in tasks},
+            "target_ap": {"a": 55.0 + offset, "b": 65.0 + offset, "mAP": 60.0 + offset},
+            "pairs": {"unrelated": ["a", "b"]}}
+
+
+def test_stage_end_blocks():
+    assert results.stage_end_blocks(BLOCKS) == {"b1": "b1_2", "b2": "b2_2"}
+    with pytest.raises(ValueError, match="not of the form"):
+        results.stage_end_blocks(["denseblock1"])
+
+
+def test_table_rows_take_stage_ends_and_recompute_map():
+    rows = results.table_rows(_record(), _record(offset=1.0), _record(offset=2.0))
+    assert list(rows) == ["Teacher", "Target b1", "Target b2", "Target", "Target-3", "Teacher-3",
+                          "TargetDenseNet", "TeacherDenseNet"]
+    assert rows["Target b1"] == {"a": 11.0, "b": 21.0, "mAP": 16.0}     # AP at b1_2, the end of stage 1
+    assert rows["Target b2"] == {"a": 13.0, "b": 23.0, "mAP": 18.0}
+    assert rows["Target-3"]["mAP"] == pytest.approx(61.0)
+    assert rows["Teacher"] == {"a": 50.0, "b": 70.0, "mAP": 60.0}
+
+
+def test_fig3_data_and_markdown_table(tmp_path):
+    fig3 = results.fig3_data(_record())
+    assert fig3["unrelated"]["b"] == {"teacher": 2, "teacher_ap": 70.0, "ap_by_block": _record()["branch_ap"]["b"],
+                                      "loss_by_block": _record()["converged_loss"]["b"], "chosen_block": "b2_1",
+                                      "best_ap_block": "b2_2"}
+    frame = results.table_frame(results.table_rows(_record(), _record()), ["b", "a"], paper={"Target": 93.5})
+    assert list(frame.columns) == ["b", "a", "mAP", "paper mAP"]
+    csv, md = results.write_table(frame, tmp_path / "t", "Title")
+    text = md.read_text()
+    assert text.startswith("Title") and "| Target " in text and "nan" not in text
+    assert "93.5" in text and np.isclose(float(csv.read_text().splitlines()[1].split(",")[1]), 70.0)
+
+
+def test_table3_row_matches_hand_computed_top1():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    targets = np.array([[1, 0], [1, 1], [0, 1]])
+    row = results.table3_row(scores, targets, k=1)
+    # top-1 predictions: a, b, a -> class a: 1 of 2 correct, class b: 1 of 1; recall a 1/2, b 1/2
+    assert row["C-P"] == pytest.approx(75.0) and row["C-R"] == pytest.approx(50.0)
+    assert row["O-P"] == pytest.approx(200 / 3) and row["O-R"] == pytest.approx(50.0)
+
+
+def test_write_results_merges(tmp_path):
+    path = results.write_results(tmp_path / "results.json", table1={"Teacher": {"mAP": 1.0}})
+    results.write_results(path, fig3={"p": {}})
+    assert json.loads(path.read_text()) == {"table1": {"Teacher": {"mAP": 1.0}}, "fig3": {"p": {}}}
+
+
+def test_side_runs_use_the_cheaper_schedule():
+    quick = get_preset("quick")
+    assert experiments.for_run(quick, "table1", "2") is quick
+    side = experiments.for_run(quick, "table2", "2")
+    assert side.teacher == quick.side_teacher and side.block_images == quick.side_block_images
+    assert side.generic == quick.generic
+    assert experiments.for_run(quick, "table1", "dense").generic.epochs == quick.side_teacher.epochs
+    assert experiments.variants(quick) == ("table1", "table2")
+    with pytest.raises(ValueError, match="unknown table variant"):
+        experiments.variant_data(quick, "table9")
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("preset = 'x'\nout_dir = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_reproduce_runs_notebooks_in_order_and_stops_at_a_failing_cell(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a.ipynb", "import json, pathlib\n"
+                               "pathlib.Path(out_dir, 'results.json').write_text(json.dumps({'preset': preset}))")
+    _notebook(nbs / "b.ipynb", "raise ValueError('broken cell')")
+    lines = []
+    out = reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, log=lines.append)
+    assert out["preset"] == "smoke" and set(out["timings_s"]["notebooks"]) == {"a"}
+    assert (tmp_path / "out" / "notebooks" / "a.ipynb").is_file() and lines[0].startswith("[1/1] a")
+    # cell 3: papermill inserts the injected parameters after the tagged cell
+    with pytest.raises(NotebookError, match=r"b, cell 3: ValueError: broken cell"):
+        reproduce("smoke", tmp_path / "out", notebooks=("a", "b"), notebook_dir=nbs, log=lines.append)
+    assert (tmp_path / "out" / "results.json").is_file(), "finished work is kept"

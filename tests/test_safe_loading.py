@@ -1,0 +1,89 @@
+"""Safe loading (issue 7): a checkpoint carrying a pickle payload is refused by every kalib loader —
+finished checkpoints, TargetNets, epoch checkpoints, block states, ``kalib evaluate`` — and the payload
+never runs. A control shows that the payload does run under a plain unsafe ``torch.load``, so the test
+would catch a loader that executed it."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kalib.amalgamate import Amalgamation, BlockStore
+from kalib.branch import assemble, load_target, save_target
+from kalib.checkpoints import CheckpointError, load_model, load_state, save_model
+from kalib.cli import main
+from kalib.filters import task_plan
+from kalib.models import build_backbone
+from kalib.train import Schedule, optimise
+
+
+def payload(marker: Path):
+    """An object whose unpickling runs ``touch marker`` through os.system."""
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    return Payload()
+
+
+def poison(path: Path, marker: Path) -> Path:
+    """Overwrite the weights file ``path`` with a state dict that also carries the payload."""
+    torch.save({"weight": torch.zeros(2), "evil": payload(marker)}, path)
+    return path
+
+
+def test_the_payload_is_real(tmp_path):
+    """Control: an unsafe load does execute it (so a missing marker below means it was not executed)."""
+    marker = tmp_path / "executed"
+    path = poison(tmp_path / "control.pt", marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_finished_checkpoints_and_targetnets_refuse_the_payload(tmp_path):
+    marker = tmp_path / "executed"
+    net = build_backbone("resnet18_narrow", 3, width=8)
+    path = poison(save_model(tmp_path / "teacher.pt", net, labels=["a", "b", "c"]), marker)
+    with pytest.raises(CheckpointError, match="corrupt, truncated or not a kalib checkpoint"):
+        load_model(path)
+    with pytest.raises(CheckpointError):
+        load_state(path)
+
+    teachers = [build_backbone("resnet18_narrow", 2, width=8).eval() for _ in range(2)]
+    student = build_backbone("resnet18_narrow", 2, width=8).eval()
+    from kalib.amalgamate import make_filters
+    filters = make_filters(student, teachers)
+    target = assemble(student, filters, teachers, task_plan(None, [["a", "b"], ["c", "d"]]), [2, 2, 3, 3])
+    tpath = poison(save_target(tmp_path / "targetnet.pt", target, role="targetnet"), marker)
+    with pytest.raises(CheckpointError):
+        load_target(tpath)
+    assert not marker.exists()
+
+
+def test_epoch_checkpoints_and_block_states_refuse_the_payload(tmp_path):
+    marker = tmp_path / "executed"
+    model = nn.Linear(3, 1)
+    ckpt = poison(tmp_path / "epoch.pt", marker)
+    x = torch.randn(8, 3)
+    with pytest.raises(CheckpointError):
+        optimise(model.parameters(), 8, lambda idx: model(x[idx]).pow(2).mean(), Schedule(epochs=1, batch_size=4),
+                 checkpoint=ckpt, state=model)
+
+    store = BlockStore(tmp_path / "run", "fp")
+    store.dir.mkdir(parents=True)
+    poison(store.dir / "block01.pt", marker)
+    student = build_backbone("resnet18_narrow", 2, width=8)
+    with pytest.raises(CheckpointError):
+        store.load(1, Amalgamation(student, nn.ModuleList(), None, None))
+    assert not marker.exists()
+
+
+def test_kalib_evaluate_refuses_the_payload(tmp_path, capsys):
+    marker = tmp_path / "executed"
+    path = poison(save_model(tmp_path / "t.pt", build_backbone("resnet18_narrow", 2, width=8),
+                             labels=["coat", "bag"]), marker)
+    code = main(["evaluate", str(path), "--preset", "smoke"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not a kalib checkpoint" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not marker.exists()
