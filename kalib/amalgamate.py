@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import BatchAugment
 from .branch import assemble, branch_points, count_parameters, forced_branch_points, save_target
 from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, load_model, load_state, read_meta
 from .config import changed_keys, digest, file_digest
@@ -201,6 +202,27 @@ def block_subset(train_idx: torch.Tensor, k: int, images_per_block: int | None, 
     return train_idx[torch.randperm(len(train_idx), generator=gen)[:images_per_block]]
 
 
+@torch.no_grad()
+def _augmented_inputs(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, x: torch.Tensor, k: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one augmented batch ``x``: the frozen student prefix F_u^{k-1} and the teachers' logits for
+    the tasks of C (Eq. 7's targets), both computed on the same images."""
+    with autocast(device):
+        h = student.prefix(x, k - 1)
+    return h.float().contiguous(memory_format=CL), _teacher_logits(teachers, plan, x, device)
+
+
+@torch.no_grad()
+def _teacher_logits(teachers: Sequence[BlockNet], plan: TaskPlan, x: torch.Tensor,
+                    device: torch.device) -> torch.Tensor:
+    """The teachers' logits for the tasks of C on one batch of network input ``x`` (as soft_targets)."""
+    target = torch.empty(len(x), len(plan.tasks), device=device)
+    with autocast(device):
+        for n in plan.active_teachers:
+            target[:, plan.per_teacher[n]] = select_tasks(teachers[n](x), plan.local_per_teacher[n]).float()
+    return target
+
+
 def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, images: torch.Tensor,
                schedule: Schedule, *, images_per_block: int | None = None, heldout: int = 500,
                seed: int = 0, reduction: int = 4, soft: torch.Tensor | None = None,
@@ -208,7 +230,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
                previous: Amalgamation | None = None, cache_dtype: torch.dtype = torch.float32,
                on_block_end: Callable[[int, Amalgamation], None] | None = None,
                last_block: int | None = None, log: Callable[[str], None] | None = None,
-               device=None, state_dir: str | Path | None = None, fingerprint: str = "") -> Amalgamation:
+               device=None, state_dir: str | Path | None = None, fingerprint: str = "",
+               augment=None) -> Amalgamation:
     """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
 
     ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only
@@ -219,7 +242,10 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
     ``last_block`` stops early (losses of later blocks stay NaN). ``state_dir``: block k's training state
     is saved there after every epoch (``blockKK.partial.pt``, tagged with ``fingerprint``) and resumed
     from; it is deleted once the block is finished (after ``on_block_end``). ``device``: where the
-    networks run (default CPU); images, soft targets and cached features stay on the CPU.
+    networks run (default CPU); images, soft targets and cached features stay on the CPU. ``augment``
+    (:class:`kalib.augment.BatchAugment`, paper presets): every training batch is augmented once and the
+    same augmented images reach the frozen student prefix and the teachers, so features and targets are
+    recomputed per batch instead of cached (the held-out losses L_i^k stay on the plain images).
     The teachers are put in eval mode with frozen weights and are never modified.
     """
     device = as_device(device)
@@ -247,7 +273,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
         name = student.block_names[k - 1]
         idx = block_subset(train_idx, k, images_per_block, seed)
         block_images, block_soft = images[idx], soft[idx]
-        feats = _features(student, block_images, k - 1, cache_dtype, device=device)   # F_u^{k-1}, per block
+        feats = (_features(student, block_images, k - 1, cache_dtype, device=device)   # F_u^{k-1}, per block
+                 if augment is None else None)
         block = student.blocks[k - 1]
         filters_k = filters[k - 1]
         student.requires_grad_(False).eval()
@@ -259,11 +286,17 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
         partial = Path(state_dir) / f"block{k:02d}.partial.pt" if state_dir is not None else None
         if partial is not None and partial.is_file() and log:
             log(f"block {name} ({k}/{num_blocks}): resuming from {partial}")
+        def batch_loss(b, k=k, block=block, filters_k=filters_k, feats=feats, block_images=block_images,
+                       block_soft=block_soft):
+            if augment is None:
+                h, target = _rows(feats, block_images, b, device), block_soft[b].to(device, non_blocking=True)
+            else:
+                x = to_input(augment(block_images[b].to(device, non_blocking=True), b))
+                h, target = _augmented_inputs(student, teachers, plan, x, k, device)
+            return filtered_loss(entangled_predictions(block(h), k, filters_k, teachers, plan), target)[0]
+
         history = optimise(
-            params, len(idx),
-            lambda b: filtered_loss(entangled_predictions(block(_rows(feats, block_images, b, device)), k,
-                                                          filters_k, teachers, plan),
-                                    block_soft[b].to(device, non_blocking=True))[0],
+            params, len(idx), batch_loss,
             schedule, seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})", checkpoint=partial,
             state=nn.ModuleList([block, *active]), fingerprint=f"{fingerprint}:block{k}", device=device)
         del feats
@@ -326,7 +359,8 @@ class _FrozenBatchNorm(nn.Module):
 
 def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule,
              seed: int = 0, freeze_bn: bool = False, *, device=None, checkpoint: str | Path | None = None,
-             fingerprint: str = "") -> list[float]:
+             fingerprint: str = "", augment=None, teachers: Sequence[BlockNet] = (),
+             plan: TaskPlan | None = None) -> list[float]:
     """Alg. 1 line 14: fine-tune the whole assembled TargetNet against the teachers' soft predictions
     (``soft``, logits in C's order) on unlabeled ``images`` with the loss of Eq. 7 and the poly schedule.
     ``freeze_bn`` keeps the BatchNorm statistics (those of the teachers in the copied branches).
@@ -334,11 +368,24 @@ def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedu
     Every weight of ``target`` is trained: its parts are copies, and the copies of frozen parts (teacher
     blocks, student blocks and filters after their block) would otherwise stay frozen, and whether a part
     had been frozen would depend on whether its block was trained in this process or loaded on resume.
+    With ``augment`` the targets come from ``teachers`` (task plan ``plan``) on each augmented batch.
     Returns the mean loss per epoch; ``target`` is left in eval mode."""
     target.requires_grad_(True)
     model = _FrozenBatchNorm(target) if freeze_bn else target
-    history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t)[0], schedule, seed,
-                  desc="finetune", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
+    if augment is None:
+        history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t)[0], schedule, seed,
+                      desc="finetune", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
+    else:
+        device = as_device(device)
+        model.to(device=device, memory_format=CL).train()
+
+        def batch_loss(b):
+            x = to_input(augment(images[b].to(device, non_blocking=True), b))
+            return filtered_loss(model(x), _teacher_logits(teachers, plan, x, device))[0]
+
+        history = optimise([p for p in target.parameters()], len(images), batch_loss, schedule, seed,
+                           desc="finetune", checkpoint=checkpoint, state=model, fingerprint=fingerprint,
+                           device=device)
     target.eval()
     return history
 
@@ -532,7 +579,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 "generic": _file_digest(generic_path) if init == "generic" else None, "init": init,
                 "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.block),
                 "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
-                "reduction": preset.filter_reduction}
+                "reduction": preset.filter_reduction, **({"augment": True} if preset.augment else {})}
+    augment = BatchAugment(seed) if preset.augment else None
     store = BlockStore(out_dir, _digest(settings))
     store.prepare(settings, restart, log)
     times["load"] = time.perf_counter() - t0
@@ -554,7 +602,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                         heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
                         start_block=done + 1, previous=result, cache_dtype=cache_dtype,
                         on_block_end=store.save, log=log, device=device, state_dir=store.dir,
-                        fingerprint=store.fingerprint)
+                        fingerprint=store.fingerprint, augment=augment)
     times["blocks"] = time.perf_counter() - t0
     names = student.block_names
 
@@ -598,7 +646,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                                                              preset.finetune, seed,
                                                              freeze_bn=preset.finetune_freeze_bn,
                                                              device=device, checkpoint=ft_partial,
-                                                             fingerprint=ft_key)]
+                                                             fingerprint=ft_key, augment=augment,
+                                                             teachers=teachers, plan=plan)]
     times["finetune"] = time.perf_counter() - t0
     held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
     record["heldout_loss"] = {"before_finetune": round(float(held_before.mean()), 5),

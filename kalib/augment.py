@@ -76,3 +76,20 @@ def random_resized_crop_flip(images: torch.Tensor, size: int | None = None, scal
                     aligned=True)
     out = torch.where(flips.to(x.device)[:, None, None, None], out.flip(-1), out)
     return (out, boxes, flips) if return_boxes else out
+
+
+class BatchAugment:
+    """Random resized crop + horizontal flip for a training batch, called as ``augment(images, idx)``.
+
+    The random numbers are seeded by ``seed`` and the batch's image indices ``idx``, so a resumed epoch
+    (same shuffle, same batches) sees exactly the crops of an uninterrupted one. ``scale`` is milder than
+    ImageNet's (0.08, 1): a multi-label image keeps its labels, so most labelled objects should stay in view.
+    """
+
+    def __init__(self, seed: int = 0, scale=(0.5, 1.0), flip: float = 0.5):
+        self.seed, self.scale, self.flip = seed, scale, flip
+
+    def __call__(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        key = int((idx.to(torch.int64).cpu() * 2654435761 % 2147483647).sum()) % 2147483647
+        gen = torch.Generator().manual_seed(self.seed * 1000003 + key)
+        return random_resized_crop_flip(images, scale=self.scale, flip=self.flip, generator=gen)

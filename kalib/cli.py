@@ -95,7 +95,7 @@ def _pretrain(args) -> None:
                             weights_path=preset.weights_paths.get(arch), allow_download=args.allow_download,
                             seed=seed)
         pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, args.out, seed=seed,
-                 device=device, restart=args.restart)
+                 device=device, restart=args.restart, augment=preset.augment)
     print(f"teachers in {args.out} ({time.perf_counter() - t0:.0f} s)")
 
 

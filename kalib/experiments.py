@@ -98,7 +98,7 @@ def ensure_teachers(preset: Preset, bench, out_dir: str | Path, variant: str = "
         prepare_generic(teachers_dir(out_dir, variant), arch, bench.label_names, init=preset.init,
                         arch_kwargs=kwargs, weights_path=preset.weights_paths.get(arch), seed=seed, log=log)
     return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, teachers_dir(out_dir, variant),
-                    seed=seed, log=log, device=device)
+                    seed=seed, log=log, device=device, augment=preset.augment)
 
 
 def ensure_amalgamation(preset: Preset, bench, out_dir: str | Path, variant: str = "table1",

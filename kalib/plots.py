@@ -139,8 +139,7 @@ def targetnet_drawing(record: dict, path=None):
     ax.text(-0.9, 0, "input", ha="right", va="center", fontsize=9)
     ax.set_xlabel(f"block (thick grey line: the shared student trunk, {blocks[0]}..{blocks[trunk_end]})")
     order = sorted(groups, key=lambda g: (blocks.index(g[1]), g[0]))
-    ys = np.linspace(0.8, 0.8 * n, n) - 0.4 * (n + 1) * 0.8
-    ys = ys - ys.mean() if n > 1 else np.array([0.9])
+    ys = (np.arange(n) - (n - 1) / 2) * 0.8 + (0.4 if n % 2 else 0.0)   # never on the trunk's line
     for y, key in zip(ys, order):
         teacher, block = key
         k = blocks.index(block)

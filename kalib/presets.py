@@ -54,6 +54,9 @@ class Preset:
     # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
     # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
     init: str = "generic"
+    # random resized crops and flips while training teachers, blocks and the TargetNet (kalib.augment;
+    # teacher and student see the same augmented image); the paper presets
+    augment: bool = False
     weights_paths: dict = field(default_factory=dict)
 
     @property
@@ -129,6 +132,7 @@ def _paper_preset(name: str, dataset: str, teacher_epochs: int, block_epochs: in
         finetune=Schedule(epochs=finetune_epochs),
         amalgamation_cache="float16",               # F_u^{k-1} of ResNet-50 at 224 px: 1.6 MB per image in fp16
         init="imagenet",
+        augment=True,
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .augment import BatchAugment
 from .checkpoints import ConfigMismatchError, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .data import Benchmark, resolve_tasks
@@ -47,14 +48,15 @@ def train_generic(bench: Benchmark, arch: str, arch_kwargs: dict, schedule: Sche
 
 def train_teacher(generic: BlockNet, bench: Benchmark, labels: Sequence[str], schedule: Schedule,
                   seed: int = 0, *, checkpoint: str | Path | None = None, fingerprint: str = "",
-                  device=None) -> BlockNet:
+                  device=None, augment=None) -> BlockNet:
     """Teacher A_n for the label group ``labels``: the generic backbone with a new head, trained with
     Eq. 2 on the labeled train split. ``checkpoint``/``fingerprint``: per-epoch resume."""
     idx = resolve_tasks(labels, bench.label_names)
     torch.manual_seed(seed)
     model = generic.with_new_head(len(idx))
     fit(model, bench.train_images, bench.train_labels[:, idx], teacher_loss, schedule, seed,
-        desc=f"teacher[{labels[0]}…]", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
+        desc=f"teacher[{labels[0]}…]", checkpoint=checkpoint, fingerprint=fingerprint, device=device,
+        augment=augment)
     return model.eval()
 
 
@@ -96,7 +98,8 @@ def _partial(out_dir: Path, path: Path, restart: bool) -> Path:
 
 def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_kwargs: dict,
              generic_schedule: Schedule, teacher_schedule: Schedule, out_dir: str | Path,
-             seed: int = 0, log=print, *, device=None, restart: bool = False) -> list[Path]:
+             seed: int = 0, log=print, *, device=None, restart: bool = False,
+             augment: bool = False) -> list[Path]:
     """Train the generic backbone (once per architecture) and one teacher per label group into
     ``out_dir``; finished checkpoints found there are re-used, not retrained.
 
@@ -104,7 +107,8 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     last finished epoch (with the same final weights). A finished checkpoint or epoch state of another
     configuration raises :class:`~kalib.checkpoints.ConfigMismatchError`; ``restart`` removes those and
     the epoch states of this call's stages (finished checkpoints of this configuration are still
-    re-used). ``device``: where training runs (default CPU)."""
+    re-used). ``device``: where training runs (default CPU). ``augment``: teachers train on random resized
+    crops and flips (:class:`kalib.augment.BatchAugment`; the paper presets)."""
     out_dir = Path(out_dir)
     generic_path = out_dir / f"generic-{arch}.pt"
     generic_hash = digest({"role": "generic", "data": bench.spec.key(), "labels": list(bench.label_names),
@@ -137,7 +141,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             log(f"--restart: removed {path} (a teacher for other labels)")
         config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
                               "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
-                              "seed": seed + n})
+                              "seed": seed + n, **({"augment": True} if augment else {})})
         partial = _partial(out_dir, path, restart)
         if _finished(path, config_hash, restart, log):
             partial.unlink(missing_ok=True)
@@ -146,7 +150,8 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             if partial.is_file():
                 log(f"teacher {n}/{len(groups)}: resuming from {partial}")
             teacher = train_teacher(generic, bench, labels, teacher_schedule, seed + n, checkpoint=partial,
-                                    fingerprint=config_hash, device=device)
+                                    fingerprint=config_hash, device=device,
+                                    augment=BatchAugment(seed + n) if augment else None)
             seconds = time.perf_counter() - t0
             idx = resolve_tasks(labels, bench.label_names)
             ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)

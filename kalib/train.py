@@ -149,21 +149,28 @@ def _save_epoch(path: Path, fingerprint: str, meta: dict, history: list[float], 
     _atomic_write(path, lambda p: torch.save(blob, p))
 
 
+def _batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device, augment=None) -> torch.Tensor:
+    """Rows ``idx`` of ``images`` on ``device``, augmented when ``augment`` is given."""
+    x = images[idx].to(device, non_blocking=True)
+    return x if augment is None else augment(x, idx)
+
+
 def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
         seed: int = 0, desc: str = "train", params=None, *, checkpoint: str | Path | None = None,
-        fingerprint: str = "", device=None) -> list[float]:
+        fingerprint: str = "", device=None, augment=None) -> list[float]:
     """Train ``model`` on ``(images, targets)`` with SGD + poly lr; return the mean loss of each epoch.
 
     ``params`` restricts the optimised parameters (default: all that require grad). ``checkpoint``:
     per-epoch resume file (see :func:`optimise`). ``device``: the model moves there; ``images`` and
-    ``targets`` stay where they are and each batch is moved on its own.
+    ``targets`` stay where they are and each batch is moved on its own. ``augment(batch, idx)``: a batch
+    augmentation (:class:`kalib.augment.BatchAugment`, paper presets), applied on the device.
     """
     device = as_device(device)
     model.to(device=device, memory_format=torch.channels_last).train()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     return optimise(params, len(images),
-                    lambda idx: loss_fn(model(to_input(images[idx].to(device, non_blocking=True))),
+                    lambda idx: loss_fn(model(to_input(_batch(images, idx, device, augment))),
                                         targets[idx].to(device, non_blocking=True)),
                     schedule, seed, desc, checkpoint=checkpoint, state=model, fingerprint=fingerprint,
                     device=device)

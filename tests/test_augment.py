@@ -1,7 +1,9 @@
 """kalib.augment: batched random resized crop + flip (the paper presets' training augmentation)."""
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +80,68 @@ def test_default_scale_and_ratio_are_torchvision_s():
     assert area.min() >= 0.07 and area.max() <= 1.0
     assert ratio.min() > 3 / 4 * 0.95 and ratio.max() < 4 / 3 * 1.05
     assert math.isclose(float(ratio.log().mean()), 0.0, abs_tol=0.05)
+
+
+# ------------------------------------------------------------------------- augmentation in training
+
+def test_batch_augment_is_seeded_by_the_batch_indices():
+    from kalib.augment import BatchAugment
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    aug = BatchAugment(seed=3)
+    a = aug(images, torch.tensor([5, 1, 7, 2]))
+    assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, BatchAugment(seed=3)(images, torch.tensor([5, 1, 7, 2])))   # a resumed epoch: same crops
+    assert not torch.equal(a, aug(images, torch.tensor([0, 1, 7, 2])))
+    assert not torch.equal(a, BatchAugment(seed=4)(images, torch.tensor([5, 1, 7, 2])))
+
+
+def test_augmented_block_training_feeds_one_image_to_student_and_teachers():
+    """With an augmentation that changes nothing (uint8 -> [0, 1] floats), the per-batch path that
+    recomputes the student prefix and the teachers' targets on the augmented batch gives exactly the
+    losses and weights of the cached path: the same image reaches both. A real augmentation is applied
+    once per training batch and changes the result."""
+    from test_amalgamate import TINY, pool, tiny_nets
+
+    from kalib.amalgamate import amalgamate, finetune, init_student
+    from kalib.branch import assemble
+    from kalib.filters import task_plan
+    from kalib.augment import BatchAugment
+
+    calls = []
+
+    def identity(x, idx):
+        calls.append(len(idx))
+        return x.float() / 255.0
+
+    results = {}
+    for name, augment in (("cached", None), ("identity", identity), ("crops", BatchAugment(0))):
+        generic, teachers = tiny_nets()
+        plan = task_plan(None, [["a", "b", "c"], ["d", "e"]])
+        torch.manual_seed(0)
+        r = amalgamate(init_student("generic", teachers, generic), teachers, plan, pool(), TINY,
+                       images_per_block=24, heldout=8, augment=augment)
+        target = assemble(r.student, r.filters, teachers, plan, [2] * 5)
+        history = finetune(target, pool()[:24], None, TINY, augment=augment, teachers=teachers, plan=plan) \
+            if augment is not None else None
+        results[name] = (r.losses.copy(), {k: v.clone() for k, v in r.student.state_dict().items()}, history)
+    assert sum(calls) == 24 * r.student.num_blocks + 24        # every training image of every block, then fine-tuning
+    np.testing.assert_allclose(results["identity"][0], results["cached"][0], rtol=1e-5, atol=1e-6)
+    for k, v in results["cached"][1].items():
+        assert torch.allclose(v.float(), results["identity"][1][k].float(), atol=1e-5), k
+    assert not np.allclose(results["crops"][0], results["cached"][0])
+    assert results["crops"][2] and np.isfinite(results["crops"][2]).all()
+
+
+def test_pretrain_with_augment_records_it_in_the_config(tmp_path, smoke_bench):
+    from kalib.checkpoints import read_meta
+    from kalib.presets import get_preset
+    from kalib.teachers import pretrain
+    p = get_preset("smoke")
+    one = dataclasses.replace(p.teacher, epochs=1)
+    small = dataclasses.replace(smoke_bench, train_images=smoke_bench.train_images[:64],
+                                train_labels=smoke_bench.train_labels[:64])
+    plain = pretrain(small, p.groups[:1], p.arch, p.arch_kwargs, one, one, tmp_path / "a", log=lambda m: None)
+    aug = pretrain(small, p.groups[:1], p.arch, p.arch_kwargs, one, one, tmp_path / "b", log=lambda m: None,
+                   augment=True)
+    assert read_meta(plain[0])["config_hash"] != read_meta(aug[0])["config_hash"]
+    assert read_meta(plain[0])["test_ap"] != read_meta(aug[0])["test_ap"]
