@@ -398,16 +398,9 @@ def heldout_loss(model: nn.Module, images: torch.Tensor, soft: torch.Tensor, dev
 
 # ------------------------------------------------------------------------------------------ the run
 
-TEACHER_SETS = ("2", "3", "dense")
-
-
 def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> tuple[str, list[Path], Path]:
     """(arch, teacher checkpoint paths, generic checkpoint path) of a teacher set in ``teachers_dir``."""
-    sets = {"2": (preset.groups, preset.arch), "3": (preset.groups3, preset.arch),
-            "dense": (preset.groups, preset.dense_arch)}
-    if teacher_set not in sets:
-        raise ValueError(f"unknown teacher set '{teacher_set}'; valid: {', '.join(sets)}")
-    groups, arch = sets[teacher_set]
+    groups, arch, _ = preset.teacher_set(teacher_set)
     d = Path(teachers_dir)
     paths = [d / f"teacher{len(groups)}-{arch}-{n}.pt" for n in range(1, len(groups) + 1)]
     missing = [p.name for p in paths if not p.is_file()]
@@ -418,7 +411,6 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     return arch, paths, d / f"generic-{arch}.pt"
 
 
-_digest, _file_digest = digest, file_digest
 
 
 def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, label_names: Sequence[str],
@@ -575,18 +567,18 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     student = init_student(init, teachers, generic, seed)
     pool = bench.pool_images
     cache_dtype = getattr(torch, preset.amalgamation_cache)
-    settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [_file_digest(p) for p in paths],
-                "generic": _file_digest(generic_path) if init == "generic" else None, "init": init,
+    settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
+                "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
                 "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.block),
                 "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
                 "reduction": preset.filter_reduction, **({"augment": True} if preset.augment else {})}
     augment = BatchAugment(seed) if preset.augment else None
-    store = BlockStore(out_dir, _digest(settings))
+    store = BlockStore(out_dir, digest(settings))
     store.prepare(settings, restart, log)
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    soft = store.cached("soft-targets", _digest([settings["data"], settings["teachers"], settings["tasks"]]),
+    soft = store.cached("soft-targets", digest([settings["data"], settings["teachers"], settings["tasks"]]),
                         lambda: soft_targets(teachers, pool, plan, device=device))
     times["teacher_targets"] = time.perf_counter() - t0
 
@@ -636,7 +628,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     t0 = time.perf_counter()
     ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
     pre_finetune = copy.deepcopy(target) if evaluate else None
-    ft_key = _digest([store.fingerprint, points, dataclasses.asdict(preset.finetune), preset.finetune_images,
+    ft_key = digest([store.fingerprint, points, dataclasses.asdict(preset.finetune), preset.finetune_images,
                       preset.finetune_freeze_bn])
     ft_partial = store.dir / f"finetune-{ft_key}.partial.pt"
     for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings

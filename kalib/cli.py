@@ -23,10 +23,9 @@ from pathlib import Path
 from .checkpoints import CheckpointError
 from .config import override
 from .data import MissingSourceError, UnknownTaskError
-from .presets import PRESETS, get_preset
+from .presets import PRESETS, TEACHER_SETS, get_preset
 from .train import NonFiniteLossError
 
-TEACHER_SETS = ("2", "3", "dense")
 
 
 class CommandError(RuntimeError):
@@ -75,7 +74,7 @@ def _seed(args, preset) -> int:
 
 def _pretrain(args) -> None:
     from .device import resolve_device
-    from .teachers import pretrain
+    from .teachers import pretrain_set
     preset = _preset(args)
     names = _teacher_sets(args.teacher_sets)
     device = resolve_device(args.device)
@@ -84,18 +83,9 @@ def _pretrain(args) -> None:
     bench = load_data(preset, args.data_root, args.allow_download)
     print(f"{preset.name} data {bench.spec.key()}: {_describe(bench)} ({time.perf_counter() - t0:.0f} s); "
           f"training on {device}")
-    sets = {"2": (preset.groups, preset.arch, preset.arch_kwargs),
-            "3": (preset.groups3, preset.arch, preset.arch_kwargs),
-            "dense": (preset.groups, preset.dense_arch, preset.dense_kwargs)}
     for name in names:
-        groups, arch, kwargs = sets[name]
-        if getattr(preset, "init", "generic") != "generic":     # paper presets: ImageNet weights, no generic stage
-            from .models.pretrained import prepare_generic
-            prepare_generic(args.out, arch, bench.label_names, init=preset.init, arch_kwargs=kwargs,
-                            weights_path=preset.weights_paths.get(arch), allow_download=args.allow_download,
-                            seed=seed)
-        pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, args.out, seed=seed,
-                 device=device, restart=args.restart, augment=preset.augment)
+        pretrain_set(preset, bench, name, args.out, seed, device=device, restart=args.restart,
+                     allow_download=args.allow_download)
     print(f"teachers in {args.out} ({time.perf_counter() - t0:.0f} s)")
 
 

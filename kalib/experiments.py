@@ -23,12 +23,11 @@ from .branch import load_target
 from .checkpoints import load_model, load_state
 from .data import BenchmarkSpec, load_benchmark, load_dataset
 from .filters import task_plan
-from .presets import Preset
-from .teachers import pretrain
+from .presets import TEACHER_SETS, Preset
+from .teachers import pretrain_set
 from .train import predict
 
 VARIANTS = ("table1", "table2")
-TEACHER_SETS = ("2", "3", "dense")
 ROW_OF_SET = {"2": "Target", "3": "Target-3", "dense": "TargetDenseNet"}
 
 
@@ -75,30 +74,13 @@ def run_dir(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2"
     return Path(out_dir) / variant / f"amalgamation-{teacher_set}"
 
 
-def teacher_set_config(preset: Preset, teacher_set: str) -> tuple[tuple, str, dict]:
-    """(label groups, architecture, architecture kwargs) of a teacher set: ``2`` (10/10, Table 1's
-    Teacher and Target rows), ``3`` (7/7/6, Target-3) or ``dense`` (DenseNet 10/10, TargetDenseNet)."""
-    sets = {"2": (preset.groups, preset.arch, preset.arch_kwargs),
-            "3": (preset.groups3, preset.arch, preset.arch_kwargs),
-            "dense": (preset.groups, preset.dense_arch, preset.dense_kwargs)}
-    if teacher_set not in sets:
-        raise ValueError(f"unknown teacher set '{teacher_set}'; valid: {', '.join(sets)}")
-    return sets[teacher_set]
-
-
 def ensure_teachers(preset: Preset, bench, out_dir: str | Path, variant: str = "table1",
                     teacher_set: str = "2", seed: int | None = None, log=print, device=None) -> list[Path]:
     """Pretrain (or re-use) the generic backbone and the teachers of ``teacher_set`` (Eq. 2). Paper
     presets start from ImageNet weights instead of a generic stage (``kalib.models.pretrained``)."""
-    groups, arch, kwargs = teacher_set_config(preset, teacher_set)
     preset = for_run(preset, variant, teacher_set)
-    seed = preset.seed if seed is None else seed
-    if preset.init != "generic":
-        from .models.pretrained import prepare_generic
-        prepare_generic(teachers_dir(out_dir, variant), arch, bench.label_names, init=preset.init,
-                        arch_kwargs=kwargs, weights_path=preset.weights_paths.get(arch), seed=seed, log=log)
-    return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, teachers_dir(out_dir, variant),
-                    seed=seed, log=log, device=device, augment=preset.augment)
+    return pretrain_set(preset, bench, teacher_set, teachers_dir(out_dir, variant),
+                        preset.seed if seed is None else seed, log=log, device=device)
 
 
 def ensure_amalgamation(preset: Preset, bench, out_dir: str | Path, variant: str = "table1",

@@ -50,6 +50,15 @@ class Preset:
     # pool images per block keep the whole pipeline within its CPU budget; None = as the main run
     side_teacher: Schedule | None = None
     side_block_images: int | None = None
+
+    def teacher_set(self, name: str) -> tuple[tuple, str, dict]:
+        """(label groups, architecture, architecture kwargs) of a teacher set: ``2`` (10/10, Table 1's
+        Teacher and Target rows), ``3`` (7/7/6, Target-3) or ``dense`` (DenseNet 10/10, TargetDenseNet)."""
+        sets = {"2": (self.groups, self.arch, self.arch_kwargs), "3": (self.groups3, self.arch, self.arch_kwargs),
+                "dense": (self.groups, self.dense_arch, self.dense_kwargs)}
+        if name not in sets:
+            raise ValueError(f"unknown teacher set '{name}'; valid: {', '.join(TEACHER_SETS)}")
+        return sets[name]
     # shared initialisation of teachers and student (design.md §1): "generic" trains the generic stage on
     # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
     # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
@@ -63,6 +72,9 @@ class Preset:
     def dataset(self) -> str:
         """"embedded", "voc07", "voc12" or "coco"."""
         return self.data.dataset if isinstance(self.data, PaperSpec) else "embedded"
+
+
+TEACHER_SETS = ("2", "3", "dense")
 
 
 PRESETS = {

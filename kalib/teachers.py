@@ -164,3 +164,18 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
         (out_dir / "partial").rmdir()
     return paths
+
+
+def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path, seed: int, log=print, *,
+                 device=None, restart: bool = False, allow_download: bool = False) -> list[Path]:
+    """:func:`pretrain` for one of the preset's teacher sets (``Preset.teacher_set``). Presets that start
+    from ImageNet weights (``init != "generic"``: the paper presets) first write those as the generic
+    checkpoint (:func:`kalib.models.pretrained.prepare_generic`) instead of training a generic stage."""
+    groups, arch, kwargs = preset.teacher_set(teacher_set)
+    if preset.init != "generic":
+        from .models.pretrained import prepare_generic
+        prepare_generic(out_dir, arch, bench.label_names, init=preset.init, arch_kwargs=kwargs,
+                        weights_path=preset.weights_paths.get(arch), allow_download=allow_download,
+                        seed=seed, log=log)
+    return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, out_dir, seed=seed, log=log,
+                    device=device, restart=restart, augment=preset.augment)
