@@ -536,7 +536,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
         restart: bool = False) -> dict:
     """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
-    -> TargetNet (Eq. 10) -> fine-tuning. Training reads only ``bench.pool_images``; with ``evaluate``
+    -> TargetNet (Eq. 10) -> fine-tuning. Training reads only ``bench.pool_images`` (the first
+    ``preset.pool_images`` of them where set); with ``evaluate``
     the test split gives the Fig. 3 curves and the APs of teachers and TargetNet. Writes
     ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record.
 
@@ -565,7 +566,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                                     "missing; use --init random or teacher1, or rerun pretrain")
         generic = load_model(generic_path)[0]
     student = init_student(init, teachers, generic, seed)
-    pool = bench.pool_images
+    pool = bench.pool_images[:preset.pool_images or None]
     cache_dtype = getattr(torch, preset.amalgamation_cache)
     settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
                 "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
@@ -578,7 +579,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    soft = store.cached("soft-targets", digest([settings["data"], settings["teachers"], settings["tasks"]]),
+    soft = store.cached("soft-targets", digest([settings["data"], settings["pool"], settings["teachers"], settings["tasks"]]),
                         lambda: soft_targets(teachers, pool, plan, device=device))
     times["teacher_targets"] = time.perf_counter() - t0
 

@@ -11,6 +11,7 @@ configuration that made it (``config_hash`` in ``NAME.json``) and is re-used whe
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -48,12 +49,15 @@ def train_generic(bench: Benchmark, arch: str, arch_kwargs: dict, schedule: Sche
 
 def train_teacher(generic: BlockNet, bench: Benchmark, labels: Sequence[str], schedule: Schedule,
                   seed: int = 0, *, checkpoint: str | Path | None = None, fingerprint: str = "",
-                  device=None, augment=None) -> BlockNet:
-    """Teacher A_n for the label group ``labels``: the generic backbone with a new head, trained with
-    Eq. 2 on the labeled train split. ``checkpoint``/``fingerprint``: per-epoch resume."""
+                  device=None, augment=None, warm_start: BlockNet | None = None) -> BlockNet:
+    """Teacher A_n for the label group ``labels``: the generic backbone with a new head (or a copy of
+    ``warm_start``, a teacher for the same labels), trained with Eq. 2 on the labeled train split.
+    ``checkpoint``/``fingerprint``: per-epoch resume."""
     idx = resolve_tasks(labels, bench.label_names)
     torch.manual_seed(seed)
-    model = generic.with_new_head(len(idx))
+    if warm_start is not None and warm_start.num_classes != len(idx):
+        raise ValueError(f"warm_start has {warm_start.num_classes} outputs, the label group {len(idx)}")
+    model = copy.deepcopy(warm_start) if warm_start is not None else generic.with_new_head(len(idx))
     fit(model, bench.train_images, bench.train_labels[:, idx], teacher_loss, schedule, seed,
         desc=f"teacher[{labels[0]}…]", checkpoint=checkpoint, fingerprint=fingerprint, device=device,
         augment=augment)
@@ -99,7 +103,8 @@ def _partial(out_dir: Path, path: Path, restart: bool) -> Path:
 def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_kwargs: dict,
              generic_schedule: Schedule, teacher_schedule: Schedule, out_dir: str | Path,
              seed: int = 0, log=print, *, device=None, restart: bool = False,
-             augment: bool = False) -> list[Path]:
+             augment: bool = False, generic_bench: Benchmark | None = None,
+             warm_start: Sequence[Path] | None = None) -> list[Path]:
     """Train the generic backbone (once per architecture) and one teacher per label group into
     ``out_dir``; finished checkpoints found there are re-used, not retrained.
 
@@ -108,10 +113,14 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     configuration raises :class:`~kalib.checkpoints.ConfigMismatchError`; ``restart`` removes those and
     the epoch states of this call's stages (finished checkpoints of this configuration are still
     re-used). ``device``: where training runs (default CPU). ``augment``: teachers train on random resized
-    crops and flips (:class:`kalib.augment.BatchAugment`; the paper presets)."""
+    crops and flips (:class:`kalib.augment.BatchAugment`; the paper presets). ``generic_bench``: the
+    benchmark whose generic canvases train the generic stage (default ``bench``). ``warm_start``: one
+    teacher checkpoint per group, for the same labels, that teacher n starts from instead of the generic
+    backbone (Table 2's teachers start from Table 1's, ``kalib.experiments``)."""
     out_dir = Path(out_dir)
+    generic_bench = bench if generic_bench is None else generic_bench
     generic_path = out_dir / f"generic-{arch}.pt"
-    generic_hash = digest({"role": "generic", "data": bench.spec.key(), "labels": list(bench.label_names),
+    generic_hash = digest({"role": "generic", "data": generic_bench.spec.key(), "labels": list(bench.label_names),
                            "arch": arch, "arch_kwargs": dict(arch_kwargs),
                            "schedule": dataclasses.asdict(generic_schedule), "seed": seed})
     partial = _partial(out_dir, generic_path, restart)
@@ -122,10 +131,10 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
         t0 = time.perf_counter()
         if partial.is_file():
             log(f"generic {arch}: resuming from {partial}")
-        generic = train_generic(bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
+        generic = train_generic(generic_bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
                                 fingerprint=generic_hash, device=device)
         save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
-                   data=bench.spec.key(), config_hash=generic_hash, seconds=round(time.perf_counter() - t0, 1))
+                   data=generic_bench.spec.key(), config_hash=generic_hash, seconds=round(time.perf_counter() - t0, 1))
         partial.unlink(missing_ok=True)
         log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
     generic_digest = file_digest(generic_path)
@@ -139,9 +148,16 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             for p in (path, path.with_suffix(".json")):
                 p.unlink(missing_ok=True)
             log(f"--restart: removed {path} (a teacher for other labels)")
+        start = None
+        if warm_start is not None:
+            start, start_meta = load_model(warm_start[n - 1])
+            if start_meta.get("labels") != list(labels):
+                raise ValueError(f"{warm_start[n - 1]} is a teacher for {start_meta.get('labels')}, not for "
+                                 f"{list(labels)}; warm_start needs one teacher per group, in order")
         config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
                               "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
-                              "seed": seed + n, **({"augment": True} if augment else {})})
+                              "seed": seed + n, **({"augment": True} if augment else {}),
+                              **({"warm_start": file_digest(warm_start[n - 1])} if start is not None else {})})
         partial = _partial(out_dir, path, restart)
         if _finished(path, config_hash, restart, log):
             partial.unlink(missing_ok=True)
@@ -151,7 +167,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                 log(f"teacher {n}/{len(groups)}: resuming from {partial}")
             teacher = train_teacher(generic, bench, labels, teacher_schedule, seed + n, checkpoint=partial,
                                     fingerprint=config_hash, device=device,
-                                    augment=BatchAugment(seed + n) if augment else None)
+                                    augment=BatchAugment(seed + n) if augment else None, warm_start=start)
             seconds = time.perf_counter() - t0
             idx = resolve_tasks(labels, bench.label_names)
             ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
@@ -167,7 +183,8 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
 
 
 def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path, seed: int, log=print, *,
-                 device=None, restart: bool = False, allow_download: bool = False) -> list[Path]:
+                 device=None, restart: bool = False, allow_download: bool = False,
+                 generic_bench: Benchmark | None = None, warm_start: Sequence[Path] | None = None) -> list[Path]:
     """:func:`pretrain` for one of the preset's teacher sets (``Preset.teacher_set``). Presets that start
     from ImageNet weights (``init != "generic"``: the paper presets) first write those as the generic
     checkpoint (:func:`kalib.models.pretrained.prepare_generic`) instead of training a generic stage."""
@@ -178,4 +195,5 @@ def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path
                         weights_path=preset.weights_paths.get(arch), allow_download=allow_download,
                         seed=seed, log=log)
     return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, out_dir, seed=seed, log=log,
-                    device=device, restart=restart, augment=preset.augment)
+                    device=device, restart=restart, augment=preset.augment, generic_bench=generic_bench,
+                    warm_start=warm_start)

@@ -5,6 +5,7 @@ import json
 import nbformat
 import numpy as np
 import pytest
+import torch
 
 from kalib import experiments, results
 from kalib.pipeline import NotebookError, reproduce
@@ -71,12 +72,40 @@ def test_side_runs_use_the_cheaper_schedule():
     quick = get_preset("quick")
     assert experiments.for_run(quick, "table1", "2") is quick
     side = experiments.for_run(quick, "table2", "2")
-    assert side.teacher == quick.side_teacher and side.block_images == quick.side_block_images
+    assert side.teacher == quick.side_teacher and side.pool_images == quick.side_pool_images
+    assert side.block_images == side.finetune_images == 0          # all of the smaller pool's training part
     assert side.generic == quick.generic
     assert experiments.for_run(quick, "table1", "dense").generic.epochs == quick.side_teacher.epochs
     assert experiments.variants(quick) == ("table1", "table2")
     with pytest.raises(ValueError, match="unknown table variant"):
         experiments.variant_data(quick, "table9")
+
+
+def test_table2_teachers_start_from_table1s_generic_backbone_and_teachers(tmp_path, one_thread):
+    """One shared "ImageNet" for both tables (Table 2's generic checkpoint is Table 1's, trained once), and
+    Table 2's teachers start from Table 1's teachers of the same set."""
+    smoke = get_preset("smoke")
+    bench2 = experiments.load_variant(smoke, "table2")
+    paths = experiments.ensure_teachers(smoke, bench2, tmp_path, "table2", "2", log=lambda *_: None)
+    shared = experiments.teachers_dir(tmp_path, "table1") / "generic-resnet18_narrow.pt"
+    copied = experiments.teachers_dir(tmp_path, "table2") / "generic-resnet18_narrow.pt"
+    assert shared.read_bytes() == copied.read_bytes()
+    assert [p.parent for p in paths] == [copied.parent] * 2
+    table1 = sorted(shared.parent.glob("teacher2-*.pt"))
+    assert len(table1) == 2
+    before = [p.stat().st_mtime_ns for p in [copied, *paths]]
+    experiments.ensure_teachers(smoke, bench2, tmp_path, "table2", "2", log=lambda *_: None)
+    assert [p.stat().st_mtime_ns for p in [copied, *paths]] == before     # re-used, not trained again
+
+    from kalib.checkpoints import load_model
+    from kalib.teachers import train_teacher
+    from kalib.train import Schedule
+    start, meta = load_model(table1[0])
+    generic = load_model(shared)[0]
+    same = train_teacher(generic, bench2, meta["labels"], Schedule(epochs=0), warm_start=start)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), start.state_dict().values()))
+    with pytest.raises(ValueError, match="outputs"):
+        train_teacher(generic, bench2, meta["labels"][:3], Schedule(epochs=0), warm_start=start)
 
 
 def _notebook(path, source):
