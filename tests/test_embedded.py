@@ -65,6 +65,18 @@ def test_splits_are_disjoint_in_source_glyphs(tiny):
         assert not set(np.concatenate(bank.index[split]).tolist()) & train_ids
 
 
+def test_a_variant_with_glyph_seed_keeps_the_glyph_split_but_not_the_canvases(tiny):
+    """Table 2's variant: other canvases, but no test glyph that Table 1's networks trained on."""
+    variant = generate(BenchmarkSpec(seed=4, glyph_seed=TINY.seed, n_train=40, n_pool=30, n_test=60,
+                                     n_generic=0, objects=(2, 5), clutter=2))
+    train_ids = set(np.concatenate(GlyphBank(TINY.seed).index["train"]).tolist())
+    objects = variant["test_objects"]
+    test_ids = set(objects[..., 1][objects[..., 0] >= 0].tolist())
+    assert test_ids and not test_ids & train_ids
+    assert not np.array_equal(variant["train_images"][:40], tiny["train_images"])
+    assert BenchmarkSpec(seed=4, glyph_seed=3).key() != BenchmarkSpec(seed=4).key()
+
+
 def test_glyph_class_matches_source_label():
     bank = GlyphBank(0)
     from kalib.data.sources import load_fashion_mnist, load_mnist_digits

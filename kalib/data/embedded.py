@@ -48,6 +48,9 @@ class BenchmarkSpec:
     scale: tuple[int, int] = (20, 32)       # side of a pasted glyph in pixels, inclusive
     max_overlap: float = 0.25               # box intersection / smaller box area
     clutter: int = 0                        # unlabeled glyph fragments per canvas (harder variant)
+    glyph_seed: int | None = None           # seed of the glyph split (None: ``seed``); a variant that keeps
+                                            # another spec's split never shows its test canvases a glyph
+                                            # that the other spec's networks trained on
 
     def key(self) -> str:
         blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -184,7 +187,7 @@ def labels_from_objects(objects: np.ndarray, n_classes: int = len(LABEL_NAMES)) 
 def generate(spec: BenchmarkSpec, allow_download: bool = False,
              fashion_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """Render all four splits of ``spec`` (numpy arrays, the content of the cache file)."""
-    bank = GlyphBank(spec.seed, allow_download, fashion_dir)
+    bank = GlyphBank(spec.seed if spec.glyph_seed is None else spec.glyph_seed, allow_download, fashion_dir)
     seeds = np.random.SeedSequence(spec.seed).spawn(4)
     out = {}
     for (split, n, single), seed in zip([("train", spec.n_train, False), ("pool", spec.n_pool, False),
