@@ -532,14 +532,15 @@ def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
 
 def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
         tasks=None, init: str = "generic", branch_at: str | None = None, evaluate: bool = True,
-        seed: int | None = None, log: Callable[[str], None] = print, device=None,
-        restart: bool = False) -> dict:
+        branch_curves: bool = True, seed: int | None = None, log: Callable[[str], None] = print,
+        device=None, restart: bool = False) -> dict:
     """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
     -> TargetNet (Eq. 10) -> fine-tuning. Training reads only ``bench.pool_images`` (the first
     ``preset.pool_images`` of them where set); with ``evaluate``
-    the test split gives the Fig. 3 curves and the APs of teachers and TargetNet. Writes
-    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record.
+    the test split gives the APs of teachers and TargetNet, and with ``branch_curves`` also the Fig. 3
+    curves (AP at every branch-out block). Writes ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``;
+    returns the run record. A finished run of the same settings is returned as it is, not run again.
 
     Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
     ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
@@ -576,6 +577,14 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     augment = BatchAugment(seed) if preset.augment else None
     store = BlockStore(out_dir, digest(settings))
     store.prepare(settings, restart, log)
+    run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                      preset.finetune_freeze_bn, evaluate, branch_curves])
+    finished = out_dir / "run.json"
+    if finished.is_file() and (out_dir / "targetnet.pt").is_file():
+        record = json.loads(finished.read_text())
+        if record.get("run_key") == run_key:
+            log(f"re-using the finished run in {out_dir}")
+            return record
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -602,7 +611,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     chosen = branch_points(result.losses)
     points = chosen if branch_at is None else forced_branch_points(student, branch_at, len(plan.tasks))
     record = {
-        "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
+        "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
         "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
         "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
         "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
@@ -649,19 +658,20 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     if evaluate:
         t0 = time.perf_counter()
         test_y = bench.test_labels[:, bench.label_indices(plan.tasks)]
-        curves = branch_logits(student, filters, teachers, plan, bench.test_images, device=device)
-        branch_ap = np.stack([ap_voc07(c.numpy(), test_y.numpy()) for c in curves])   # (B, |C|)
-        times["branch_curves"] = time.perf_counter() - t0
+        if branch_curves:
+            curves = branch_logits(student, filters, teachers, plan, bench.test_images, device=device)
+            branch_ap = np.stack([ap_voc07(c.numpy(), test_y.numpy()) for c in curves])   # (B, |C|)
+            record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
+                                   for i, t in enumerate(plan.tasks)}
+            record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
+            record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
+                                   for s, k in student.stage_ends.items()}
+            times["branch_curves"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         teacher_scores = torch.empty(len(bench.test_images), len(plan.tasks))
         for n in plan.active_teachers:
             teacher_scores[:, plan.per_teacher[n]] = select_tasks(
                 predict(teachers[n], bench.test_images, device=device), plan.local_per_teacher[n])
-        record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
-                               for i, t in enumerate(plan.tasks)}
-        record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
-        record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
-                               for s, k in student.stage_ends.items()}
         record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, test_y)
         record["target_ap_before_finetune"] = _ap_dict(plan.tasks, predict(pre_finetune, bench.test_images,
                                                                            device=device), test_y)

@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .results import write_results
+
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
 KERNEL = "kalib"
@@ -70,10 +72,10 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
         log(f"[{i}/{len(notebooks)}] {name:<18s} {timings[name]:7.1f} s  (total {time.perf_counter() - start:.0f} s)")
 
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results.setdefault("timings_s", {})["notebooks"] = timings
-    results["timings_s"]["total"] = round(time.perf_counter() - start, 1)
-    results_path.write_text(json.dumps(results, indent=1))
+    earlier = json.loads(results_path.read_text()).get("timings_s", {}) if results_path.is_file() else {}
+    write_results(results_path, timings_s={**earlier, "notebooks": timings,
+                                           "total": round(time.perf_counter() - start, 1)})
+    results = json.loads(results_path.read_text())
     if figures is not None:
         dest = Path(figures)
         dest.mkdir(parents=True, exist_ok=True)

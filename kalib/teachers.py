@@ -73,6 +73,16 @@ def evaluate(model: BlockNet, images: torch.Tensor, targets: torch.Tensor,
     return out
 
 
+def channel_similarity(a: BlockNet, b: BlockNet) -> dict[str, float]:
+    """Per block, the mean cosine similarity between matching output channels of the block's last
+    convolution in two networks of one architecture: how much of the shared start (design.md §1) two
+    teachers kept, channel by channel, which is what the filters of Eq. 4 rely on."""
+    def last_conv(block):
+        return [m.weight for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1].flatten(1)
+    return {name: F.cosine_similarity(last_conv(x), last_conv(y), dim=1).mean().item()
+            for name, x, y in zip(a.block_names, a.blocks, b.blocks)}
+
+
 def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
     """Whether the finished checkpoint ``path`` can be re-used: made with ``config_hash`` (or before
     kalib stored hashes). One from another configuration is refused, or removed with ``restart``. Weights

@@ -338,3 +338,22 @@ def test_nan_loss_stops_names_block_and_step_and_keeps_the_last_good_state(smoke
     partial = load_state(blocks / "block03.partial.pt")
     assert len(partial["history"]) == 1 and all(torch.isfinite(v).all() for v in partial["model"].values()
                                                  if v.is_floating_point())
+
+
+def test_a_finished_run_is_returned_as_it_is_and_side_runs_skip_the_branch_curves(smoke_bench, smoke_teachers,
+                                                                                   smoke_target, tmp_path, one_thread):
+    import shutil
+
+    from kalib.amalgamate import run
+    from kalib.presets import get_preset
+    out_dir, record = smoke_target
+    copy_dir = tmp_path / "run"
+    shutil.copytree(out_dir, copy_dir)
+    before = (copy_dir / "targetnet.pt").stat().st_mtime_ns
+    lines = []
+    again = run(smoke_bench, get_preset("smoke"), smoke_teachers, copy_dir, log=lines.append)
+    assert again == record and any("re-using the finished run" in line for line in lines)
+    assert (copy_dir / "targetnet.pt").stat().st_mtime_ns == before           # nothing trained or written again
+    side = run(smoke_bench, get_preset("smoke"), smoke_teachers, copy_dir, branch_curves=False, log=lambda *_: None)
+    assert "branch_ap" not in side and side["target_ap"] == record["target_ap"]   # same blocks, same fine-tuning
+    assert side["run_key"] != record["run_key"]
