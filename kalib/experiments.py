@@ -105,12 +105,12 @@ def ensure_teachers(preset: Preset, bench, out_dir: str | Path, variant: str = "
 def ensure_amalgamation(preset: Preset, bench, out_dir: str | Path, variant: str = "table1",
                         teacher_set: str = "2", seed: int | None = None, log=print, device=None) -> dict:
     """Teachers, then block-wise amalgamation with C = A, branch-out, TargetNet and fine-tuning
-    (Alg. 1); finished blocks and runs are re-used. The branch-out curves (Fig. 3, Target b1…b4) are
-    measured for the main run only. Returns the run record (also in ``run.json``)."""
+    (Alg. 1); finished blocks and runs are re-used. The branch-out curves (Fig. 3, the Target b1…b4 rows)
+    are measured for the two-teacher runs only. Returns the run record (also in ``run.json``)."""
     ensure_teachers(preset, bench, out_dir, variant, teacher_set, seed, log, device)
     return run(bench, for_run(preset, variant, teacher_set), teachers_dir(out_dir, variant),
                run_dir(out_dir, variant, teacher_set), teacher_set=teacher_set, seed=seed, log=log, device=device,
-               branch_curves=(variant, teacher_set) == ("table1", "2"))
+               branch_curves=teacher_set == "2")
 
 
 def load_run(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2") -> dict:
