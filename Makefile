@@ -34,7 +34,7 @@ reproduce: install
 	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(filter quick,$(PRESET)),--figures figures)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 clean-cache:
 	rm -rf .cache/kalib
