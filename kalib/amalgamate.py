@@ -411,8 +411,6 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     return arch, paths, d / f"generic-{arch}.pt"
 
 
-
-
 def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, label_names: Sequence[str],
                    generic_path: Path | None = None, generic_meta: dict | None = None) -> None:
     """Refuse teachers that cannot be amalgamated together, with a one-line reason: another architecture

@@ -27,7 +27,6 @@ from .presets import PRESETS, TEACHER_SETS, get_preset
 from .train import NonFiniteLossError
 
 
-
 class CommandError(RuntimeError):
     """A command cannot run as asked (the message says why and what to do)."""
 

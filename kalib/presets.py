@@ -45,13 +45,21 @@ class Preset:
     filter_reduction: int = 4               # Eq. 4 filter: hidden width = channels / reduction
     amalgamation_cache: str = "float32"     # dtype of the cached frozen-prefix features F_u^{k-1}
     # Table 2 (the paper's VOC 2012) on a harder variant: more objects per canvas, unlabeled clutter,
-    # another seed (other canvases and glyph splits); None where the preset has no second table
+    # other canvases (another seed); None where the preset has no second table
     hard_data: BenchmarkSpec | None = None
     # the side runs (Target-3, TargetDenseNet and all of Table 2): a cheaper teacher schedule and a smaller
     # amalgamation pool (every block and the fine-tuning use all of its training part) keep the whole
     # pipeline within its CPU budget; None = as the main run
     side_teacher: Schedule | None = None
     side_pool_images: int | None = None
+    # shared initialisation of teachers and student (design.md §1): "generic" trains the generic stage on
+    # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
+    # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
+    init: str = "generic"
+    # random resized crops and flips while training teachers, blocks and the TargetNet (kalib.augment;
+    # teacher and student see the same augmented image); the paper presets
+    augment: bool = False
+    weights_paths: dict = field(default_factory=dict)
 
     def teacher_set(self, name: str) -> tuple[tuple, str, dict]:
         """(label groups, architecture, architecture kwargs) of a teacher set: ``2`` (10/10, Table 1's
@@ -61,14 +69,6 @@ class Preset:
         if name not in sets:
             raise ValueError(f"unknown teacher set '{name}'; valid: {', '.join(TEACHER_SETS)}")
         return sets[name]
-    # shared initialisation of teachers and student (design.md §1): "generic" trains the generic stage on
-    # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
-    # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
-    init: str = "generic"
-    # random resized crops and flips while training teachers, blocks and the TargetNet (kalib.augment;
-    # teacher and student see the same augmented image); the paper presets
-    augment: bool = False
-    weights_paths: dict = field(default_factory=dict)
 
     @property
     def dataset(self) -> str:

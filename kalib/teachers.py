@@ -158,16 +158,14 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             for p in (path, path.with_suffix(".json")):
                 p.unlink(missing_ok=True)
             log(f"--restart: removed {path} (a teacher for other labels)")
-        start = None
-        if warm_start is not None:
-            start, start_meta = load_model(warm_start[n - 1])
-            if start_meta.get("labels") != list(labels):
-                raise ValueError(f"{warm_start[n - 1]} is a teacher for {start_meta.get('labels')}, not for "
-                                 f"{list(labels)}; warm_start needs one teacher per group, in order")
+        start = None if warm_start is None else warm_start[n - 1]
+        if start is not None and read_meta(start).get("labels") != list(labels):
+            raise ValueError(f"{start} is a teacher for {read_meta(start).get('labels')}, not for "
+                             f"{list(labels)}; warm_start needs one teacher per group, in order")
         config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
                               "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
                               "seed": seed + n, **({"augment": True} if augment else {}),
-                              **({"warm_start": file_digest(warm_start[n - 1])} if start is not None else {})})
+                              **({"warm_start": file_digest(start)} if start is not None else {})})
         partial = _partial(out_dir, path, restart)
         if _finished(path, config_hash, restart, log):
             partial.unlink(missing_ok=True)
@@ -177,7 +175,8 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                 log(f"teacher {n}/{len(groups)}: resuming from {partial}")
             teacher = train_teacher(generic, bench, labels, teacher_schedule, seed + n, checkpoint=partial,
                                     fingerprint=config_hash, device=device,
-                                    augment=BatchAugment(seed + n) if augment else None, warm_start=start)
+                                    augment=BatchAugment(seed + n) if augment else None,
+                                    warm_start=None if start is None else load_model(start)[0])
             seconds = time.perf_counter() - t0
             idx = resolve_tasks(labels, bench.label_names)
             ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
