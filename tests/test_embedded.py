@@ -23,6 +23,12 @@ def test_same_seed_gives_byte_identical_arrays(tiny):
         assert again[key].tobytes() == tiny[key].tobytes(), key
 
 
+def test_splits_rendered_in_parallel_processes_are_byte_identical(tiny):
+    parallel = generate(TINY, workers=2)
+    for key in tiny:
+        assert parallel[key].tobytes() == tiny[key].tobytes(), key
+
+
 def test_other_seed_gives_other_canvases(tiny):
     other = generate(BenchmarkSpec(seed=4, n_train=40, n_pool=30, n_test=20, n_generic=25))
     assert other["train_images"].tobytes() != tiny["train_images"].tobytes()

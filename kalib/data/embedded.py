@@ -21,7 +21,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -164,12 +167,14 @@ def render_canvas(rng: np.random.Generator, bank: GlyphBank, split: str, spec: B
     return np.clip(canvas, 0, 255).round().astype(np.uint8).transpose(2, 0, 1), records
 
 
-def _render_split(bank: GlyphBank, split: str, n: int, spec: BenchmarkSpec, seed, single: bool):
+def _render_split(bank: GlyphBank, split: str, n: int, spec: BenchmarkSpec, seed, single: bool,
+                  progress: bool = True):
     rng = np.random.default_rng(seed)
     images = np.empty((n, 3, spec.size, spec.size), np.uint8)
     max_obj = 1 if single else spec.objects[1]
     objects = np.full((n, max_obj, 5), -1, np.int32)
-    for i in tqdm(range(n), desc=f"canvases[{split}{'/generic' if single else ''}]", leave=False):
+    for i in tqdm(range(n), desc=f"canvases[{split}{'/generic' if single else ''}]", leave=False,
+                  disable=not progress):
         k = 1 if single else int(rng.integers(spec.objects[0], spec.objects[1] + 1))
         images[i], recs = render_canvas(rng, bank, split, spec, k)
         objects[i, :len(recs)] = recs
@@ -184,16 +189,45 @@ def labels_from_objects(objects: np.ndarray, n_classes: int = len(LABEL_NAMES)) 
     return labels
 
 
+_worker_bank: GlyphBank | None = None     # the parent's bank, inherited by forked workers
+
+
+def _render_in_worker(job: tuple):
+    return _render_split(_worker_bank, *job, progress=False)
+
+
 def generate(spec: BenchmarkSpec, allow_download: bool = False,
-             fashion_dir: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Render all four splits of ``spec`` (numpy arrays, the content of the cache file)."""
+             fashion_dir: str | Path | None = None, workers: int | None = None) -> dict[str, np.ndarray]:
+    """Render all four splits of ``spec`` (numpy arrays, the content of the cache file).
+
+    Each split has its own seed, so the splits render in parallel (forked) processes with byte-identical
+    results (``workers``; default: one per CPU core, up to four, for 5,000 canvases or more)."""
+    global _worker_bank
     bank = GlyphBank(spec.seed if spec.glyph_seed is None else spec.glyph_seed, allow_download, fashion_dir)
     seeds = np.random.SeedSequence(spec.seed).spawn(4)
+    splits = [("train", spec.n_train, False), ("pool", spec.n_pool, False), ("test", spec.n_test, False),
+              ("train", spec.n_generic, True)]
+    names = ["generic" if single else split for split, _, single in splits]
+    jobs = [(split, n, spec, seed, single) for (split, n, single), seed in zip(splits, seeds)]
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if sum(n for _, n, _ in splits) >= 5000 else 1
+    if workers <= 1 or "fork" not in get_all_start_methods():
+        results = [_render_split(bank, *job) for job in jobs]
+    else:
+        _worker_bank = bank
+        with warnings.catch_warnings():     # Python >= 3.12 warns on fork when threads exist; workers only use numpy/PIL
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                largest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
+                futures = {i: pool.submit(_render_in_worker, jobs[i]) for i in largest_first}
+                for _ in tqdm(as_completed(futures.values()), total=len(jobs), desc="canvases (splits)",
+                              leave=False):
+                    pass
+                results = [futures[i].result() for i in range(len(jobs))]
+        _worker_bank = None
     out = {}
-    for (split, n, single), seed in zip([("train", spec.n_train, False), ("pool", spec.n_pool, False),
-                                         ("test", spec.n_test, False), ("train", spec.n_generic, True)], seeds):
-        name = "generic" if single else split
-        out[f"{name}_images"], out[f"{name}_objects"] = _render_split(bank, split, n, spec, seed, single)
+    for name, (images, objects) in zip(names, results):
+        out[f"{name}_images"], out[f"{name}_objects"] = images, objects
     return out
 
 
