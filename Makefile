@@ -13,7 +13,7 @@ OUT    ?= runs/$(PRESET)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-cache-dir --no-compile -e ".[test]"
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name kalib --display-name "Python (kalib)" > /dev/null
 	touch $(STAMP)
 
