@@ -89,8 +89,8 @@ PRESETS = {
         teacher=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
         arch_kwargs={"width": 8},
         loss_slice=64,
-        side_pool_images=192,
-        dense_kwargs={"growth_rate": 6, "num_init_features": 12},
+        side_pool_images=128,
+        dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 6, "num_init_features": 12},
     ),
     "quick": Preset(
         name="quick",
