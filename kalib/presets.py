@@ -113,7 +113,7 @@ PRESETS = {
         arch_kwargs={"width": 16},
         # a DenseNet of 4 stages of 2 layers: about 2x the training throughput of the 4x4 default on the CPU
         dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 16, "num_init_features": 16},
-        # lr 0.1 over a random 6k of the pool per block; fine-tuning the whole TargetNet over 4k
+        # lr 0.1 over a random 5k of the pool per block; fine-tuning the whole TargetNet over 4k
         block_images=5000,
         finetune_images=4000,
     ),

@@ -215,16 +215,18 @@ def generate(spec: BenchmarkSpec, allow_download: bool = False,
         results = [_render_split(bank, *job) for job in jobs]
     else:
         _worker_bank = bank
-        with warnings.catch_warnings():     # Python >= 3.12 warns on fork when threads exist; workers only use numpy/PIL
-            warnings.simplefilter("ignore", DeprecationWarning)
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-                largest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
-                futures = {i: pool.submit(_render_in_worker, jobs[i]) for i in largest_first}
-                for _ in tqdm(as_completed(futures.values()), total=len(jobs), desc="canvases (splits)",
-                              leave=False):
-                    pass
-                results = [futures[i].result() for i in range(len(jobs))]
-        _worker_bank = None
+        try:
+            with warnings.catch_warnings():   # Python >= 3.12 warns on fork with threads; workers use numpy/PIL
+                warnings.simplefilter("ignore", DeprecationWarning)
+                with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                    largest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
+                    futures = {i: pool.submit(_render_in_worker, jobs[i]) for i in largest_first}
+                    for _ in tqdm(as_completed(futures.values()), total=len(jobs), desc="canvases (splits)",
+                                  leave=False):
+                        pass
+                    results = [futures[i].result() for i in range(len(jobs))]
+        finally:
+            _worker_bank = None
     out = {}
     for name, (images, objects) in zip(names, results):
         out[f"{name}_images"], out[f"{name}_objects"] = images, objects
