@@ -39,9 +39,21 @@ def test_shapes_and_object_counts(tiny):
     counts = (tiny["train_objects"][..., 0] >= 0).sum(1)
     assert counts.min() >= 1 and counts.max() <= 4
     assert (tiny["generic_objects"][:, 0, 0] >= 0).all() and tiny["generic_objects"].shape[1] == 1
+    # generic canvases are object-centric: 32 px, the glyph pasted at the multi-object canvases' scale
+    assert tiny["generic_images"].shape == (25, 3, TINY.generic_size, TINY.generic_size) == (25, 3, 32, 32)
+    _, _, x, y, side = tiny["generic_objects"][:, 0].T
+    assert (side >= TINY.scale[0]).all() and (side <= TINY.scale[1]).all()
+    assert (x >= 0).all() and (y >= 0).all() and (x + side <= 32).all() and (y + side <= 32).all()
 
 
-@pytest.mark.parametrize("split", ["train", "pool", "test"])
+def test_glyphs_that_do_not_fit_the_canvases_are_refused():
+    with pytest.raises(ValueError, match="generic_size"):
+        BenchmarkSpec(generic_size=24)
+    with pytest.raises(ValueError, match="do not fit"):
+        BenchmarkSpec(size=28)
+
+
+@pytest.mark.parametrize("split", ["train", "pool", "test", "generic"])
 def test_each_label_vector_matches_the_objects_actually_pasted(tiny, split):
     """Every recorded object is visible where it was pasted (its glyph mask is brighter than the rest
     of its box), and the label vector is exactly the set of recorded classes."""

@@ -9,7 +9,9 @@ splits, disjoint in canvases *and* in source glyphs:
 * ``pool``    unlabeled canvases, the only data the student sees (Eq. 7); no labels are exposed;
 * ``test``    labeled canvases for AP/mAP;
 * ``generic`` single-glyph canvases with a 20-way class index, built from train glyphs only: the
-  "ImageNet" stage that gives teachers and student one shared initialisation (design.md §1).
+  "ImageNet" stage that gives teachers and student one shared initialisation (design.md §1). Like
+  ImageNet photos they are object-centric: ``generic_size`` (32 px) frames the glyph, pasted at the
+  scale of the multi-object canvases, so a generic canvas costs a quarter of a 64-px one.
 
 Generation is seeded (``numpy.random.SeedSequence``), so one spec always gives byte-identical arrays;
 the result is cached as one uncompressed ``.npz`` so later runs load it in well under a second.
@@ -47,6 +49,7 @@ class BenchmarkSpec:
     n_test: int = 2000
     n_generic: int = 8000
     size: int = 64
+    generic_size: int = 32                  # side of the single-glyph generic canvases (>= scale[1])
     objects: tuple[int, int] = (1, 4)       # objects per canvas, inclusive
     scale: tuple[int, int] = (20, 32)       # side of a pasted glyph in pixels, inclusive
     max_overlap: float = 0.25               # box intersection / smaller box area
@@ -55,6 +58,11 @@ class BenchmarkSpec:
                                             # another spec's split never shows its test canvases a glyph
                                             # that the other spec's networks trained on
 
+    def __post_init__(self):
+        if not self.scale[1] <= min(self.size, self.generic_size):
+            raise ValueError(f"glyphs up to {self.scale[1]} px do not fit canvases of {self.size} px and generic "
+                             f"canvases of {self.generic_size} px; raise size/generic_size or lower scale")
+
     def key(self) -> str:
         blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -62,7 +70,8 @@ class BenchmarkSpec:
 
 @dataclass
 class Benchmark:
-    """Canvases as uint8 ``(N, 3, S, S)`` tensors; labels as float ``(N, 20)`` multi-hot tensors."""
+    """Canvases as uint8 ``(N, 3, S, S)`` tensors (generic: ``(N, 3, G, G)``, G = ``spec.generic_size``);
+    labels as float ``(N, 20)`` multi-hot tensors."""
     spec: BenchmarkSpec
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -208,7 +217,9 @@ def generate(spec: BenchmarkSpec, allow_download: bool = False,
     splits = [("train", spec.n_train, False), ("pool", spec.n_pool, False), ("test", spec.n_test, False),
               ("train", spec.n_generic, True)]
     names = ["generic" if single else split for split, _, single in splits]
-    jobs = [(split, n, spec, seed, single) for (split, n, single), seed in zip(splits, seeds)]
+    generic_spec = dataclasses.replace(spec, size=spec.generic_size)
+    jobs = [(split, n, generic_spec if single else spec, seed, single)
+            for (split, n, single), seed in zip(splits, seeds)]
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if sum(n for _, n, _ in splits) >= 5000 else 1
     if workers <= 1 or "fork" not in get_all_start_methods():
