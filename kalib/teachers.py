@@ -159,10 +159,11 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                 p.unlink(missing_ok=True)
             log(f"--restart: removed {path} (a teacher for other labels)")
         start = None if warm_start is None else warm_start[n - 1]
-        start_labels = None if start is None else read_meta(start).get("labels")
-        if start is not None and start_labels != list(labels):
-            raise ValueError(f"{start} is a teacher for {start_labels}, not for "
-                             f"{list(labels)}; warm_start needs one teacher per group, in order")
+        if start is not None:
+            start_labels = read_meta(start).get("labels")
+            if start_labels != list(labels):
+                raise ValueError(f"{start} is a teacher for {start_labels}, not for "
+                                 f"{list(labels)}; warm_start needs one teacher per group, in order")
         config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
                               "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
                               "seed": seed + n, **({"augment": True} if augment else {}),
