@@ -7,7 +7,10 @@ L_i^k per block k. Eq. 9 picks its branch-out block S_i = argmin_k L_i^k; Eq. 10
 
 i.e. the student blocks up to max_i S_i (later ones are dropped), and per task a branch made of the
 filter of its teacher n at S_i, a *copy* of teacher n's blocks S_i+1..B and the head row of task i.
-Tasks with the same (teacher, S_i) share one branch. :class:`TargetNet` is that network as one module.
+Tasks with the same (teacher, S_i) share one branch. Branches of one teacher at different blocks also
+share one copy of that teacher's blocks (kalib's choice; the paper replicates per task): a branch at S
+enters the copy at block S+1, so every task computes exactly what Eq. 10 says, and a teacher is never
+copied twice. :class:`TargetNet` is that network as one module.
 """
 
 from __future__ import annotations
@@ -72,28 +75,23 @@ def _head_rows(fc: nn.Linear, rows: Sequence[int]) -> nn.Sequential:
 
 
 class Branch(nn.Module):
-    """One branch of Eq. 10: f_n^S, then a copy of teacher n's blocks S+1..B and its head rows of the
-    branch's tasks."""
+    """One branch of Eq. 10 at block S: the filter f_n^S and teacher n's head rows of the branch's tasks.
+    Teacher n's blocks S+1..B between them are the teacher's copy in :attr:`TargetNet.tails`."""
 
-    def __init__(self, teacher_filter: nn.Module, teacher: BlockNet, block: int, rows: Sequence[int]):
+    def __init__(self, teacher_filter: nn.Module, teacher: BlockNet, rows: Sequence[int]):
         super().__init__()
         self.filter = copy.deepcopy(teacher_filter)
-        self.blocks = nn.ModuleList(copy.deepcopy(b) for b in teacher.blocks[block:])
         self.head = _head_rows(teacher.head.fc, rows)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.filter(h)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(h)
 
 
 class TargetNet(nn.Module):
     """Eq. 10: the task-customized student. Forward returns logits ``(batch, |C|)`` in the order of C.
 
-    ``trunk`` = copies of student blocks 1..max_i S_i; ``branches[j]`` taps the trunk after block
-    ``branch_block[j]`` and serves the tasks at positions ``branch_tasks[j]`` of C, all from teacher
-    ``branch_teacher[j]``. ``spec`` is a JSON description from which :meth:`from_spec` rebuilds it.
+    ``trunk`` = copies of student blocks 1..max_i S_i; ``tails[str(n)]`` = one copy of teacher n's blocks
+    after its earliest branch-out block; ``branches[j]`` taps the trunk after block ``branch_block[j]``,
+    runs its filter, then teacher ``branch_teacher[j]``'s tail from block ``branch_block[j] + 1`` and its
+    head rows, and serves the tasks at positions ``branch_tasks[j]`` of C. ``spec`` is a JSON description
+    from which :meth:`from_spec` rebuilds it.
     """
 
     def __init__(self, student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan,
@@ -114,11 +112,16 @@ class TargetNet(nn.Module):
         branches = []
         for (n, s), positions in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             rows = [plan.local[i] for i in positions]
-            branches.append(Branch(filters[s - 1][n], teachers[n], s, rows))
+            branches.append(Branch(filters[s - 1][n], teachers[n], rows))
             self.branch_teacher.append(n)
             self.branch_block.append(s)
             self.branch_tasks.append(positions)
         self.branches = nn.ModuleList(branches)
+        self.tail_start = {}                       # teacher -> its earliest branch-out block
+        for n, s in zip(self.branch_teacher, self.branch_block):
+            self.tail_start.setdefault(n, s)       # branches are sorted by block
+        self.tails = nn.ModuleDict({str(n): nn.ModuleList(copy.deepcopy(b) for b in teachers[n].blocks[s:])
+                                    for n, s in sorted(self.tail_start.items())})
         order = [i for positions in self.branch_tasks for i in positions]
         self.register_buffer("_unpermute", torch.tensor(np.argsort(order), dtype=torch.long), persistent=False)
         self.spec = {
@@ -129,6 +132,7 @@ class TargetNet(nn.Module):
             "teacher": list(plan.teacher), "local": list(plan.local),
             "num_teachers": plan.num_teachers,
             "filters": {f"{s}:{n}": _filter_config(filters[s - 1][n]) for (n, s) in groups},
+            "teacher_copies": "one per teacher",
         }
 
     @property
@@ -143,8 +147,16 @@ class TargetNet(nn.Module):
             h = block(h)
             for j, s in enumerate(self.branch_block):
                 if s == k:
-                    outs[j] = self.branches[j](h)
+                    outs[j] = self._branch_forward(j, h)
         return torch.cat(outs, dim=1)[:, self._unpermute]
+
+    def _branch_forward(self, j: int, h: torch.Tensor) -> torch.Tensor:
+        """Branch j on the trunk's features after its block S: f_n^S, teacher n's blocks S+1..B, head."""
+        n, s = self.branch_teacher[j], self.branch_block[j]
+        h = self.branches[j].filter(h)
+        for block in self.tails[str(n)][s - self.tail_start[n]:]:
+            h = block(h)
+        return self.branches[j].head(h)
 
     @classmethod
     def from_spec(cls, spec: dict) -> "TargetNet":
@@ -196,6 +208,9 @@ def load_target(path: str | Path) -> tuple[TargetNet, dict]:
     meta = read_meta(path)
     if meta.get("kind") != "targetnet" or "targetnet" not in meta:
         raise CheckpointError(f"{path} is not a TargetNet checkpoint")
+    if meta["targetnet"].get("teacher_copies") != "one per teacher":
+        raise CheckpointError(f"{path} was written by an older kalib that copied a teacher's blocks once per "
+                              "branch; rerun `python -m kalib amalgamate` with --restart to rebuild it")
     net = TargetNet.from_spec(meta["targetnet"])
     try:
         net.load_state_dict(load_state(path))

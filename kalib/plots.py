@@ -125,7 +125,8 @@ def fig3(data: dict[str, dict], blocks, path=None, titles=None):
 
 def targetnet_drawing(record: dict, path=None):
     """The assembled TargetNet (Eq. 10): the shared student trunk up to the last branch-out block and
-    one branch per (teacher, block) = filter + the teacher's remaining blocks, labelled with its tasks."""
+    one branch per (teacher, block) = filter + the teacher's remaining blocks (one copy per teacher, which
+    the teacher's branches share), labelled with its tasks."""
     blocks = record["blocks"]
     points = record["branch_block"]
     groups: dict[tuple[int, str], list[str]] = {}
@@ -154,7 +155,7 @@ def targetnet_drawing(record: dict, path=None):
     ax.set_xlim(-1.8, len(blocks) + 6)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    ax.set_title("TargetNet (Eq. 10): square = filter f_n^k, then teacher n's blocks after k and its "
-                 "task heads", fontsize=10)
+    ax.set_title("TargetNet (Eq. 10): square = filter f_n^k, then teacher n's blocks after k (one copy per "
+                 "teacher) and its task heads", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -1,4 +1,6 @@
 """Branch-out (paper Eq. 9) and the assembled TargetNet (Eq. 10) on tiny width-8 networks at 32 px."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from kalib.amalgamate import entangled_predictions, finetune, make_filters, soft_targets
 from kalib.branch import (TargetNet, assemble, branch_points, count_parameters, forced_branch_points,
                           load_target, save_target)
-from kalib.checkpoints import save_model
+from kalib.checkpoints import CheckpointError, save_model
 from kalib.cli import main
 from kalib.filters import task_plan
 from kalib.models import build_backbone
@@ -63,15 +65,16 @@ def test_forced_branch_points(nets):
 
 
 @pytest.mark.parametrize("tasks,points", [(None, [2, 2, 8, 5, 2]), ("e,a,c", [1, 3, 3]), ("d", [8]),
-                                          (None, [1, 1, 1, 1, 1])])
+                                          (None, [1, 1, 1, 1, 1]), (None, [1, 1, 1, 1, 2]), ("e,d", [6, 3])])
 def test_targetnet_equals_entangled_forward(nets, tasks, points):
     """Eq. 10: task i's TargetNet output = student 1..S_i -> f_n^{S_i} -> teacher n's rest, row i of
-    teacher n's head; tasks with the same (teacher, S) share one branch."""
+    teacher n's head; tasks with the same (teacher, S) share one branch, a teacher's branches one copy."""
     student, teachers, filters, x = nets
     plan = task_plan(tasks, LABELS)
     target = assemble(student, filters, teachers, plan, points)
     assert len(target.trunk) == max(points)
     assert len(target.branches) == len(set(zip(plan.teacher, points)))
+    assert sorted(target.tails) == sorted({str(n) for n in plan.teacher})
     with torch.no_grad():
         out = target(x)
         assert out.shape == (4, len(plan.tasks))
@@ -80,13 +83,40 @@ def test_targetnet_equals_entangled_forward(nets, tasks, points):
             assert torch.allclose(out[:, i], ref, atol=1e-5), (plan.tasks[i], s)
 
 
-def test_parameter_count_below_teachers_when_branching_early(nets):
+def blocks_params(net, first, last):
+    """Parameters of ``net``'s blocks first..last (1-based, inclusive)."""
+    return sum(count_parameters(b) for b in net.blocks[first - 1:last])
+
+
+@pytest.mark.parametrize("points", [[1, 1, 1, 1, 2], [2, 2, 8, 5, 2], [3, 6, 3, 7, 4], [8] * 5])
+def test_targetnet_copies_every_teacher_block_once(nets, points):
+    """The parameters are the student's blocks 1..max S_i, one copy of each teacher's blocks after its
+    earliest branch-out block, one filter per (teacher, S_i) and one head row per task, nothing more."""
+    student, teachers, filters, _ = nets
+    plan = task_plan(None, LABELS)
+    target = assemble(student, filters, teachers, plan, points)
+    earliest = {n: min(s for m, s in zip(plan.teacher, points) if m == n) for n in set(plan.teacher)}
+    num_blocks = student.num_blocks
+    expected = (blocks_params(student, 1, max(points))
+                + sum(blocks_params(teachers[n], s + 1, num_blocks) for n, s in earliest.items())
+                + sum(count_parameters(filters[s - 1][n]) for n, s in set(zip(plan.teacher, points)))
+                + len(plan.tasks) * (teachers[0].head.fc.in_features + 1))
+    assert count_parameters(target) == expected
+
+
+@pytest.mark.parametrize("points,smaller", [([k] * 5, True) for k in range(1, 8)] + [
+    ([1, 1, 1, 1, 2], True), ([2, 2, 2, 1, 2], True), ([3, 3, 3, 7, 7], True), ([6, 6, 6, 5, 5], True),
+    ([7, 7, 7, 1, 7], False), ([1, 2, 3, 2, 4], False)])
+def test_parameter_count_against_teachers_when_branching_early(nets, points, smaller):
+    """max S_i < B: the TargetNet is smaller than the teachers together exactly when the teacher
+    prefixes its copies skip (blocks 1..earliest S of each teacher) outweigh the trunk (student blocks
+    1..max S) and the filters. That always holds with one branch-out block per teacher (N >= 2), and
+    here also when one teacher's tasks branch at two blocks; it fails when a teacher's tasks branch both
+    early (a long copy) and at the trunk's end (a long trunk)."""
     student, teachers, filters, _ = nets
     plan = task_plan(None, LABELS)
     together = sum(count_parameters(t) for t in teachers)
-    for k in range(1, 8):                           # max S < B: one trunk replaces N teacher prefixes
-        assert count_parameters(assemble(student, filters, teachers, plan, [k] * 5)) < together
-    assert count_parameters(assemble(student, filters, teachers, plan, [8] * 5)) > 0
+    assert (count_parameters(assemble(student, filters, teachers, plan, points)) < together) == smaller
 
 
 def test_targetnet_copies_its_parts_and_finetunes_without_touching_teachers(nets):
@@ -114,6 +144,12 @@ def test_save_and_load_targetnet(nets, tmp_path):
     assert isinstance(loaded, TargetNet) and meta["labels"] == ["e", "a", "d"]
     with torch.no_grad():
         assert torch.equal(loaded(x), target(x))
+    meta_file = path.with_suffix(".json")
+    meta = json.loads(meta_file.read_text())
+    del meta["targetnet"]["teacher_copies"]          # as written before teachers were copied once
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="older kalib.*--restart"):
+        load_target(path)
 
 
 def test_cli_unknown_task_is_one_line_error(nets, tmp_path, capsys):
