@@ -89,6 +89,9 @@ def test_pretrain_writes_checkpoints_and_reuses_them(smoke_bench, tmp_path):
     with pytest.raises(FileExistsError, match="teacher for other labels"):
         pretrain(smoke_bench, (("coat",), ("bag",)), "resnet18_narrow", TINY_NET, ONE_EPOCH, ONE_EPOCH,
                  tmp_path, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"is a teacher for \['seven'\], not for \['coat', 'bag'\]; warm_start"):
+        pretrain(smoke_bench, groups, "resnet18_narrow", TINY_NET, ONE_EPOCH, ONE_EPOCH, tmp_path,
+                 log=lambda *_: None, warm_start=paths[::-1])   # Table 2's warm start, groups swapped
 
 
 def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
