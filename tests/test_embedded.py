@@ -1,4 +1,4 @@
-"""The embedded benchmark (design.md §2): determinism, labels = pasted objects, disjoint splits, cache."""
+"""The embedded benchmark (docs/design.md §2): determinism, labels = pasted objects, disjoint splits, cache."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from kalib.data import LABEL_NAMES, BenchmarkSpec, MissingSourceError, load_benc
 from kalib.data import embedded
 from kalib.data.embedded import GlyphBank, generate, labels_from_objects
 
-TINY = BenchmarkSpec(seed=3, n_train=40, n_pool=30, n_test=20, n_generic=25)
+TINY = BenchmarkSpec(seed=3, n_train=40, n_pool=30, n_test=20, n_val=12, n_generic=25)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_splits_rendered_in_parallel_processes_are_byte_identical(tiny):
 
 
 def test_other_seed_gives_other_canvases(tiny):
-    other = generate(BenchmarkSpec(seed=4, n_train=40, n_pool=30, n_test=20, n_generic=25))
+    other = generate(BenchmarkSpec(seed=4, n_train=40, n_pool=30, n_test=20, n_val=12, n_generic=25))
     assert other["train_images"].tobytes() != tiny["train_images"].tobytes()
 
 
@@ -53,7 +53,7 @@ def test_glyphs_that_do_not_fit_the_canvases_are_refused():
         BenchmarkSpec(size=28)
 
 
-@pytest.mark.parametrize("split", ["train", "pool", "test", "generic"])
+@pytest.mark.parametrize("split", ["train", "pool", "val", "test", "generic"])
 def test_each_label_vector_matches_the_objects_actually_pasted(tiny, split):
     """Every recorded object is visible where it was pasted (its glyph mask is brighter than the rest
     of its box), and the label vector is exactly the set of recorded classes."""
@@ -73,19 +73,31 @@ def test_each_label_vector_matches_the_objects_actually_pasted(tiny, split):
 
 def test_splits_are_disjoint_in_source_glyphs(tiny):
     gids = {s: set(tiny[f"{s}_objects"][..., 1][tiny[f"{s}_objects"][..., 0] >= 0].tolist())
-            for s in ("train", "pool", "test", "generic")}
-    assert not gids["train"] & gids["pool"] and not gids["train"] & gids["test"]
-    assert not gids["pool"] & gids["test"]
+            for s in ("train", "pool", "val", "test", "generic")}
+    assert gids["val"] and tiny["val_images"].shape == (12, 3, 64, 64)
+    for a, b in [("train", "pool"), ("train", "test"), ("pool", "test"), ("val", "train"), ("val", "pool"),
+                 ("val", "test")]:
+        assert not gids[a] & gids[b], (a, b)
     bank = GlyphBank(TINY.seed)
-    train_ids = set(np.concatenate(bank.index["train"]).tolist())
-    assert gids["generic"] <= train_ids and gids["train"] <= train_ids
-    for split in ("pool", "test"):
-        assert not set(np.concatenate(bank.index[split]).tolist()) & train_ids
+    ids = {split: set(np.concatenate(per_class).tolist()) for split, per_class in bank.index.items()}
+    assert gids["generic"] <= ids["train"] and gids["train"] <= ids["train"]
+    for a in ids:
+        for b in ids:
+            assert a == b or not ids[a] & ids[b], (a, b)
+
+
+def test_the_validation_split_leaves_train_and_test_canvases_as_they_were(tiny):
+    """Validation glyphs come out of the pool's, and its canvases from a fifth seed: teachers trained
+    and tested before the split existed see the same canvases."""
+    without = generate(BenchmarkSpec(seed=3, n_train=40, n_pool=30, n_test=20, n_val=0, n_generic=25))
+    for split in ("train", "test", "generic"):
+        assert without[f"{split}_images"].tobytes() == tiny[f"{split}_images"].tobytes(), split
+    assert len(without["val_images"]) == 0
 
 
 def test_a_variant_with_glyph_seed_keeps_the_glyph_split_but_not_the_canvases(tiny):
     """Table 2's variant: other canvases, but no test glyph that Table 1's networks trained on."""
-    variant = generate(BenchmarkSpec(seed=4, glyph_seed=TINY.seed, n_train=40, n_pool=30, n_test=60,
+    variant = generate(BenchmarkSpec(seed=4, glyph_seed=TINY.seed, n_train=40, n_pool=30, n_test=60, n_val=12,
                                      n_generic=0, objects=(2, 5), clutter=2))
     train_ids = set(np.concatenate(GlyphBank(TINY.seed).index["train"]).tolist())
     objects = variant["test_objects"]
@@ -106,7 +118,7 @@ def test_glyph_class_matches_source_label():
 
 
 def test_cache_is_written_once_and_reused(private_cache, monkeypatch):
-    spec = BenchmarkSpec(seed=9, n_train=8, n_pool=8, n_test=8, n_generic=8)
+    spec = BenchmarkSpec(seed=9, n_train=8, n_pool=8, n_test=8, n_val=12, n_generic=8)
     first = load_benchmark(spec)
     assert (private_cache / f"embedded-{spec.key()}.npz").is_file()
     monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("regenerated a cached spec"))
@@ -118,8 +130,8 @@ def test_cache_is_written_once_and_reused(private_cache, monkeypatch):
 
 
 def test_clutter_changes_canvases_but_not_labels():
-    base = BenchmarkSpec(seed=5, n_train=10, n_pool=1, n_test=1, n_generic=1)
-    harder = BenchmarkSpec(seed=5, n_train=10, n_pool=1, n_test=1, n_generic=1, clutter=3)
+    base = BenchmarkSpec(seed=5, n_train=10, n_pool=1, n_test=1, n_val=12, n_generic=1)
+    harder = BenchmarkSpec(seed=5, n_train=10, n_pool=1, n_test=1, n_val=12, n_generic=1, clutter=3)
     a, b = generate(base), generate(harder)
     assert (a["train_objects"] == b["train_objects"]).all()
     assert a["train_images"].tobytes() != b["train_images"].tobytes()
@@ -132,5 +144,5 @@ def test_missing_source_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_spec_key_changes_with_every_field():
-    assert TINY.key() == BenchmarkSpec(seed=3, n_train=40, n_pool=30, n_test=20, n_generic=25).key()
-    assert TINY.key() != BenchmarkSpec(seed=3, n_train=41, n_pool=30, n_test=20, n_generic=25).key()
+    assert TINY.key() == BenchmarkSpec(seed=3, n_train=40, n_pool=30, n_test=20, n_val=12, n_generic=25).key()
+    assert TINY.key() != BenchmarkSpec(seed=3, n_train=41, n_pool=30, n_test=20, n_val=12, n_generic=25).key()

