@@ -23,7 +23,7 @@ class TeacherFilter(nn.Module):
 
     global average pool -> FC(C -> C/r) -> ReLU -> FC(C/r -> C) -> w = 2·sigmoid(.) in (0, 2), then
     ``x * w`` channel-wise. The last FC starts at zero, so w = 1 and the filter starts as the identity
-    (design.md §1: a plain sigmoid would halve every channel and the teacher's frozen BatchNorm would see
+    (docs/design.md §1: a plain sigmoid would halve every channel and the teacher's frozen BatchNorm would see
     features at the wrong scale). When the teacher's width differs from the student's
     (``out_channels != in_channels``), a 1x1 conv adapter follows the re-weighting.
     """

@@ -1,4 +1,4 @@
-"""Multi-label evaluation metrics (design.md §3).
+"""Multi-label evaluation metrics (docs/design.md §3).
 
 The paper (Ye et al., IJCAI 2019, §4) reports "AP and mAP complying with the PASCAL
 challenge protocols"; this module implements both PASCAL definitions plus the

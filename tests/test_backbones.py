@@ -1,4 +1,4 @@
-"""Block-decomposed backbones (paper Eq. 3, design.md §1): the split covers each network exactly."""
+"""Block-decomposed backbones (paper Eq. 3, docs/design.md §1): the split covers each network exactly."""
 import json
 
 import pytest

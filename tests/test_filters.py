@@ -1,4 +1,4 @@
-"""Eq. 4 teacher-level filter f_n^k and the task-level selection g (paper §3.4, design.md §1)."""
+"""Eq. 4 teacher-level filter f_n^k and the task-level selection g (paper §3.4, docs/design.md §1)."""
 import pytest
 import torch
 
@@ -7,7 +7,7 @@ from kalib.filters import TeacherFilter, select_tasks, task_plan
 
 
 def test_filter_starts_as_identity():
-    """2·sigmoid(0) = 1: the untrained filter must not rescale the features (design.md §1)."""
+    """2·sigmoid(0) = 1: the untrained filter must not rescale the features (docs/design.md §1)."""
     torch.manual_seed(0)
     f = TeacherFilter(8)
     x = torch.randn(3, 8, 5, 5)

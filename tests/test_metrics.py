@@ -1,4 +1,4 @@
-"""PASCAL AP / mAP and top-k multi-label metrics (design.md §3; Ye et al. 2019 §4)."""
+"""PASCAL AP / mAP and top-k multi-label metrics (docs/design.md §3; Ye et al. 2019 §4)."""
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve

@@ -1,4 +1,4 @@
-"""Datasets: the embedded multi-label benchmark, PASCAL VOC / MS-COCO, and the label groups (design.md §2)."""
+"""Datasets: the embedded multi-label benchmark, PASCAL VOC / MS-COCO, and the label groups (docs/design.md §2)."""
 
 from .coco import COCO_CATEGORIES, COCO_CLASSES, COCOMultiLabel
 from .embedded import LABEL_NAMES, Benchmark, BenchmarkSpec, cache_dir, load_benchmark

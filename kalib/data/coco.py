@@ -1,4 +1,4 @@
-"""MS-COCO as a multi-label classification dataset (paper §4.1, Table 3; design.md §2).
+"""MS-COCO as a multi-label classification dataset (paper §4.1, Table 3; docs/design.md §2).
 
 The standard layout of the 2014 release (the paper trains on train2014 and evaluates on val2014, since the
 test labels are not public)::

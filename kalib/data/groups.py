@@ -1,4 +1,4 @@
-"""Label groups A_n of the teachers and customized task sets C (paper Eq. 1, design.md §2).
+"""Label groups A_n of the teachers and customized task sets C (paper Eq. 1, docs/design.md §2).
 
 Like the paper's VOC setting, the 20 labels are split at random, with a fixed seed, into two teachers of
 10 labels (Table 1) and three teachers of 7/7/6 (Target-3); the Fig. 3 pairs take one task from each of

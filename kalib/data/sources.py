@@ -1,4 +1,4 @@
-"""Glyph sources of the embedded benchmark (design.md §2): Fashion-MNIST and MNIST digits, offline.
+"""Glyph sources of the embedded benchmark (docs/design.md §2): Fashion-MNIST and MNIST digits, offline.
 
 * Fashion-MNIST: the IDX files of Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist``), or any folder named by ``KALIB_FASHION_MNIST_DIR``.

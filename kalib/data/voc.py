@@ -1,4 +1,4 @@
-"""PASCAL VOC 2007 / 2012 as a multi-label classification dataset (paper §4.1, design.md §2).
+"""PASCAL VOC 2007 / 2012 as a multi-label classification dataset (paper §4.1, docs/design.md §2).
 
 The standard devkit tree, as torchvision's ``VOCDetection`` expects it (nothing is downloaded)::
 

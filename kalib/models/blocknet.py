@@ -1,10 +1,10 @@
-"""Backbones split into B named blocks plus a head (paper §3.3, Eq. 3; design.md §1 "Blocks").
+"""Backbones split into B named blocks plus a head (paper §3.3, Eq. 3; docs/design.md §1 "Blocks").
 
 Eq. 3 writes a network as F^k = A^k(F^{k-1}) for k = 1..B (F^0 = the image) followed by the fully
 connected layers O = F(F^B). :class:`BlockNet` stores exactly that: ``blocks[k-1]`` is A^k and ``head`` is
 global average pool -> flatten -> ``head.fc``. ``prefix(x, k)`` gives F^k and ``suffix(F^k, k)`` the
 logits, which is what amalgamation needs: the student's block-k output is filtered and fed into a
-teacher's blocks k+1..B (design.md §1).
+teacher's blocks k+1..B (docs/design.md §1).
 
 Architectures (``ARCHS``): torchvision ``resnet18``/``resnet50``/``densenet121`` split at residual units /
 dense stages, and the 64-px CPU variants ``resnet18_narrow`` and ``densenet_small``.
@@ -87,7 +87,7 @@ class BlockNet(nn.Module):
     def with_new_head(self, num_classes: int) -> "BlockNet":
         """Deep copy with the same block weights and a fresh ``nn.Linear`` head (PyTorch default init).
 
-        Used to start teachers and the student from one shared generic backbone (design.md §1).
+        Used to start teachers and the student from one shared generic backbone (docs/design.md §1).
         """
         new = copy.deepcopy(self)
         new.head = _head(self.head.fc.in_features, num_classes=num_classes)
@@ -98,7 +98,7 @@ class BlockNet(nn.Module):
 # ---------------------------------------------------------------------------------------------- ResNet
 
 def _resnet_blocks(stem: nn.Module, layers: list[nn.Sequential]) -> tuple[list, list, list, dict]:
-    """Residual units as blocks b{s}_{i}; the stem is folded into b1_1 (design.md §1)."""
+    """Residual units as blocks b{s}_{i}; the stem is folded into b1_1 (docs/design.md §1)."""
     names, blocks, channels, stage_ends = [], [], [], {}
     for s, layer in enumerate(layers, start=1):
         for i, unit in enumerate(layer, start=1):

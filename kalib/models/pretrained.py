@@ -1,5 +1,5 @@
 """ImageNet initialisation of the paper-scale backbones (paper §4.1: "initialized with parameters
-pre-trained on ImageNet"; design.md §1 "Shared initialisation").
+pre-trained on ImageNet"; docs/design.md §1 "Shared initialisation").
 
 The weights are torchvision's own ``.pth`` files, read from
 
