@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import BatchAugment
-from .branch import assemble, branch_points, count_parameters, forced_branch_points, save_target
+from .branch import (assemble, branch_points, count_parameters, forced_branch_points, save_target,
+                     tolerant_branch_points)
 from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, load_model, load_state, read_meta
 from .config import changed_keys, digest, file_digest
 from .device import as_device, autocast
@@ -118,7 +119,7 @@ def init_student(init: str, teachers: Sequence[BlockNet], generic: BlockNet | No
                  seed: int = 0) -> BlockNet:
     """The student T(θ_0) of Alg. 1 line 1.
 
-    ``generic``: the shared generic backbone the teachers started from (design.md §1, the default);
+    ``generic``: the shared generic backbone the teachers started from (docs/design.md §1, the default);
     ``random``: a fresh network of the teachers' architecture; ``teacher1``: a copy of teacher 1.
     """
     if init == "generic":
@@ -231,12 +232,13 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
                on_block_end: Callable[[int, Amalgamation], None] | None = None,
                last_block: int | None = None, log: Callable[[str], None] | None = None,
                device=None, state_dir: str | Path | None = None, fingerprint: str = "",
-               augment=None) -> Amalgamation:
+               augment=None, block_epochs: Sequence[int] | None = None) -> Amalgamation:
     """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
 
     ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only
     used to measure the converged losses L_i^k. ``schedule`` is the per-block SGD + poly schedule
-    (``epochs`` passes over the block's subset of ``images_per_block`` pool images). ``soft`` are
+    (``epochs`` passes over the block's subset of ``images_per_block`` pool images; ``block_epochs[k-1]``
+    instead for block k where given: deep blocks, where the teachers drift furthest apart, need more). ``soft`` are
     cached teacher logits for ``images`` (computed here if not given). ``start_block``/``previous``/
     ``filters`` continue an interrupted run; ``on_block_end(k, result)`` is called after each block;
     ``last_block`` stops early (losses of later blocks stay NaN). ``state_dir``: block k's training state
@@ -253,6 +255,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
     student.to(device=device, memory_format=CL)
     num_blocks = student.num_blocks
     last_block = num_blocks if last_block is None else last_block
+    if block_epochs and len(block_epochs) != num_blocks:
+        raise ValueError(f"block_epochs has {len(block_epochs)} entries, the student {num_blocks} blocks")
     filters = filters if filters is not None else make_filters(student, teachers, reduction)
     filters.to(device)
     if soft is None:
@@ -297,7 +301,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
 
         history = optimise(
             params, len(idx), batch_loss,
-            schedule, seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})", checkpoint=partial,
+            dataclasses.replace(schedule, epochs=block_epochs[k - 1]) if block_epochs else schedule,
+            seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})", checkpoint=partial,
             state=nn.ModuleList([block, *active]), fingerprint=f"{fingerprint}:block{k}", device=device)
         del feats
         block.requires_grad_(False)
@@ -500,16 +505,18 @@ class BlockStore:
         result.train_loss, result.seconds = info["train_loss"], info["seconds"]
         return result
 
-    def cached(self, name: str, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        path = self.dir / f"{name}-{key}.pt"
-        if path.is_file():
-            try:
-                return load_state(path)
-            except Exception:
-                pass
-        value = compute()
-        _atomic_write(path, lambda p: torch.save(value, p))
-        return value
+
+def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor saved at ``path``, or ``compute()`` saved there (atomically) when the file is missing or
+    unreadable."""
+    if path.is_file():
+        try:
+            return load_state(path)
+        except Exception:
+            pass
+    value = compute()
+    _atomic_write(path, lambda p: torch.save(value, p))
+    return value
 
 
 def _peak_rss_mb() -> int | None:
@@ -531,14 +538,16 @@ def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
 def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
         tasks=None, init: str = "generic", branch_at: str | None = None, evaluate: bool = True,
         branch_curves: bool = True, seed: int | None = None, log: Callable[[str], None] = print,
-        device=None, restart: bool = False) -> dict:
+        device=None, restart: bool = False, eval_split: str = "test") -> dict:
     """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
-    -> TargetNet (Eq. 10) -> fine-tuning. Training reads only ``bench.pool_images`` (the first
-    ``preset.pool_images`` of them where set); with ``evaluate``
-    the test split gives the APs of teachers and TargetNet, and with ``branch_curves`` also the Fig. 3
-    curves (AP at every branch-out block). Writes ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``;
-    returns the run record. A finished run of the same settings is returned as it is, not run again.
+    -> TargetNet (Eq. 10) -> fine-tuning. Branch-out follows ``preset.branch_tolerance``
+    (:func:`~kalib.branch.tolerant_branch_points`; 0 is Eq. 9); where that rule differs from Eq. 9, the
+    record's ``eq9`` entry holds the paper's own TargetNet, fine-tuned the same way. Training reads only
+    ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
+    the ``eval_split`` (``test``, or ``val`` when choosing settings) gives the APs of teachers and TargetNet,
+    and with ``branch_curves`` also the Fig. 3 curves (AP at every branch-out block). Writes
+    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record. A finished run of the same settings is returned as it is, not run again.
 
     Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
     ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
@@ -558,6 +567,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     teachers = freeze([m for m, _ in loaded], device)
     labels = [meta["labels"] for _, meta in loaded]
     plan = task_plan(tasks, labels)
+    eval_images, eval_y = _eval_split(bench, eval_split, plan) if evaluate else (None, None)   # before any work
     generic = None
     if init == "generic":
         if not generic_path.is_file():
@@ -571,12 +581,13 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
                 "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.block),
                 "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
+                **({"block_epochs": list(preset.block_epochs)} if preset.block_epochs else {}),
                 "reduction": preset.filter_reduction, **({"augment": True} if preset.augment else {})}
     augment = BatchAugment(seed) if preset.augment else None
     store = BlockStore(out_dir, digest(settings))
     store.prepare(settings, restart, log)
     run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.finetune), preset.finetune_images,
-                      preset.finetune_freeze_bn, evaluate, branch_curves])
+                      preset.finetune_freeze_bn, evaluate, branch_curves, preset.branch_tolerance, eval_split])
     finished = out_dir / "run.json"
     if finished.is_file() and (out_dir / "targetnet.pt").is_file():
         record = json.loads(finished.read_text())
@@ -586,8 +597,13 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    soft = store.cached("soft-targets", digest([settings["data"], settings["pool"], settings["teachers"], settings["tasks"]]),
-                        lambda: soft_targets(teachers, pool, plan, device=device))
+    # the teachers' logits for every label on the pool, computed once per teacher set and pool and shared by
+    # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
+    every = task_plan(None, labels)
+    soft_key = digest([settings["data"], settings["pool"], settings["teachers"]])
+    soft = cached_tensor(Path(teachers_dir) / f"soft-targets-{soft_key}.pt",
+                         lambda: soft_targets(teachers, pool, every, device=device))
+    soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
     times["teacher_targets"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -602,63 +618,73 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                         heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
                         start_block=done + 1, previous=result, cache_dtype=cache_dtype,
                         on_block_end=store.save, log=log, device=device, state_dir=store.dir,
-                        fingerprint=store.fingerprint, augment=augment)
+                        fingerprint=store.fingerprint, augment=augment, block_epochs=preset.block_epochs)
     times["blocks"] = time.perf_counter() - t0
     names = student.block_names
 
     chosen = branch_points(result.losses)
-    points = chosen if branch_at is None else forced_branch_points(student, branch_at, len(plan.tasks))
+    points = (tolerant_branch_points(result.losses, preset.branch_tolerance) if branch_at is None
+              else forced_branch_points(student, branch_at, len(plan.tasks)))
     record = {
         "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
         "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
         "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
         "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
-                 "images_per_block": preset.block_images},
+                 "images_per_block": preset.block_images, "block_epochs": list(preset.block_epochs)},
         "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
                            for i, t in enumerate(plan.tasks)},
         "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
         "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
         "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
-        "branch_at": branch_at,
+        "branch_at": branch_at, "branch_tolerance": preset.branch_tolerance, "evaluated_on": eval_split,
         "pairs": {name: list(pair) for name, pair in preset.pairs.items()
                   if teacher_set != "3" and all(t in plan.tasks for t in pair)},
     }
-
-    t0 = time.perf_counter()
-    target = assemble(student, filters, teachers, plan, points)
-    times["assembly"] = time.perf_counter() - t0
-    record["params"] = {"targetnet": count_parameters(target),
-                        "teachers": sum(count_parameters(t) for t in teachers),
-                        "branches": target.branch_names}
-
-    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
-    held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-    t0 = time.perf_counter()
-    ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
-    pre_finetune = copy.deepcopy(target) if evaluate else None
-    ft_key = digest([store.fingerprint, points, dataclasses.asdict(preset.finetune), preset.finetune_images,
-                      preset.finetune_freeze_bn])
-    ft_partial = store.dir / f"finetune-{ft_key}.partial.pt"
+    # the TargetNet of the preset's rule, and where that is not Eq. 9 the paper's own as a second row
+    variants = {"target": points}
+    if points != chosen and branch_at is None:
+        variants["eq9"] = chosen
+    keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                          preset.finetune_freeze_bn]) for name, pts in variants.items()}
     for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
-        if stale != ft_partial:
+        if stale.name not in {f"finetune-{key}.partial.pt" for key in keys.values()}:
             stale.unlink(missing_ok=True)
-    record["finetune_loss"] = [round(v, 5) for v in finetune(target, pool[ft_idx], soft[ft_idx],
-                                                             preset.finetune, seed,
-                                                             freeze_bn=preset.finetune_freeze_bn,
-                                                             device=device, checkpoint=ft_partial,
-                                                             fingerprint=ft_key, augment=augment,
-                                                             teachers=teachers, plan=plan)]
-    times["finetune"] = time.perf_counter() - t0
-    held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-    record["heldout_loss"] = {"before_finetune": round(float(held_before.mean()), 5),
-                              "after_finetune": round(float(held_after.mean()), 5)}
+    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
+    ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
+    targets = {}
+    for name, pts in variants.items():
+        t0 = time.perf_counter()
+        target = assemble(student, filters, teachers, plan, pts)
+        pre_finetune = predict(target, eval_images, device=device) if evaluate else None
+        held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
+        partial = store.dir / f"finetune-{keys[name]}.partial.pt"
+        losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
+                          freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partial,
+                          fingerprint=keys[name], augment=augment, teachers=teachers, plan=plan)
+        held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
+        entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
+                 "params": {"targetnet": count_parameters(target),
+                            "teachers": sum(count_parameters(t) for t in teachers),
+                            "branches": target.branch_names},
+                 "finetune_loss": [round(v, 5) for v in losses],
+                 "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
+                                  "after_finetune": round(float(held_after.mean()), 5)}}
+        if evaluate:
+            entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, eval_y)
+            entry["target_ap"] = _ap_dict(plan.tasks, predict(target, eval_images, device=device), eval_y)
+        times["finetune" if name == "target" else f"finetune_{name}"] = time.perf_counter() - t0
+        targets[name] = (target, partial)
+        if name == "target":
+            record.update(entry)
+        else:
+            record[name] = entry
+    target = targets["target"][0]
 
     if evaluate:
         t0 = time.perf_counter()
-        test_y = bench.test_labels[:, bench.label_indices(plan.tasks)]
         if branch_curves:
-            curves = branch_logits(student, filters, teachers, plan, bench.test_images, device=device)
-            branch_ap = np.stack([ap_voc07(c.numpy(), test_y.numpy()) for c in curves])   # (B, |C|)
+            curves = branch_logits(student, filters, teachers, plan, eval_images, device=device)
+            branch_ap = np.stack([ap_voc07(c.numpy(), eval_y.numpy()) for c in curves])   # (B, |C|)
             record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
                                    for i, t in enumerate(plan.tasks)}
             record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
@@ -666,19 +692,16 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                                    for s, k in student.stage_ends.items()}
             times["branch_curves"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        teacher_scores = torch.empty(len(bench.test_images), len(plan.tasks))
+        teacher_scores = torch.empty(len(eval_images), len(plan.tasks))
         for n in plan.active_teachers:
             teacher_scores[:, plan.per_teacher[n]] = select_tasks(
-                predict(teachers[n], bench.test_images, device=device), plan.local_per_teacher[n])
-        record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, test_y)
-        record["target_ap_before_finetune"] = _ap_dict(plan.tasks, predict(pre_finetune, bench.test_images,
-                                                                           device=device), test_y)
-        record["target_ap"] = _ap_dict(plan.tasks, predict(target, bench.test_images, device=device), test_y)
+                predict(teachers[n], eval_images, device=device), plan.local_per_teacher[n])
+        record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, eval_y)
         times["evaluation"] = time.perf_counter() - t0
         if log:
             log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
                 f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
-                f"after fine-tuning")
+                f"after fine-tuning ({eval_split} split)")
     times["total"] = sum(times.values())
     record["peak_rss_mb"] = _peak_rss_mb()
     record["seconds"] = {k: round(v, 1) for k, v in times.items()}
@@ -687,5 +710,17 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 teacher_set=teacher_set, data=bench.spec.key(),
                 test_ap=record.get("target_ap"))
     _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-    ft_partial.unlink(missing_ok=True)
+    for _, partial in targets.values():
+        partial.unlink(missing_ok=True)
     return record
+
+
+def _eval_split(bench, split: str, plan: TaskPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels (tasks of C) of the split a run is evaluated on: ``test`` (reported numbers) or
+    ``val`` (choosing settings)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"unknown evaluation split '{split}'; valid: test, val")
+    images, labels = getattr(bench, f"{split}_images", None), getattr(bench, f"{split}_labels", None)
+    if images is None or labels is None:
+        raise ValueError(f"this dataset has no '{split}' split; evaluate on 'test'")
+    return images, labels[:, bench.label_indices(plan.tasks)]

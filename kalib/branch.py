@@ -1,7 +1,9 @@
 """Branch-out (paper §3.5, Eq. 9) and the assembled task-customized TargetNet (Eq. 10).
 
 After the B blocks of the student have been trained with Eq. 7, every task i of C has a converged loss
-L_i^k per block k. Eq. 9 picks its branch-out block S_i = argmin_k L_i^k; Eq. 10 assembles
+L_i^k per block k. Eq. 9 picks its branch-out block S_i = argmin_k L_i^k (:func:`branch_points`; kalib's
+named alternative :func:`tolerant_branch_points` takes the deepest block within a loss tolerance of the
+minimum); Eq. 10 assembles
 
     T_i = [T^1 .. T^{S_i}  (the shared student trunk),  f_n^{S_i},  A_n^{S_i+1} .. A_n^B,  F_n^i]
 
@@ -36,12 +38,33 @@ def branch_points(losses) -> list[int]:
     ``losses`` is ``(B, |C|)`` (row k-1 = block k); returns 1-based block indices, one per task. Exact
     ties go to the earliest block (``numpy.argmin``).
     """
+    return [int(k) + 1 for k in _checked(losses).argmin(axis=0)]
+
+
+def tolerant_branch_points(losses, tolerance: float) -> list[int]:
+    """Beyond the paper: S_i = the deepest block k with L_i^k <= min_k L_i^k + ``tolerance``.
+
+    Eq. 9's argmin lets a loss that rises by a hair with depth keep every task at the first block, and so
+    keeps the whole of every teacher. Trading a stated loss margin (in the units of Eq. 7, nats of binary
+    cross-entropy per task) for a deeper shared trunk is what makes the TargetNet compact. ``tolerance``
+    0 is Eq. 9 (:func:`branch_points`).
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"branch tolerance must be >= 0, got {tolerance}")
+    if tolerance == 0:
+        return branch_points(losses)
+    losses = _checked(losses)
+    within = losses <= losses.min(axis=0) + tolerance
+    return [int(np.flatnonzero(within[:, i]).max()) + 1 for i in range(losses.shape[1])]
+
+
+def _checked(losses) -> np.ndarray:
     losses = np.asarray(losses, dtype=np.float64)
     if losses.ndim != 2 or losses.shape[0] < 1:
         raise ValueError(f"losses must be (blocks, tasks), got shape {losses.shape}")
     if not np.isfinite(losses).all():
         raise ValueError("converged losses contain NaN or inf; cannot choose branch-out blocks")
-    return [int(k) + 1 for k in losses.argmin(axis=0)]
+    return losses
 
 
 def forced_branch_points(student: BlockNet, where: str | int, num_tasks: int) -> list[int]:

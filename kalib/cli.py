@@ -100,10 +100,11 @@ def _amalgamate(args) -> None:
     t0 = time.perf_counter()
     bench = load_data(preset, args.data_root, args.allow_download)
     record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
-                 init=args.init, branch_at=args.branch_at, seed=args.seed, device=device, restart=args.restart)
+                 init=args.init, branch_at=args.branch_at, seed=args.seed, device=device, restart=args.restart,
+                 eval_split=args.eval_split)
     chosen = ", ".join(f"{t}@{b}" for t, b in record["branch_block"].items())
     print(f"branch-out: {chosen}")
-    print(f"TargetNet test mAP {record['target_ap']['mAP']:.2f} (teachers {record['teacher_ap']['mAP']:.2f}), "
+    print(f"TargetNet {args.eval_split} mAP {record['target_ap']['mAP']:.2f} (teachers {record['teacher_ap']['mAP']:.2f}), "
           f"{record['params']['targetnet']:,} parameters (teachers {record['params']['teachers']:,})")
     print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
 
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student init: the teachers' shared generic backbone (default), random, teacher 1")
     p.add_argument("--branch-at", default=None,
                    help="branch every task at this stage (b1..b4) or block instead of Eq. 9's choice")
+    p.add_argument("--eval-split", default="test", choices=["test", "val"],
+                   help="split for the reported APs: test (default) or val, the split to choose settings on")
     p.set_defaults(func=_amalgamate)
 
     p = common(sub.add_parser("evaluate", help="per-label AP and mAP of a teacher or TargetNet checkpoint "

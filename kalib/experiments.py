@@ -3,7 +3,8 @@ and ``python -m kalib reproduce`` share, so every finished step is found and re-
 
 ```
 OUT/table1/teachers/          generic + teacher checkpoints (Eq. 2) of the Table 1 benchmark
-OUT/table1/amalgamation-2/    two ResNet teachers, C = A (Target, Target b1..b4, Fig. 3)
+OUT/table1/amalgamation-2/    two ResNet teachers, C = A (Target, Target b1..b4, Fig. 3's second panel)
+OUT/table1/fig3-PAIR/         the same teachers, C = one Fig. 3 pair (two-task students, Fig. 3)
 OUT/table1/amalgamation-3/    three teachers 7/7/6 (Target-3)
 OUT/table1/amalgamation-dense/  DenseNet teachers and student (TargetDenseNet)
 OUT/table2/...                the same on the harder benchmark variant (Table 2, standing in for VOC 2012)
@@ -24,6 +25,7 @@ from .branch import load_target
 from .checkpoints import load_model, load_state
 from .data import BenchmarkSpec, load_benchmark, load_dataset
 from .filters import task_plan
+from .parallel import run_parallel
 from .presets import TEACHER_SETS, Preset
 from .teachers import pretrain_set
 from .train import predict
@@ -39,7 +41,8 @@ def variants(preset: Preset) -> tuple[str, ...]:
 
 def for_run(preset: Preset, variant: str = "table1", teacher_set: str = "2") -> Preset:
     """The preset of one run: the main run (Table 1, two teachers) as given, the side runs with the
-    preset's cheaper ``side_teacher`` schedule and smaller ``side_pool_images`` pool where it sets them."""
+    preset's cheaper ``side_teacher`` schedule and a pool of ``side_pool_images`` training images (plus the
+    held-out slice) where it sets them."""
     if (variant, teacher_set) == ("table1", "2"):
         return preset
     changes = {}
@@ -47,8 +50,8 @@ def for_run(preset: Preset, variant: str = "table1", teacher_set: str = "2") -> 
         changes.update(teacher=preset.side_teacher, generic=dataclasses.replace(
             preset.generic, epochs=min(preset.generic.epochs, preset.side_teacher.epochs))
             if teacher_set == "dense" else preset.generic)
-    if preset.side_pool_images is not None:
-        changes.update(pool_images=preset.side_pool_images, block_images=0, finetune_images=0)
+    if preset.side_pool_images is not None:   # training images, with the held-out slice of L_i^k on top
+        changes.update(pool_images=preset.side_pool_images + preset.loss_slice, block_images=0, finetune_images=0)
     return dataclasses.replace(preset, **changes)
 
 
@@ -113,6 +116,43 @@ def ensure_amalgamation(preset: Preset, bench, out_dir: str | Path, variant: str
                branch_curves=teacher_set == "2")
 
 
+def fig3_dir(out_dir: str | Path, pair: str) -> Path:
+    return Path(out_dir) / "table1" / f"fig3-{pair}"
+
+
+def ensure_fig3(preset: Preset, bench, out_dir: str | Path, seed: int | None = None, log=print,
+                device=None) -> dict[str, dict]:
+    """Fig. 3 as the paper runs it (§4.2): for each pair of ``preset.pairs`` (one task from each teacher)
+    its own amalgamation with C = the pair: block-wise training, converged losses, Eq. 9 and the branch-out
+    curves. Only the curves and the branch-out are drawn, so the two-task TargetNets are assembled but not
+    fine-tuned. Returns pair name -> run record."""
+    ensure_teachers(preset, bench, out_dir, "table1", "2", seed, log, device)
+    pair_preset = dataclasses.replace(preset, finetune=dataclasses.replace(preset.finetune, epochs=0))
+    jobs = [lambda pair=pair, tasks=tasks: run(bench, pair_preset, teachers_dir(out_dir), fig3_dir(out_dir, pair),
+                                               tasks=list(tasks), seed=seed, log=log, device=device)
+            for pair, tasks in preset.pairs.items()]
+    records = run_parallel(jobs, device=device, on_done=lambda i, r: log(
+        f"Fig. 3 student for C = {{{', '.join(r['tasks'])}}}: Eq. 9 blocks {r['chosen_block']}"))
+    return dict(zip(preset.pairs, records))
+
+
+def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int | None = None, log=print,
+                  device=None) -> dict[tuple[str, str], dict]:
+    """Every run of Tables 1 and 2: (variant, teacher set) -> run record. The main run first (it is
+    notebook 02's), then Table 1's side runs side by side, then Table 2's (its teachers start from Table 1's);
+    independent runs share the CPU cores (:func:`kalib.parallel.run_parallel`)."""
+    runs = {("table1", "2"): ensure_amalgamation(preset, benches["table1"], out_dir, "table1", "2", seed, log, device)}
+    for variant in variants(preset):
+        todo = [(variant, s) for s in TEACHER_SETS if (variant, s) not in runs]
+        jobs = [lambda v=v, s=s: ensure_amalgamation(preset, benches[v], out_dir, v, s, seed, log, device)
+                for v, s in todo]
+        records = run_parallel(jobs, device=device, on_done=lambda i, r: log(
+            f"{todo[i][0]} {ROW_OF_SET[todo[i][1]]}: TargetNet {r['target_ap']['mAP']:.1f} mAP, teachers "
+            f"{r['teacher_ap']['mAP']:.1f}"))
+        runs.update(zip(todo, records))
+    return runs
+
+
 def load_run(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2") -> dict:
     """The record ``run.json`` of a finished amalgamation."""
     path = run_dir(out_dir, variant, teacher_set) / "run.json"
@@ -125,11 +165,17 @@ def load_run(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2
 def load_trained(preset: Preset, out_dir: str | Path, variant: str = "table1", teacher_set: str = "2"):
     """The trained student, filters f_n^k, frozen teachers and task plan of a finished amalgamation
     (for looking inside: filter weights, features)."""
-    arch, paths, generic_path = teacher_files(preset, teachers_dir(out_dir, variant), teacher_set)
+    return load_blocks(preset, teachers_dir(out_dir, variant), run_dir(out_dir, variant, teacher_set), teacher_set)
+
+
+def load_blocks(preset: Preset, teachers: str | Path, amalgamation: str | Path, teacher_set: str = "2"):
+    """:func:`load_trained` for explicit directories: the teachers' and the amalgamation run's."""
+    arch, paths, generic_path = teacher_files(preset, teachers, teacher_set)
     loaded = [load_model(p) for p in paths]
     teachers = freeze([m for m, _ in loaded])
-    plan = task_plan(None, [meta["labels"] for _, meta in loaded])
-    last = run_dir(out_dir, variant, teacher_set) / "blocks" / f"block{teachers[0].num_blocks:02d}.pt"
+    record = json.loads((Path(amalgamation) / "run.json").read_text())
+    plan = task_plan(record["tasks"], [meta["labels"] for _, meta in loaded])
+    last = Path(amalgamation) / "blocks" / f"block{teachers[0].num_blocks:02d}.pt"
     state = load_state(last)
     student = init_student("teacher1", teachers).with_new_head(state["student"]["head.fc.weight"].shape[0])
     filters = make_filters(student, teachers, preset.filter_reduction)

@@ -97,13 +97,14 @@ def block_losses(block_train_loss: dict[str, list[float]], path=None):
 
 
 def fig3(data: dict[str, dict], blocks, path=None, titles=None):
-    """Fig. 3: per pair of tasks (one per teacher), AP (%) when branching out after each block, the
-    teachers' AP as dashed lines, Eq. 9's choice as a star and the AP-best block as a ring."""
+    """Fig. 3: per pair of tasks (one per teacher; ``data`` as :func:`kalib.results.fig3_data`), AP (%)
+    when branching out after each block, the teachers' AP as dashed lines, Eq. 9's choice as a star and
+    the AP-best block as a ring."""
     pairs = list(data)
     fig, axes = plt.subplots(len(pairs), 1, figsize=(10, 3.4 * len(pairs)), squeeze=False)
     x = np.arange(len(blocks))
     for ax, pair in zip(axes[:, 0], pairs):
-        for task, d in data[pair].items():
+        for task, d in data[pair]["tasks"].items():
             colour = TEACHER_COLOURS[(d["teacher"] - 1) % len(TEACHER_COLOURS)]
             ap = [d["ap_by_block"][b] for b in blocks]
             ax.plot(x, ap, marker="o", color=colour, label=f"'{task}' (teacher {d['teacher']})")
@@ -157,5 +158,24 @@ def targetnet_drawing(record: dict, path=None):
         ax.spines[side].set_visible(False)
     ax.set_title("TargetNet (Eq. 10): square = filter f_n^k, then teacher n's blocks after k (one copy per "
                  "teacher) and its task heads", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def alignment(table: dict[str, dict[str, float]], path=None):
+    """Teacher alignment per block (:func:`kalib.alignment.teacher_alignment`): the mean channel
+    correlation between two teachers, and between each teacher and the shared start."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, values in table.items():
+        blocks = list(values)
+        ax.plot(range(len(blocks)), list(values.values()), marker="o", ls="-" if "start" not in name else "--",
+                label=name)
+    ax.set_xticks(range(len(blocks)), blocks)
+    ax.set_ylim(min(0.0, min(min(v.values()) for v in table.values())), 1.02)
+    ax.set_xlabel("block k")
+    ax.set_ylabel("mean channel correlation")
+    ax.set_title("How far the teachers' block features drift apart (1 = aligned channel by channel)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

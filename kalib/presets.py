@@ -1,4 +1,4 @@
-"""Presets (design.md §4) as plain dataclasses: data, backbones, label groups and schedules.
+"""Presets (docs/design.md §4) as plain dataclasses: data, backbones, label groups and schedules.
 
 * ``smoke``: a few hundred canvases, a width-8 network; every step takes seconds (CI, nbval).
 * ``quick``: the full embedded benchmark on a laptop CPU in minutes (``make reproduce``).
@@ -23,7 +23,7 @@ GROUPS_3 = seeded_split(LABEL_NAMES, (7, 7, 6), SPLIT_SEED)
 class Preset:
     name: str
     data: BenchmarkSpec | PaperSpec         # Table 1's benchmark: embedded canvases or VOC/COCO (load_dataset)
-    generic: Schedule                       # the shared "ImageNet" stage (design.md §1)
+    generic: Schedule                       # the shared "ImageNet" stage (docs/design.md §1)
     teacher: Schedule                       # Eq. 2 pretraining
     arch: str = "resnet18_narrow"
     arch_kwargs: dict = field(default_factory=dict)
@@ -38,11 +38,16 @@ class Preset:
     block: Schedule = Schedule(epochs=1, lr=0.1, batch_size=32, weight_decay=5e-4)
     pool_images: int = 0                    # the first N pool canvases form the amalgamation pool (0 = all)
     block_images: int = 0                   # pool images per block (0 = the whole training part)
+    block_epochs: tuple[int, ...] = ()      # epochs of each block k (overrides block.epochs; () = block.epochs)
     loss_slice: int = 500                   # held-out pool images for L_i^k (never trained on)
     finetune: Schedule = Schedule(epochs=1, lr=0.01, batch_size=32, weight_decay=5e-4)
     finetune_images: int = 0                # pool images for fine-tuning (0 = the whole training part)
     finetune_freeze_bn: bool = True         # keep BatchNorm statistics (the teachers') while fine-tuning
     filter_reduction: int = 4               # Eq. 4 filter: hidden width = channels / reduction
+    # branch-out: 0 is Eq. 9 (argmin of L_i^k); > 0 (beyond the paper) takes the deepest block whose loss is
+    # within this many nats of the minimum (kalib.branch.tolerant_branch_points), and Table 1 then shows
+    # the Eq. 9 TargetNet as a row of its own
+    branch_tolerance: float = 0.0
     amalgamation_cache: str = "float32"     # dtype of the cached frozen-prefix features F_u^{k-1}
     # Table 2 (the paper's VOC 2012) on a harder variant: more objects per canvas, unlabeled clutter,
     # other canvases (another seed); None where the preset has no second table
@@ -52,7 +57,7 @@ class Preset:
     # pipeline within its CPU budget; None = as the main run
     side_teacher: Schedule | None = None
     side_pool_images: int | None = None
-    # shared initialisation of teachers and student (design.md §1): "generic" trains the generic stage on
+    # shared initialisation of teachers and student (docs/design.md §1): "generic" trains the generic stage on
     # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
     # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
     init: str = "generic"
@@ -82,8 +87,8 @@ TEACHER_SETS = ("2", "3", "dense")
 PRESETS = {
     "smoke": Preset(
         name="smoke",
-        data=BenchmarkSpec(seed=0, n_train=512, n_pool=512, n_test=256, n_generic=512),
-        hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=256, n_pool=256, n_test=128, n_generic=0, objects=(2, 5),
+        data=BenchmarkSpec(seed=0, n_train=512, n_pool=512, n_test=256, n_val=256, n_generic=512),
+        hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=256, n_pool=256, n_test=128, n_val=128, n_generic=0, objects=(2, 5),
                                 clutter=6),
         generic=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
         teacher=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
@@ -101,7 +106,7 @@ PRESETS = {
         # Table 2's variant: its generic backbone and the starting points of its teachers are Table 1's
         # (kalib.experiments.ensure_teachers), so it renders no generic canvases of its own and keeps Table 1's
         # glyph split (no glyph those networks trained on is in its test canvases); other canvases (seed 1)
-        hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=1500, n_pool=1500, n_test=1000, n_generic=0,
+        hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=1500, n_pool=1500, n_test=1000, n_val=500, n_generic=0,
                                 objects=(2, 5), clutter=6, max_overlap=0.0),
         # side runs: 2 epochs at lr 0.1 (a 3-epoch DenseNet teacher reached 68.3 validation mAP at lr 0.1,
         # 61.6 at lr 0.05) over a pool of 1,000 canvases
@@ -112,7 +117,7 @@ PRESETS = {
         # validation, and more canvases at equal compute did not help. The learning rate did: 7 epochs from the
         # 32-px generic stage gave 77.0 at lr 0.05, 81.7 at 0.1, 85.0 at 0.2 (train 95.7), 87.1 at 0.3; 5 epochs at
         # 0.2 gave 83.3 (teacher 2: 92.5). Fewer epochs and lr 0.2 keep the teachers closer to the shared start
-        # that the filters of Eq. 4 rely on (design.md §1): after 7 epochs at lr 0.2, t-shirt lost 2.1 AP at its
+        # that the filters of Eq. 4 rely on (docs/design.md §1): after 7 epochs at lr 0.2, t-shirt lost 2.1 AP at its
         # Eq. 9 block. A width-32 network with a stem max-pool (as fast as width 16) gave 73.3; 26-36 px glyphs
         # did not help.
         generic=Schedule(epochs=4, lr=0.1, batch_size=64, weight_decay=5e-4),

@@ -3,7 +3,8 @@
 
 Row names follow the paper (Tab. 1): ``Teacher``, ``Target b1`` … ``Target b4`` (every task branches
 out at the end of stage k, AP measured during block-wise training, i.e. before fine-tuning, as in the
-paper), ``Target`` (Eq. 9 branch-out, fine-tuned), ``Target-3`` (three teachers), ``TargetDenseNet``.
+paper), ``Target`` (Eq. 9 branch-out, fine-tuned), ``Target (tolerance t)`` (kalib's deeper branch-out
+where the preset names one, fine-tuned), ``Target-3`` (three teachers), ``TargetDenseNet``.
 ``Teacher-3`` and ``TeacherDenseNet`` give the teachers those two rows learned from.
 """
 
@@ -59,12 +60,21 @@ def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = No
     rows = {"Teacher": _ap_row(run2["teacher_ap"], labels)}
     for stage, block in stage_end_blocks(run2["blocks"]).items():
         rows[f"Target {stage}"] = _ap_row({t: run2["branch_ap"][t][block] for t in labels}, labels)
-    rows["Target"] = _ap_row(run2["target_ap"], labels)
+    if "eq9" in run2:     # the preset branches out by a loss tolerance: the paper's Eq. 9 TargetNet first
+        rows["Target"] = _ap_row(run2["eq9"]["target_ap"], labels)
+        rows[deep_row(run2)] = _ap_row(run2["target_ap"], labels)
+    else:
+        rows["Target"] = _ap_row(run2["target_ap"], labels)
     for name, record in (("3", run3), ("DenseNet", run_dense)):
         if record is not None:
             rows["Target-3" if name == "3" else "TargetDenseNet"] = _ap_row(record["target_ap"], labels)
             rows[f"Teacher-{name}" if name == "3" else "TeacherDenseNet"] = _ap_row(record["teacher_ap"], labels)
     return rows
+
+
+def deep_row(record: dict) -> str:
+    """Table row name of a TargetNet branched out by a loss tolerance instead of Eq. 9."""
+    return f"Target (tolerance {record['branch_tolerance']:g})"
 
 
 def table3_row(scores, targets, k: int = 3) -> dict[str, float]:
@@ -73,16 +83,23 @@ def table3_row(scores, targets, k: int = 3) -> dict[str, float]:
     return {TABLE3_KEYS[key]: float(metrics[key]) for key in TABLE3_KEYS}
 
 
-def fig3_data(run2: dict) -> dict[str, dict]:
-    """pair name -> task -> {teacher_ap, ap_by_block, loss_by_block, chosen_block, best_ap_block}."""
+def fig3_data(pair_runs: dict[str, dict], tasks: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """pair name -> {"C": the tasks the student was trained for, "tasks": task -> {teacher, teacher_ap,
+    ap_by_block, loss_by_block, chosen_block, best_ap_block}}.
+
+    ``pair_runs``: pair name -> the record of the run that drew it: the pair's own two-task run (Fig. 3 as
+    the paper runs it), or the one C = A run for every pair, with ``tasks`` naming each pair's tasks."""
     out = {}
-    for pair, tasks in run2["pairs"].items():
-        out[pair] = {t: {"teacher": run2["task_teacher"][run2["tasks"].index(t)],
-                         "teacher_ap": run2["teacher_ap"][t],
-                         "ap_by_block": run2["branch_ap"][t],
-                         "loss_by_block": run2["converged_loss"][t],
-                         "chosen_block": run2["chosen_block"][t],
-                         "best_ap_block": run2["ap_best_block"][t]} for t in tasks}
+    for pair, record in pair_runs.items():
+        names = record["tasks"] if tasks is None else tasks[pair]
+        out[pair] = {"C": list(record["tasks"]),
+                     "tasks": {t: {"teacher": record["task_teacher"][record["tasks"].index(t)],
+                                   "teacher_ap": record["teacher_ap"][t],
+                                   "ap_by_block": record["branch_ap"][t],
+                                   "loss_by_block": record["converged_loss"][t],
+                                   "chosen_block": record["chosen_block"][t],
+                                   "branch_block": record["branch_block"][t],
+                                   "best_ap_block": record["ap_best_block"][t]} for t in names}}
     return out
 
 

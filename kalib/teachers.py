@@ -1,4 +1,4 @@
-"""Teacher pretraining (paper §3.3, Eq. 2) and the shared generic "ImageNet" stage (design.md §1).
+"""Teacher pretraining (paper §3.3, Eq. 2) and the shared generic "ImageNet" stage (docs/design.md §1).
 
 Every teacher — and later the student — starts from one generic backbone, pretrained as a 20-way
 softmax classifier on single-glyph canvases. The shared start keeps the teachers' block-k features
@@ -26,6 +26,7 @@ from .config import digest, file_digest
 from .data import Benchmark, resolve_tasks
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
+from .parallel import run_parallel
 from .train import Schedule, fit, predict
 
 
@@ -71,16 +72,6 @@ def evaluate(model: BlockNet, images: torch.Tensor, targets: torch.Tensor,
     out = {n: float(a) for n, a in zip(names, ap)}
     out["mAP"] = float(ap.mean())
     return out
-
-
-def channel_similarity(a: BlockNet, b: BlockNet) -> dict[str, float]:
-    """Per block, the mean cosine similarity between matching output channels of the block's last
-    convolution in two networks of one architecture: how much of the shared start (design.md §1) two
-    teachers kept, channel by channel, which is what the filters of Eq. 4 rely on."""
-    def last_conv(block):
-        return [m.weight for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1].flatten(1)
-    return {name: F.cosine_similarity(last_conv(x), last_conv(y), dim=1).mean().item()
-            for name, x, y in zip(a.block_names, a.blocks, b.blocks)}
 
 
 def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
@@ -148,7 +139,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
         partial.unlink(missing_ok=True)
         log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
     generic_digest = file_digest(generic_path)
-    paths = []
+    paths, jobs = [], []
     for n, labels in enumerate(groups, start=1):
         path = out_dir / f"teacher{len(groups)}-{arch}-{n}.pt"
         if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
@@ -172,25 +163,36 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
         if _finished(path, config_hash, restart, log):
             partial.unlink(missing_ok=True)
         else:
-            t0 = time.perf_counter()
             if partial.is_file():
                 log(f"teacher {n}/{len(groups)}: resuming from {partial}")
-            teacher = train_teacher(generic, bench, labels, teacher_schedule, seed + n, checkpoint=partial,
-                                    fingerprint=config_hash, device=device,
-                                    augment=BatchAugment(seed + n) if augment else None,
-                                    warm_start=None if start is None else load_model(start)[0])
-            seconds = time.perf_counter() - t0
-            idx = resolve_tasks(labels, bench.label_names)
-            ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
-            save_model(path, teacher, role="teacher", labels=list(labels), data=bench.spec.key(),
-                       config_hash=config_hash, test_ap=ap, seconds=round(seconds, 1))
-            partial.unlink(missing_ok=True)
-            log(f"teacher {n}/{len(groups)} ({arch}, {', '.join(labels)}): test mAP {ap['mAP']:.1f} "
-                f"in {seconds:.0f} s")
+            jobs.append(lambda n=n, labels=labels, path=path, partial=partial, config_hash=config_hash, start=start:
+                        _train_and_save(generic, bench, labels, teacher_schedule, seed + n, path, partial,
+                                        config_hash, device, augment, start))
         paths.append(path)
+    run_parallel(jobs, device=device, on_done=lambda i, line: log(line))
     if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
         (out_dir / "partial").rmdir()
     return paths
+
+
+def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Schedule, seed: int, path: Path,
+                    partial: Path, config_hash: str, device, augment: bool, start: Path | None) -> str:
+    """Train one teacher (resumable through ``partial``), evaluate it on the test split (and on the
+    validation split where the data has one), save it to ``path``; returns the line to log."""
+    t0 = time.perf_counter()
+    teacher = train_teacher(generic, bench, labels, schedule, seed, checkpoint=partial, fingerprint=config_hash,
+                            device=device, augment=BatchAugment(seed) if augment else None,
+                            warm_start=None if start is None else load_model(start)[0])
+    seconds = time.perf_counter() - t0
+    idx = resolve_tasks(labels, bench.label_names)
+    ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
+    val = getattr(bench, "val_images", None)
+    val_ap = (evaluate(teacher, val, bench.val_labels[:, idx], labels, device=device) if val is not None else None)
+    save_model(path, teacher, role="teacher", labels=list(labels), data=bench.spec.key(), config_hash=config_hash,
+               test_ap=ap, seconds=round(seconds, 1), **({"val_ap": val_ap} if val_ap is not None else {}))
+    partial.unlink(missing_ok=True)
+    return (f"teacher {path.stem} ({', '.join(labels)}): test mAP {ap['mAP']:.1f}"
+            + (f", validation mAP {val_ap['mAP']:.1f}" if val_ap is not None else "") + f" in {seconds:.0f} s")
 
 
 def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path, seed: int, log=print, *,

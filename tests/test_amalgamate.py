@@ -229,11 +229,13 @@ def test_run_never_reads_labels_and_resumes(tmp_path):
     for n, b in enumerate(before, start=1):     # the checkpoints on disk are what run() loaded
         assert same(b, state(teachers[n - 1]))
     assert sum("held-out loss" in line for line in logs) == 8
-    # the poison is effective: evaluation (which needs test labels) trips it, after the (resumed) training
+    # the poison is effective: evaluation (which needs test labels) trips it, checked before any training
     logs.clear()
     with pytest.raises(AssertionError, match="labels were read"):
         run(bench, tiny_preset(), tmp_path / "t", tmp_path / "out", evaluate=True, log=logs.append)
-    assert any("resuming after block b4_2 (8/8 finished)" in line for line in logs), logs
+    assert not logs
+    run(bench, tiny_preset(), tmp_path / "t", tmp_path / "out", evaluate=False, log=logs.append)
+    assert logs == [f"re-using the finished run in {tmp_path / 'out'}"]
 
 
 def test_run_resumes_after_last_finished_block(tmp_path):
@@ -260,3 +262,40 @@ def test_run_resumes_after_last_finished_block(tmp_path):
     for key in ("teacher_ap", "target_ap", "target_ap_before_finetune"):
         assert set(second[key]) == {"a", "b", "c", "d", "e", "mAP"}
     assert {"teacher_targets", "blocks", "finetune", "branch_curves", "evaluation"} <= set(second["seconds"])
+
+
+def test_block_epochs_give_each_block_its_own_schedule():
+    generic, teachers = tiny_nets()
+    plan = task_plan(None, LABELS)
+    result = amalgamate(init_student("generic", teachers, generic), teachers, plan, pool(24), TINY, heldout=8,
+                        block_epochs=(1, 1, 1, 1, 2, 2, 3, 3))
+    assert [len(h) for h in result.train_loss] == [1, 1, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="8 blocks"):
+        amalgamate(init_student("generic", teachers, generic), teachers, plan, pool(24), TINY, heldout=8,
+                   block_epochs=(1, 2))
+
+
+def test_a_branch_tolerance_builds_a_deeper_targetnet_and_keeps_the_eq9_one(tmp_path):
+    """The preset's tolerance rule gives the record's TargetNet; Eq. 9's own is fine-tuned and evaluated
+    beside it (``eq9``). Evaluation on the validation split reads val labels, never test's."""
+    generic, teachers = tiny_nets()
+    write_teachers(tmp_path / "t", generic, teachers)
+    val_labels = (torch.rand(12, 5, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    val_labels[0], val_labels[1] = 1, 0
+    bench = Benchmark(spec=BenchmarkSpec(), train_images=None, train_labels=None, pool_images=pool(32),
+                      test_images=Untouchable(), test_labels=Untouchable(), generic_images=None,
+                      generic_labels=None, label_names=("a", "b", "c", "d", "e"),
+                      val_images=pool(12, seed=3), val_labels=val_labels)
+    preset = dataclasses.replace(tiny_preset(), branch_tolerance=10.0)      # every task at the last block
+    record = run(bench, preset, tmp_path / "t", tmp_path / "out", eval_split="val", log=lambda s: None)
+    assert set(record["branch_block"].values()) == {"b4_2"} and record["evaluated_on"] == "val"
+    for task, losses in record["converged_loss"].items():                 # Eq. 9 is still recorded
+        assert losses[record["chosen_block"][task]] == min(losses.values())
+    assert record["eq9"]["branch_block"] == record["chosen_block"]
+    assert record["eq9"]["params"]["targetnet"] > record["params"]["targetnet"]
+    for entry in (record, record["eq9"]):
+        assert set(entry["target_ap"]) == {"a", "b", "c", "d", "e", "mAP"}
+    assert not list((tmp_path / "out" / "blocks").glob("finetune-*.partial.pt"))
+    with pytest.raises(ValueError, match="no 'val' split"):
+        run(dataclasses.replace(bench, val_images=None), preset, tmp_path / "t", tmp_path / "out2",
+            eval_split="val", log=lambda s: None)

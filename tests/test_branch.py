@@ -7,7 +7,7 @@ import torch
 
 from kalib.amalgamate import entangled_predictions, finetune, make_filters, soft_targets
 from kalib.branch import (TargetNet, assemble, branch_points, count_parameters, forced_branch_points,
-                          load_target, save_target)
+                          load_target, save_target, tolerant_branch_points)
 from kalib.checkpoints import CheckpointError, save_model
 from kalib.cli import main
 from kalib.filters import task_plan
@@ -53,6 +53,21 @@ def test_branch_points_are_argmin_of_converged_loss():
     assert branch_points(losses) == [2, 3, 1]        # Eq. 9, 1-based blocks; ties -> earliest
     with pytest.raises(ValueError, match="NaN"):
         branch_points([[0.1, np.nan]])
+
+
+def test_tolerant_branch_points_take_the_deepest_block_within_the_tolerance():
+    losses = np.array([[0.50, 0.20, 0.30],
+                       [0.40, 0.30, 0.30],
+                       [0.43, 0.25, 0.90],
+                       [0.46, 0.21, 0.35]])
+    assert tolerant_branch_points(losses, 0.0) == branch_points(losses) == [2, 1, 1]
+    assert tolerant_branch_points(losses, 0.03) == [3, 4, 2]      # within 0.03 of 0.40, 0.20 and 0.30
+    assert tolerant_branch_points(losses, 0.06) == [4, 4, 4]
+    assert tolerant_branch_points(losses, 1.0) == [4, 4, 4]
+    with pytest.raises(ValueError, match=">= 0"):
+        tolerant_branch_points(losses, -0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        tolerant_branch_points([[0.1, np.nan]], 0.1)
 
 
 def test_forced_branch_points(nets):

@@ -24,7 +24,9 @@ def test_paper_voc07_runs_through_the_notebooks(tmp_path):
     assert set(table1["Target"]) == set(VOC_CLASSES) | {"mAP"}
     assert results["table2"] is None, "the paper's Table 2 comes from the paper-voc12 preset"
     assert set(results["fig3"]) == {"unrelated", "related"}
-    assert set(results["fig3"]["unrelated"]) == {"bus", "diningtable"}
+    assert results["fig3"]["unrelated"]["C"] == ["bus", "diningtable"]      # a two-task student per pair
+    assert set(results["fig3"]["unrelated"]["tasks"]) == {"bus", "diningtable"}
+    assert set(results["alignment"]) == {"teacher 1 vs teacher 2", "teacher 1 vs start", "teacher 2 vs start"}
     figures = tmp_path / "out" / "figures"
     assert (figures / "fig3.png").is_file() and (figures / "table1.md").is_file()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["timings_s"]["notebooks"]

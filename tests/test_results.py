@@ -20,6 +20,7 @@ def _record(tasks=("a", "b"), offset=0.0):
     return {"tasks": list(tasks), "blocks": BLOCKS, "task_teacher": [1, 2][:len(tasks)],
             "teacher_ap": {"a": 50.0, "b": 70.0, "mAP": 60.0}, "branch_ap": ap, "converged_loss": loss,
             "chosen_block": {t: "b2_1" for t in tasks}, "ap_best_block": {t: "b2_2" for t in tasks},
+            "branch_block": {t: "b2_2" for t in tasks},
             "target_ap": {"a": 55.0 + offset, "b": 65.0 + offset, "mAP": 60.0 + offset},
             "pairs": {"unrelated": ["a", "b"]}}
 
@@ -41,10 +42,15 @@ def test_table_rows_take_stage_ends_and_recompute_map():
 
 
 def test_fig3_data_and_markdown_table(tmp_path):
-    fig3 = results.fig3_data(_record())
-    assert fig3["unrelated"]["b"] == {"teacher": 2, "teacher_ap": 70.0, "ap_by_block": _record()["branch_ap"]["b"],
-                                      "loss_by_block": _record()["converged_loss"]["b"], "chosen_block": "b2_1",
-                                      "best_ap_block": "b2_2"}
+    fig3 = results.fig3_data({"unrelated": _record()})          # the pair's own two-task run: C = the pair
+    assert fig3["unrelated"]["C"] == ["a", "b"]
+    assert fig3["unrelated"]["tasks"]["b"] == {
+        "teacher": 2, "teacher_ap": 70.0, "ap_by_block": _record()["branch_ap"]["b"],
+        "loss_by_block": _record()["converged_loss"]["b"], "chosen_block": "b2_1", "branch_block": "b2_2",
+        "best_ap_block": "b2_2"}
+    every = _record(("a", "b", "c"))                              # one C = A run drawn for a pair
+    from_all = results.fig3_data({"unrelated": every}, tasks={"unrelated": ["a", "b"]})
+    assert from_all["unrelated"]["C"] == ["a", "b", "c"] and list(from_all["unrelated"]["tasks"]) == ["a", "b"]
     frame = results.table_frame(results.table_rows(_record(), _record()), ["b", "a"], paper={"Target": 93.5})
     assert list(frame.columns) == ["b", "a", "mAP", "paper mAP"]
     csv, md = results.write_table(frame, tmp_path / "t", "Title")
@@ -72,7 +78,8 @@ def test_side_runs_use_the_cheaper_schedule():
     quick = get_preset("quick")
     assert experiments.for_run(quick, "table1", "2") is quick
     side = experiments.for_run(quick, "table2", "2")
-    assert side.teacher == quick.side_teacher and side.pool_images == quick.side_pool_images
+    assert side.teacher == quick.side_teacher
+    assert side.pool_images - quick.loss_slice == quick.side_pool_images   # trains on all of side_pool_images
     assert side.block_images == side.finetune_images == 0          # all of the smaller pool's training part
     assert side.generic == quick.generic
     assert experiments.for_run(quick, "table1", "dense").generic.epochs == quick.side_teacher.epochs

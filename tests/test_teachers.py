@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from kalib.checkpoints import CheckpointError, load_model, save_model
 from kalib.models import build_backbone
-from kalib.teachers import channel_similarity, evaluate, pretrain, teacher_loss, train_generic, train_teacher
+from kalib.teachers import evaluate, pretrain, teacher_loss, train_generic, train_teacher
 from kalib.train import NonFiniteLossError, Schedule, batches, fit, to_input
 
 TINY_NET = {"width": 8}
@@ -136,15 +136,3 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="does not match its architecture"):
         load_model(path)
-
-
-def test_channel_similarity_is_one_for_a_copy_and_minus_one_for_negated_weights():
-    net = build_backbone("resnet18_narrow", num_classes=3, width=8)
-    same = channel_similarity(net, copy.deepcopy(net))
-    assert list(same) == net.block_names and all(abs(v - 1) < 1e-5 for v in same.values())
-    flipped = copy.deepcopy(net)
-    with torch.no_grad():
-        for m in flipped.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.neg_()
-    assert all(abs(v + 1) < 1e-5 for v in channel_similarity(net, flipped).values())
