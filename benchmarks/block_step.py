@@ -1,0 +1,397 @@
+"""CPU throughput of every training step of the quick preset, each block's step next to its floor.
+
+    python benchmarks/block_step.py [--threads 2] [--steps 10] [--warmup 3] [--blocks all] [--json PATH]
+    python benchmarks/block_step.py --smoke          # width 8, 32 px, 2 steps: checks that it runs
+
+The quick preset's shapes (resnet18_narrow, width 16, 64-px uint8 canvases, two teachers of 10 labels,
+C = A) with random weights and random canvases: speed does not depend on the values. Every measurement
+times ``--steps`` steps with ``time.perf_counter`` after ``--warmup`` untimed ones; a step lasts from one
+call of the trained module's forward to the next, and images/s are those of the median step (the JSON
+also has the mean). Variants that are compared (floor, step and naive of a block; the two fine-tunings)
+take turns at 2 steps each, so that another job on a shared machine slows them alike:
+
+* teacher: ``kalib.train.fit`` with ``kalib.teachers.teacher_loss`` (to_input, forward, BCE, backward,
+  SGD step; channels-last);
+* for every block k, three ways to train student block k and its filters f_n^k (Eq. 6-8):
+  - floor: the trainable path alone on one ready float channels-last F^{k-1} and ready targets: block k,
+    f_n^k, the teachers' frozen blocks k+1..B and heads forward, backward, SGD step;
+  - step: what ``kalib.amalgamate.amalgamate`` does per batch: ``kalib.train.optimise`` over a
+    ``batch_loss`` that gathers rows of the cached F^{k-1} (``_features``, ``preset.amalgamation_cache``
+    dtype) with ``_rows`` and the cached soft targets by index; the cache is built in its setup and its
+    speed is reported on its own (``cache build``: kalib builds it once per block, so per trained image it
+    costs 1/epochs of a prefix forward; the soft targets are computed once per pool for all blocks and
+    runs and are left out);
+  - naive: the same loop, but the frozen prefix 1..k-1 and the teachers' soft targets are recomputed on
+    every batch (``_augmented_inputs``, kalib's path when batches are augmented);
+* fine-tuning: ``kalib.amalgamate.finetune`` (whole TargetNet trainable, BatchNorm frozen as the preset
+  says) of a TargetNet with every task branching at the first block, and at the last block.
+
+Ratios are ratios of time per image: ``step/floor`` = floor img/s / step img/s (1.0 = no overhead over
+the floor); ``naive/step`` = step img/s / naive img/s (what the cache saves per step); ``step + cache``
+is the step with the cache build spread over the block's epochs, 1 / (1/step + 1/(epochs x cache build)),
+and ``naive/(step + cache)`` what caching saves once its build is paid for.
+
+Memory: peak resident set size of the process while a variant is set up and runs its warm-up steps
+(Linux ``VmHWM``, reset before by writing 5 to ``/proc/self/clear_refs``, after ``gc.collect`` and
+``malloc_trim``) and its rise over the resident size at that start. The rise covers what the variant
+allocates (cache and its build, optimizer state, activations); the absolute peak also holds torch, the
+networks and the variants set up before it.
+
+FLOP/s: the FLOPs of one teacher step counted by ``torch.utils.flop_counter.FlopCounterMode`` (forward
+and backward convolutions and matrix products) divided by the measured step time, against the FLOP/s of
+a 2048x2048 fp32 matrix product measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kalib.amalgamate import (_augmented_inputs, _features, _rows, entangled_predictions, filtered_loss, finetune,
+                              freeze, init_student, make_filters, soft_targets)
+from kalib.branch import assemble
+from kalib.filters import TaskPlan, task_plan
+from kalib.models import BlockNet, build_backbone
+from kalib.presets import Preset, get_preset
+from kalib.teachers import teacher_loss
+from kalib.train import Schedule, fit, optimise, to_input
+
+CL = torch.channels_last
+CPU = torch.device("cpu")
+MATMUL_N = 2048
+ROUND = 2               # timed steps a variant runs before the next variant's turn
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); False where not allowed."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def peak_memory(record: dict):
+    """Adds ``peak_rss_mib`` and ``rss_rise_mib`` of the enclosed code to ``record`` (None where unknown)."""
+    reset = _reset_peak()
+    start = _status_kib("VmRSS")
+    yield
+    peak = _status_kib("VmHWM")
+    record["peak_rss_mib"] = round(peak / 1024) if reset else None
+    record["rss_rise_mib"] = round((peak - start) / 1024) if reset else None
+
+
+def step_times(module: torch.nn.Module, run, n: int) -> list[float]:
+    """Seconds of each of ``run(n)``'s n steps, from one call of ``module`` to the next (the last one to
+    the end of ``run``)."""
+    ticks: list[float] = []
+    hook = module.register_forward_pre_hook(lambda *_: ticks.append(time.perf_counter()))
+    try:
+        run(n)
+    finally:
+        hook.remove()
+    if len(ticks) != n:
+        raise RuntimeError(f"expected {n} calls of the timed module, got {len(ticks)}")
+    return np.diff(ticks + [time.perf_counter()]).tolist()
+
+
+def measure(setups: dict, batch: int, steps: int, warmup: int) -> dict[str, dict]:
+    """Time variants side by side. ``setups[name](record)`` sets a variant up and returns ``(module,
+    run)``: ``run(n)`` does n steps of ``batch`` images and calls ``module`` once per step. Each variant is
+    set up and runs ``warmup`` untimed steps (its memory is measured over both); then the variants take
+    turns at ``ROUND`` timed steps each until each has ``steps``, so that a busy stretch of a shared machine
+    slows them alike. Images/s of the median step (``images_per_s``) and of the mean."""
+    records: dict[str, dict] = {name: {} for name in setups}
+    runs = {}
+    for name, setup in setups.items():
+        with peak_memory(records[name]):
+            runs[name] = setup(records[name])
+            runs[name][1](warmup)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for done in range(0, steps, ROUND):
+        for name, (module, run) in runs.items():
+            times[name] += step_times(module, run, min(ROUND, steps - done))
+    for name, record in records.items():
+        record["images_per_s"] = round(batch / statistics.median(times[name]), 1)
+        record["images_per_s_mean"] = round(batch * steps / sum(times[name]), 1)
+    return records
+
+
+def matmul_flops(reps: int) -> float:
+    """FLOP/s of the median of ``reps`` 2048x2048 fp32 matrix products (after one untimed product)."""
+    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * MATMUL_N ** 3 / statistics.median(times)
+
+
+def count_flops(run) -> int:
+    """FLOPs of ``run(1)`` (one step) as counted by FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        run(1)
+    return counter.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------------ the setup
+
+@dataclass
+class Bench:
+    """The quick preset's networks and a pool of random canvases with the teachers' cached soft targets."""
+    preset: Preset
+    generic: BlockNet
+    teachers: list[BlockNet]
+    student: BlockNet
+    filters: torch.nn.ModuleList
+    plan: TaskPlan
+    images: torch.Tensor
+    labels: torch.Tensor
+    soft: torch.Tensor
+
+
+def build(preset: Preset, arch_kwargs: dict, size: int, pool: int) -> Bench:
+    """Generic backbone, two frozen teachers (copies with 10-way heads), student and filters as kalib
+    starts them; ``pool`` random canvases and the teachers' soft targets on them."""
+    torch.manual_seed(0)
+    generic = build_backbone(preset.arch, 10, **arch_kwargs)
+    teachers = freeze([generic.with_new_head(10) for _ in range(2)])
+    plan = task_plan(None, [[f"t{n}_{i}" for i in range(10)] for n in (1, 2)])
+    student = init_student("generic", teachers, generic).to(memory_format=CL)
+    filters = make_filters(student, teachers, preset.filter_reduction)
+    images = torch.randint(0, 256, (pool, 3, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, 2, (pool, 10)).float()
+    return Bench(preset, generic, teachers, student, filters, plan, images, labels,
+                 soft_targets(teachers, images, plan))
+
+
+def one_epoch(schedule: Schedule) -> Schedule:
+    return dataclasses.replace(schedule, epochs=1)
+
+
+# ------------------------------------------------------------------------------------------ the phases
+# Each returns (the module called once per step, run): run(n) does n training steps.
+
+def teacher_run(bench: Bench):
+    """n steps of kalib.train.fit on a fresh copy of the generic backbone with a 10-way head."""
+    model = bench.generic.with_new_head(10)
+    schedule = one_epoch(bench.preset.teacher)
+
+    def run(n):
+        size = n * schedule.batch_size
+        fit(model, bench.images[:size], bench.labels[:size], teacher_loss, schedule, desc="teacher")
+    return model, run
+
+
+def block_params(bench: Bench, k: int) -> list[torch.nn.Parameter]:
+    """Train modes as amalgamate sets them for block k; returns block k's and the active filters' weights."""
+    bench.student.requires_grad_(False).eval()
+    bench.filters.requires_grad_(False).eval()
+    block = bench.student.blocks[k - 1].requires_grad_(True).train()
+    active = [bench.filters[k - 1][n].requires_grad_(True).train() for n in bench.plan.active_teachers]
+    return list(block.parameters()) + [p for f in active for p in f.parameters()]
+
+
+def block_loss(bench: Bench, k: int, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 on F^{k-1} = ``h``: student block k, f_n^k, the teachers' blocks k+1..B and heads (Eq. 6)."""
+    out = entangled_predictions(bench.student.blocks[k - 1](h), k, bench.filters[k - 1], bench.teachers, bench.plan)
+    return filtered_loss(out, target)[0]
+
+
+def floor_run(bench: Bench, k: int):
+    """n steps on one ready float channels-last F^{k-1} and ready targets (no gathering)."""
+    schedule = bench.preset.block
+    with torch.no_grad():
+        h = bench.student.eval().prefix(to_input(bench.images[:schedule.batch_size]), k - 1)
+    h, target = h.float().contiguous(memory_format=CL), bench.soft[:schedule.batch_size]
+    params = block_params(bench, k)
+    opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+
+    def run(n):
+        for _ in range(n):
+            loss = block_loss(bench, k, h, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return bench.student.blocks[k - 1], run
+
+
+def step_run(bench: Bench, k: int, record: dict, pool: int):
+    """n steps of kalib's own loop (optimise) on F^{k-1} cached for ``pool`` canvases as
+    amalgamate caches it; adds to ``record`` the cache's build speed and its size for the preset's
+    ``block_images`` canvases (the pool here is smaller)."""
+    images = bench.images[:pool]
+    t0 = time.perf_counter()
+    feats = _features(bench.student, images, k - 1, getattr(torch, bench.preset.amalgamation_cache))
+    record["cache_images_per_s"] = round(pool / (time.perf_counter() - t0), 1) if k > 1 else None
+    record["cache_mib_per_block"] = (round(feats[0].numel() * feats.element_size() * bench.preset.block_images / 2**20)
+                                     if k > 1 else None)
+    params = block_params(bench, k)
+
+    def batch_loss(b):
+        return block_loss(bench, k, _rows(feats, images, b, CPU), bench.soft[b].to(CPU))
+    return bench.student.blocks[k - 1], _optimise_run(bench, params, batch_loss, f"step {k}")
+
+
+def naive_run(bench: Bench, k: int):
+    """As the step, but the prefix 1..k-1 and the soft targets are recomputed per batch."""
+    params = block_params(bench, k)
+
+    def batch_loss(b):
+        x = to_input(bench.images[b])
+        h, target = _augmented_inputs(bench.student, bench.teachers, bench.plan, x, k, CPU)
+        return block_loss(bench, k, h, target)
+    return bench.student.blocks[k - 1], _optimise_run(bench, params, batch_loss, f"naive {k}")
+
+
+def _optimise_run(bench: Bench, params, batch_loss, desc: str):
+    schedule = one_epoch(bench.preset.block)
+
+    def run(n):
+        optimise(params, n * schedule.batch_size, batch_loss, schedule, desc=desc, device=CPU)
+    return run
+
+
+def finetune_run(bench: Bench, k: int):
+    """n steps of kalib's finetune of a TargetNet with every task branching at block k."""
+    target = assemble(bench.student, bench.filters, bench.teachers, bench.plan, [k] * len(bench.plan.tasks))
+    schedule = one_epoch(bench.preset.finetune)
+
+    def run(n):
+        size = n * schedule.batch_size
+        finetune(target, bench.images[:size], bench.soft[:size], schedule,
+                 freeze_bn=bench.preset.finetune_freeze_bn, device=CPU)
+    return target, run
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def block_record(bench: Bench, k: int, steps: int, warmup: int) -> dict:
+    """Floor, step and naive of block k, with the ratios of time per image."""
+    batch, pool = bench.preset.block.batch_size, max(steps, warmup) * bench.preset.block.batch_size
+    timed = measure({"floor": lambda r: floor_run(bench, k), "step": lambda r: step_run(bench, k, r, pool),
+                     "naive": lambda r: naive_run(bench, k)}, batch, steps, warmup)
+    floor, step, naive = timed["floor"], timed["step"], timed["naive"]
+    epochs = bench.preset.block_epochs[k - 1] if bench.preset.block_epochs else bench.preset.block.epochs
+    with_cache = step["images_per_s"]
+    if step["cache_images_per_s"]:
+        with_cache = 1 / (1 / step["images_per_s"] + 1 / (epochs * step["cache_images_per_s"]))
+    return {"floor": floor, "step": step, "naive": naive, "epochs": epochs,
+            "step_with_cache_images_per_s": round(with_cache, 1),
+            "step_over_floor": round(floor["images_per_s"] / step["images_per_s"], 3),
+            "naive_over_step": round(step["images_per_s"] / naive["images_per_s"], 3),
+            "naive_over_step_with_cache": round(with_cache / naive["images_per_s"], 3)}
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each (default 3)")
+    parser.add_argument("--blocks", default="all", help="comma-separated block names, or 'all' (default)")
+    parser.add_argument("--smoke", action="store_true", help="width 8, 32 px, 2 steps after 1 warm-up step")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup = 2, 1
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    preset = get_preset("quick")
+    arch_kwargs = {**preset.arch_kwargs, "width": 8} if args.smoke else dict(preset.arch_kwargs)
+    size = 32 if args.smoke else 64
+    batches = {"teacher": preset.teacher.batch_size, "block": preset.block.batch_size,
+               "finetune": preset.finetune.batch_size}
+    bench = build(preset, arch_kwargs, size, max(args.steps, args.warmup) * max(batches.values()))
+    names = bench.student.block_names if args.blocks == "all" else args.blocks.split(",")
+    ks = [bench.student.block_index(name) for name in names]
+    results = {"torch": torch.__version__, "threads": args.threads, "cpus": os.cpu_count(),
+               "loadavg_start": [round(v, 2) for v in os.getloadavg()], "arch": preset.arch,
+               "arch_kwargs": arch_kwargs, "size": size, "batch": batches, "steps": args.steps,
+               "warmup": args.warmup, "cache_dtype": preset.amalgamation_cache}
+    t0 = time.perf_counter()
+    teacher = measure({"teacher": lambda r: teacher_run(bench)}, batches["teacher"], args.steps,
+                      args.warmup)["teacher"]
+    flops = count_flops(teacher_run(bench)[1])
+    achieved = flops * teacher["images_per_s"] / batches["teacher"]
+    matmul = matmul_flops(max(args.steps, 2))
+    results["teacher"] = {**teacher, "flops_per_step": flops, "flop_per_s": round(achieved),
+                          "matmul_flop_per_s": round(matmul), "flop_ratio": round(achieved / matmul, 3)}
+    results["blocks"] = {bench.student.block_names[k - 1]: block_record(bench, k, args.steps, args.warmup)
+                         for k in ks}
+    finetunes = {bench.student.block_names[k - 1]: lambda r, k=k: finetune_run(bench, k)
+                 for k in (1, bench.student.num_blocks)}
+    results["finetune"] = measure(finetunes, batches["finetune"], args.steps, args.warmup)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    print(report(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+def report(r: dict) -> str:
+    """The results as markdown."""
+    t, b = r["teacher"], r["batch"]
+    lines = [f"torch {r['torch']}, {r['threads']} threads on {r['cpus']} CPUs (load average "
+             f"{r['loadavg_start'][0]} at the start, {r['loadavg_end'][0]} at the end), {r['arch']} "
+             f"{r['arch_kwargs']} at {r['size']} px, {r['steps']} timed steps after {r['warmup']} warm-up steps, "
+             f"feature cache {r['cache_dtype']}, {r['seconds']} s", "",
+             "| phase | batch | images/s | peak RSS MiB | RSS rise MiB |", "|---|---|---|---|---|",
+             f"| teacher step (fit) | {b['teacher']} | {t['images_per_s']} | {t['peak_rss_mib']} | "
+             f"{t['rss_rise_mib']} |"]
+    for name, f in r["finetune"].items():
+        lines.append(f"| fine-tuning, every task branching at {name} | {b['finetune']} | {f['images_per_s']} | "
+                     f"{f['peak_rss_mib']} | {f['rss_rise_mib']} |")
+    lines += ["", f"teacher step: {t['flops_per_step'] / 1e9:.2f} GFLOP per step, {t['flop_per_s'] / 1e9:.1f} GFLOP/s "
+                  f"achieved; {MATMUL_N}x{MATMUL_N} fp32 matmul {t['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s; "
+                  f"ratio {t['flop_ratio']:.3f}", "",
+              f"Block training, batch {b['block']} (images/s of the median step; ratios of time per image; "
+              "RSS rise in MiB):", "",
+              "| block | floor | step | naive | step/floor | naive/step | cache build | step + cache "
+              "| naive/(step + cache) | cache MiB | RSS rise floor/step/naive |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, k in r["blocks"].items():
+        cache, cache_mib = k["step"]["cache_images_per_s"] or "-", k["step"]["cache_mib_per_block"] or "-"
+        rise = "/".join(str(k[p]["rss_rise_mib"]) for p in ("floor", "step", "naive"))
+        lines.append(f"| {name} | {k['floor']['images_per_s']} | {k['step']['images_per_s']} | "
+                     f"{k['naive']['images_per_s']} | {k['step_over_floor']:.2f} | {k['naive_over_step']:.2f} | "
+                     f"{cache} | {k['step_with_cache_images_per_s']} | {k['naive_over_step_with_cache']:.2f} | "
+                     f"{cache_mib} | {rise} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
