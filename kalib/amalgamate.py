@@ -45,9 +45,10 @@ from .device import as_device, autocast
 from .filters import TaskPlan, TeacherFilter, select_tasks, task_plan
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
+from .parallel import run_parallel
 from .train import Schedule, batches, fit, optimise, predict, to_input
 
-INITS = ("generic", "random", "teacher1")
+INITS = ("generic", "random", "teacher1", "teacher-mean")
 CL = torch.channels_last        # as kalib.train: ~1.5x faster convolutions on the CPU
 
 
@@ -104,6 +105,15 @@ def entangled_predictions(features: torch.Tensor, k: int, filters_k: Sequence[nn
     return torch.cat(outs, dim=1)[:, np.argsort(positions)]
 
 
+def epochs_per_block(profile: Sequence[int], num_blocks: int) -> list[int]:
+    """Epochs of each of ``num_blocks`` blocks from a per-block ``profile`` (``Preset.block_epochs``). A
+    profile of another length is read as a depth profile: block k takes the entry at the same relative
+    depth, so (1, 1, 2, 2, 4, 4, 8, 8) for ResNet-18's 8 blocks gives (1, 2, 4, 8) to a 4-block DenseNet."""
+    if not profile or any(e < 0 for e in profile):
+        raise ValueError(f"block_epochs must be non-negative epochs, one per block, got {list(profile)}")
+    return [int(profile[-(-k * len(profile) // num_blocks) - 1]) for k in range(1, num_blocks + 1)]
+
+
 def make_filters(student: BlockNet, teachers: Sequence[BlockNet], reduction: int = 4) -> nn.ModuleList:
     """f_n^k for every block k and teacher n (``filters[k-1][n]``), each starting as the identity."""
     for t in teachers:
@@ -120,7 +130,9 @@ def init_student(init: str, teachers: Sequence[BlockNet], generic: BlockNet | No
     """The student T(θ_0) of Alg. 1 line 1.
 
     ``generic``: the shared generic backbone the teachers started from (docs/design.md §1, the default);
-    ``random``: a fresh network of the teachers' architecture; ``teacher1``: a copy of teacher 1.
+    ``random``: a fresh network of the teachers' architecture; ``teacher1``: a copy of teacher 1;
+    ``teacher-mean`` (beyond the paper): the average of the teachers' weights and BatchNorm statistics, which
+    sits between teachers fine-tuned from one shared start.
     """
     if init == "generic":
         if generic is None:
@@ -131,6 +143,11 @@ def init_student(init: str, teachers: Sequence[BlockNet], generic: BlockNet | No
         student = build_backbone(**teachers[0].config)
     elif init == "teacher1":
         student = copy.deepcopy(teachers[0])
+    elif init == "teacher-mean":      # the blocks' weights and statistics; the head (never used) is teacher 1's
+        student = copy.deepcopy(teachers[0])
+        states = [t.blocks.state_dict() for t in teachers]
+        student.blocks.load_state_dict({k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype)
+                                        if v.is_floating_point() else v for k, v in states[0].items()})
     else:
         raise ValueError(f"unknown student init '{init}'; valid: {', '.join(INITS)}")
     return student.requires_grad_(True).train()
@@ -255,8 +272,7 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
     student.to(device=device, memory_format=CL)
     num_blocks = student.num_blocks
     last_block = num_blocks if last_block is None else last_block
-    if block_epochs and len(block_epochs) != num_blocks:
-        raise ValueError(f"block_epochs has {len(block_epochs)} entries, the student {num_blocks} blocks")
+    block_epochs = epochs_per_block(block_epochs, num_blocks) if block_epochs else None
     filters = filters if filters is not None else make_filters(student, teachers, reduction)
     filters.to(device)
     if soft is None:
@@ -536,12 +552,13 @@ def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
 
 
 def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
-        tasks=None, init: str = "generic", branch_at: str | None = None, evaluate: bool = True,
+        tasks=None, init: str | None = None, branch_at: str | None = None, evaluate: bool = True,
         branch_curves: bool = True, seed: int | None = None, log: Callable[[str], None] = print,
         device=None, restart: bool = False, eval_split: str = "test") -> dict:
     """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
-    -> TargetNet (Eq. 10) -> fine-tuning. Branch-out follows ``preset.branch_tolerance``
+    -> TargetNet (Eq. 10) -> fine-tuning. The student starts as ``init`` (:func:`init_student`; default
+    ``preset.student_init``). Branch-out follows ``preset.branch_tolerance``
     (:func:`~kalib.branch.tolerant_branch_points`; 0 is Eq. 9); where that rule differs from Eq. 9, the
     record's ``eq9`` entry holds the paper's own TargetNet, fine-tuned the same way. Training reads only
     ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
@@ -555,6 +572,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     first. ``device``: where the networks run (default CPU).
     """
     seed = preset.seed if seed is None else seed
+    init = preset.student_init if init is None else init
     device = as_device(device)
     out_dir = Path(out_dir)
     times: dict[str, float] = {}
@@ -601,7 +619,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
     every = task_plan(None, labels)
     soft_key = digest([settings["data"], settings["pool"], settings["teachers"]])
-    soft = cached_tensor(Path(teachers_dir) / f"soft-targets-{soft_key}.pt",
+    soft = cached_tensor(Path(teachers_dir) / "soft-targets" / f"{soft_key}.pt",
                          lambda: soft_targets(teachers, pool, every, device=device))
     soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
     times["teacher_targets"] = time.perf_counter() - t0
@@ -651,20 +669,22 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
             stale.unlink(missing_ok=True)
     train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
     ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
-    targets = {}
-    for name, pts in variants.items():
+    teachers_params = sum(count_parameters(t) for t in teachers)
+
+    def assemble_and_finetune(name: str) -> tuple[dict, float]:
+        """One TargetNet: Eq. 10 for the variant's branch blocks, Alg. 1 line 14, evaluation; saved as
+        ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``."""
         t0 = time.perf_counter()
+        pts = variants[name]
         target = assemble(student, filters, teachers, plan, pts)
         pre_finetune = predict(target, eval_images, device=device) if evaluate else None
         held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-        partial = store.dir / f"finetune-{keys[name]}.partial.pt"
         losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
-                          freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partial,
+                          freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partials[name],
                           fingerprint=keys[name], augment=augment, teachers=teachers, plan=plan)
         held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
         entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
-                 "params": {"targetnet": count_parameters(target),
-                            "teachers": sum(count_parameters(t) for t in teachers),
+                 "params": {"targetnet": count_parameters(target), "teachers": teachers_params,
                             "branches": target.branch_names},
                  "finetune_loss": [round(v, 5) for v in losses],
                  "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
@@ -672,13 +692,19 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
         if evaluate:
             entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, eval_y)
             entry["target_ap"] = _ap_dict(plan.tasks, predict(target, eval_images, device=device), eval_y)
-        times["finetune" if name == "target" else f"finetune_{name}"] = time.perf_counter() - t0
-        targets[name] = (target, partial)
+        save_target(out_dir / ("targetnet.pt" if name == "target" else f"targetnet-{name}.pt"), target,
+                    role="targetnet", preset=preset.name, init=init, teacher_set=teacher_set,
+                    data=bench.spec.key(), **({f"{eval_split}_ap": entry["target_ap"]} if evaluate else {}))
+        return entry, time.perf_counter() - t0
+
+    partials = {name: store.dir / f"finetune-{keys[name]}.partial.pt" for name in variants}
+    for name, (entry, seconds) in zip(variants, run_parallel([lambda n=n: assemble_and_finetune(n) for n in variants],
+                                                             device=device)):
+        times["finetune" if name == "target" else f"finetune_{name}"] = seconds
         if name == "target":
             record.update(entry)
         else:
             record[name] = entry
-    target = targets["target"][0]
 
     if evaluate:
         t0 = time.perf_counter()
@@ -706,11 +732,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     record["peak_rss_mb"] = _peak_rss_mb()
     record["seconds"] = {k: round(v, 1) for k, v in times.items()}
     record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
-    save_target(out_dir / "targetnet.pt", target, role="targetnet", preset=preset.name, init=init,
-                teacher_set=teacher_set, data=bench.spec.key(),
-                test_ap=record.get("target_ap"))
     _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-    for _, partial in targets.values():
+    for partial in partials.values():
         partial.unlink(missing_ok=True)
     return record
 

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .amalgamate import INITS
 from .checkpoints import CheckpointError
 from .config import override
 from .data import MissingSourceError, UnknownTaskError
@@ -249,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", type=Path, required=True, help="directory written by `kalib pretrain`")
     p.add_argument("--teacher-set", default="2", choices=list(TEACHER_SETS),
                    help="2 (10/10 split), 3 (7/7/6) or dense (DenseNet 10/10); default 2")
-    p.add_argument("--init", default="generic", choices=["generic", "random", "teacher1"],
-                   help="student init: the teachers' shared generic backbone (default), random, teacher 1")
+    p.add_argument("--init", default=None, choices=list(INITS),
+                   help="student init (default: the preset's student_init): the teachers' shared generic "
+                        "backbone, random, teacher 1, or the mean of the teachers' weights (teacher-mean)")
     p.add_argument("--branch-at", default=None,
                    help="branch every task at this stage (b1..b4) or block instead of Eq. 9's choice")
     p.add_argument("--eval-split", default="test", choices=["test", "val"],

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kalib.amalgamate import (amalgamate, block_subset, branch_logits, entangled_predictions, filtered_loss,
-                              init_student, make_filters, run, soft_targets, split_pool, task_losses)
+from kalib.amalgamate import (amalgamate, block_subset, branch_logits, entangled_predictions, epochs_per_block,
+                              filtered_loss, init_student, make_filters, run, soft_targets, split_pool, task_losses)
 from kalib.checkpoints import save_model
 from kalib.data import Benchmark, BenchmarkSpec
 from kalib.filters import task_plan
@@ -157,6 +157,13 @@ def test_student_inits():
     generic, teachers = tiny_nets()
     assert same(state(init_student("generic", teachers, generic).blocks), state(generic.blocks))
     assert same(state(init_student("teacher1", teachers).blocks), state(teachers[0].blocks))
+    mean = state(init_student("teacher-mean", teachers).blocks)
+    for name, value in mean.items():
+        parts = [state(t.blocks)[name] for t in teachers]
+        if value.is_floating_point():
+            assert torch.allclose(value.double(), (parts[0].double() + parts[1].double()) / 2), name
+        else:
+            assert torch.equal(value, parts[0]), name
     rnd = init_student("random", teachers, seed=3)
     assert not same(state(rnd.blocks), state(generic.blocks))
     with pytest.raises(ValueError, match="valid"):
@@ -270,9 +277,11 @@ def test_block_epochs_give_each_block_its_own_schedule():
     result = amalgamate(init_student("generic", teachers, generic), teachers, plan, pool(24), TINY, heldout=8,
                         block_epochs=(1, 1, 1, 1, 2, 2, 3, 3))
     assert [len(h) for h in result.train_loss] == [1, 1, 1, 1, 2, 2, 3, 3]
-    with pytest.raises(ValueError, match="8 blocks"):
-        amalgamate(init_student("generic", teachers, generic), teachers, plan, pool(24), TINY, heldout=8,
-                   block_epochs=(1, 2))
+    assert epochs_per_block((1, 1, 2, 2, 4, 4, 8, 8), 4) == [1, 2, 4, 8]      # a 4-block DenseNet
+    assert epochs_per_block((1, 3), 8) == [1, 1, 1, 1, 3, 3, 3, 3]
+    assert epochs_per_block((2, 5, 9), 3) == [2, 5, 9]
+    with pytest.raises(ValueError, match="non-negative"):
+        epochs_per_block((1, -2), 8)
 
 
 def test_a_branch_tolerance_builds_a_deeper_targetnet_and_keeps_the_eq9_one(tmp_path):
