@@ -42,7 +42,7 @@ def variants(preset: Preset) -> tuple[str, ...]:
 def for_run(preset: Preset, variant: str = "table1", teacher_set: str = "2") -> Preset:
     """The preset of one run: the main run (Table 1, two teachers) as given, the side runs with the
     preset's cheaper ``side_teacher`` schedule and a pool of ``side_pool_images`` training images (plus the
-    held-out slice) where it sets them."""
+    held-out slice) where it sets them; side runs branch out by Eq. 9."""
     if (variant, teacher_set) == ("table1", "2"):
         return preset
     changes = {}
@@ -51,7 +51,9 @@ def for_run(preset: Preset, variant: str = "table1", teacher_set: str = "2") -> 
             preset.generic, epochs=min(preset.generic.epochs, preset.side_teacher.epochs))
             if teacher_set == "dense" else preset.generic)
     if preset.side_pool_images is not None:   # training images, with the held-out slice of L_i^k on top
-        changes.update(pool_images=preset.side_pool_images + preset.loss_slice, block_images=0, finetune_images=0)
+        # Eq. 9: on the small pool the deep trunk falls behind (docs/levers.md), so no tolerance rule
+        changes.update(pool_images=preset.side_pool_images + preset.loss_slice, block_images=0, finetune_images=0,
+                       branch_tolerance=0.0)
     return dataclasses.replace(preset, **changes)
 
 

@@ -81,6 +81,7 @@ def test_side_runs_use_the_cheaper_schedule():
     assert side.teacher == quick.side_teacher
     assert side.pool_images - quick.loss_slice == quick.side_pool_images   # trains on all of side_pool_images
     assert side.block_images == side.finetune_images == 0          # all of the smaller pool's training part
+    assert quick.branch_tolerance > 0 and side.branch_tolerance == 0   # side runs branch out by Eq. 9
     assert side.generic == quick.generic
     assert experiments.for_run(quick, "table1", "dense").generic.epochs == quick.side_teacher.epochs
     assert experiments.variants(quick) == ("table1", "table2")
