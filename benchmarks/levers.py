@@ -1,15 +1,19 @@
 """The lever table of docs/levers.md: what keeps the shared trunk deep, measured on the validation split.
 
-Every variant amalgamates the same quick-preset teachers (C = A) with some preset fields changed, and is
-evaluated on the labelled validation split (never the test split): the branch-out rows b1..b4 (every task
-at the end of stage k, before fine-tuning), Eq. 9's choices, and the seconds of block training. A second
-table sweeps the branch-out tolerance (kalib.branch.tolerant_branch_points) over one variant's converged
-losses: the AP of a branch at block S is the entangled forward of that block, so the TargetNet before
-fine-tuning needs no new training, and its size comes from assembling it.
+Every lever amalgamates the same quick-preset teachers (C = A) with some preset fields changed, and is
+evaluated on the labelled validation split, never the test split: the branch-out rows b1..b4 (every task
+at the end of stage k, before fine-tuning), Eq. 9's choices, the fine-tuned TargetNet of the lever's
+branch-out and its size. Levers that differ only after block training re-use the blocks of the lever
+named in ``blocks_from``. A second table sweeps the branch-out tolerance
+(kalib.branch.tolerant_branch_points) over one lever's converged losses: the AP of a branch at block S is
+the entangled forward of that block, so the TargetNet before fine-tuning needs no new training, and its
+size comes from assembling it.
 
-    python benchmarks/levers.py --teachers runs/quick/table1/teachers --out runs/levers
+    python benchmarks/levers.py --teachers runs/quick/table1/teachers --out runs/levers --json docs/levers.json
 
-Finished variants are re-used (kalib.amalgamate.run); the table goes to stdout and --json.
+Finished levers are re-used (kalib.amalgamate.run); the tables go to stdout as markdown. Seconds are not
+reported: the levers ran under different loads (several at once, one thread each); docs/performance.md
+measures speed.
 """
 
 from __future__ import annotations
@@ -17,39 +21,78 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from kalib.amalgamate import run
 from kalib.branch import assemble, count_parameters, tolerant_branch_points
 from kalib.config import override
 from kalib.experiments import load_blocks, load_variant
 from kalib.presets import get_preset
 
-VARIANTS = {   # name -> preset overrides (``--set`` syntax) against the quick preset
-    "1-epoch": ["block_epochs=[1,1,1,1,1,1,1,1]"],
-    "deep-1-8": ["block_epochs=[1,1,2,2,4,4,8,8]"],
-    "deep-2-10": ["block_epochs=[2,2,3,3,6,6,10,10]"],
-    "deep-1-8-3500": ["block_epochs=[1,1,2,2,4,4,8,8]", "block_images=3500"],
+PAPER_FINETUNE = ("finetune.epochs=1", "finetune.lr=0.01", "finetune_images=4000")   # the preset before
+GENERIC = ("student_init=generic", "branch_tolerance=0.0")
+
+
+@dataclass(frozen=True)
+class Lever:
+    what: str                               # the lever, in words
+    sets: tuple[str, ...] = ()              # quick-preset overrides (``--set`` syntax)
+    branch_at: str | None = None            # every task at this block instead of the preset's branch-out
+    blocks_from: str | None = None          # re-use the trained blocks of this lever (same block settings)
+
+
+LEVERS = {
+    "one-epoch": Lever("paper: generic start, 1 epoch per block, Eq. 9, fine-tuning 1 epoch at lr 0.01 (the "
+                       "preset before)", ("block_epochs=[1,1,1,1,1,1,1,1]", *GENERIC, *PAPER_FINETUNE)),
+    "deep-1-8": Lever("generic start, epochs 1,1,2,2,4,4,8,8", ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC,
+                                                              *PAPER_FINETUNE)),
+    "deep-2-10": Lever("generic start, epochs 2,2,3,3,6,6,10,10", ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC,
+                                                                  *PAPER_FINETUNE)),
+    "deep-1-8-b4-ft3": Lever("deep-1-8 at b4_2, fine-tuning 3 epochs at lr 0.01 over 7k",
+                             ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC, "finetune.epochs=3", "finetune.lr=0.01",
+                              "finetune_images=7000"), "b4_2", "deep-1-8"),
+    "deep-1-8-b4-ft-lr05": Lever("deep-1-8 at b4_2, fine-tuning 3 epochs at lr 0.05 over 7k",
+                                 ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC, "finetune.epochs=3",
+                                  "finetune.lr=0.05", "finetune_images=7000"), "b4_2", "deep-1-8"),
+    "deep-2-10-b4-ft6": Lever("deep-2-10 at b4_2, fine-tuning 6 epochs at lr 0.05 over 7k",
+                              ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC, "finetune.epochs=6", "finetune.lr=0.05",
+                               "finetune_images=7000"), "b4_2", "deep-2-10"),
+    "deep-2-10-b41-ft6": Lever("deep-2-10 at b4_1 (each teacher keeps its own b4_2), fine-tuning as above",
+                               ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC, "finetune.epochs=6",
+                                "finetune.lr=0.05", "finetune_images=7000"), "b4_1", "deep-2-10"),
+    "tmean-one-epoch": Lever("start from the mean of the teachers' weights, 1 epoch per block, at b4_2, "
+                             "fine-tuning 3 epochs at lr 0.05 over 7k",
+                             ("block_epochs=[1,1,1,1,1,1,1,1]", "branch_tolerance=0.0"), "b4_2"),
+    "deep-1-8-tmean": Lever("start from the mean of the teachers' weights, epochs 1,1,2,2,4,4,8,8, at b4_2, "
+                            "fine-tuning 3 epochs at lr 0.05 over 7k", ("branch_tolerance=0.0",), "b4_2"),
+    "preset": Lever("the quick preset: as deep-1-8-tmean, branch tolerance 0.02 (and its Eq. 9 TargetNet)",
+                    (), None, "deep-1-8-tmean"),
 }
-TOLERANCES = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05)
+TOLERANCES = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05)
 
 
-def variant_row(record: dict) -> dict:
+def lever_row(record: dict) -> dict:
     """One row of the lever table from a run record evaluated on the validation split."""
     chosen = record["chosen_block"].values()
-    return {"teacher mAP": record["teacher_ap"]["mAP"],
-            **{f"{stage}": value for stage, value in record["stage_map"].items()},
-            "Eq. 9 blocks": {b: sum(c == b for c in chosen) for b in sorted(set(chosen))},
-            "block seconds": record["seconds"]["blocks"]}
+    row = {"teachers": record["teacher_ap"]["mAP"], **record["stage_map"],
+           "Eq. 9 blocks": {b: sum(c == b for c in chosen) for b in sorted(set(chosen))},
+           "TargetNet": record["target_ap"]["mAP"],
+           "params / teachers": round(record["params"]["targetnet"] / record["params"]["teachers"], 3),
+           "branch": sorted(set(record["branch_block"].values()))}
+    if "eq9" in record:
+        row["Eq. 9 TargetNet"] = record["eq9"]["target_ap"]["mAP"]
+    return row
 
 
 def tolerance_sweep(record: dict, student, filters, teachers, plan, tolerances=TOLERANCES) -> list[dict]:
     """For each tolerance: chosen blocks, validation mAP of the TargetNet before fine-tuning (from the
     branch-out curves) and its parameters against the teachers'."""
-    names = record["blocks"]
-    tasks = record["tasks"]
+    names, tasks = record["blocks"], record["tasks"]
     losses = np.array([[record["converged_loss"][t][b] for t in tasks] for b in names])
     teachers_params = sum(count_parameters(t) for t in teachers)
     rows = []
@@ -57,27 +100,32 @@ def tolerance_sweep(record: dict, student, filters, teachers, plan, tolerances=T
         points = tolerant_branch_points(losses, tol)
         ap = [record["branch_ap"][t][names[s - 1]] for t, s in zip(tasks, points)]
         params = count_parameters(assemble(student, filters, teachers, plan, points))
+        chosen = [names[s - 1] for s in points]
         rows.append({"tolerance": tol, "mAP": round(float(np.mean(ap)), 3),
-                     "blocks": {b: sum(names[s - 1] == b for s in points) for b in names if b in
-                                {names[s - 1] for s in points}},
+                     "blocks": {b: chosen.count(b) for b in names if b in chosen},
                      "params": params, "params / teachers": round(params / teachers_params, 3)})
     return rows
 
 
 def markdown(rows: dict[str, dict], sweep: list[dict], sweep_of: str) -> str:
     stages = [k for k in next(iter(rows.values())) if re.fullmatch(r"b\d+", k)]
-    lines = ["| variant | teachers | " + " | ".join(stages) + " | Eq. 9 blocks | block training (s) |",
-             "|---|---:|" + "---:|" * len(stages) + "---|---:|"]
+    lines = ["| lever | what | teachers | " + " | ".join(stages) + " | Eq. 9 blocks | branch | TargetNet "
+             "(fine-tuned) | params / teachers |",
+             "|---|---|---:|" + "---:|" * len(stages) + "---|---|---:|---:|"]
     for name, r in rows.items():
         eq9 = ", ".join(f"{b}×{n}" for b, n in r["Eq. 9 blocks"].items())
-        lines.append(f"| {name} | {r['teacher mAP']:.1f} | " + " | ".join(f"{r[s]:.1f}" for s in stages)
-                     + f" | {eq9} | {r['block seconds']:.0f} |")
-    lines += ["", f"Branch-out tolerance over the converged losses of '{sweep_of}' (validation mAP before "
-              "fine-tuning, TargetNet parameters):", "",
-              "| tolerance (nats) | mAP | blocks chosen | parameters | / teachers |", "|---:|---:|---|---:|---:|"]
-    for r in sweep:
-        blocks = ", ".join(f"{b}×{n}" for b, n in r["blocks"].items())
-        lines.append(f"| {r['tolerance']} | {r['mAP']:.1f} | {blocks} | {r['params']:,} | {r['params / teachers']:.2f} |")
+        target = f"{r['TargetNet']:.1f}" + (f" (Eq. 9: {r['Eq. 9 TargetNet']:.1f})" if "Eq. 9 TargetNet" in r else "")
+        lines.append(f"| {name} | {LEVERS[name].what} | {r['teachers']:.1f} | "
+                     + " | ".join(f"{r[s]:.1f}" for s in stages)
+                     + f" | {eq9} | {', '.join(r['branch'])} | {target} | {r['params / teachers']:.2f} |")
+    if sweep:
+        lines += ["", f"Branch-out tolerance over the converged losses of `{sweep_of}` (validation mAP before "
+                  "fine-tuning, TargetNet parameters):", "",
+                  "| tolerance (nats) | mAP | blocks chosen | parameters | / teachers |", "|---:|---:|---|---:|---:|"]
+        for r in sweep:
+            blocks = ", ".join(f"{b}×{n}" for b, n in r["blocks"].items())
+            lines.append(f"| {r['tolerance']} | {r['mAP']:.1f} | {blocks} | {r['params']:,} | "
+                         f"{r['params / teachers']:.2f} |")
     return "\n".join(lines)
 
 
@@ -85,24 +133,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teachers", type=Path, default=Path("runs/quick/table1/teachers"))
     parser.add_argument("--out", type=Path, default=Path("runs/levers"))
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
-    parser.add_argument("--sweep", default="deep-1-8", help="variant whose losses the tolerance sweep uses")
+    parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated names of LEVERS")
+    parser.add_argument("--sweep", default="preset", help="lever whose losses the tolerance sweep uses")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     base = get_preset("quick")
     bench = load_variant(base, "table1")
     rows, sweep = {}, []
-    for name in [v for v in VARIANTS if v in args.variants.split(",")]:
-        preset = override(base, VARIANTS[name])
+    for name in [n for n in LEVERS if n in args.levers.split(",")]:
+        lever = LEVERS[name]
+        preset = override(base, lever.sets)
         out = args.out / name
-        record = run(bench, preset, args.teachers, out, eval_split="val", log=lambda m: print(m, file=sys.stderr))
-        rows[name] = variant_row(record)
+        source = args.out / (lever.blocks_from or name) / "blocks"
+        if lever.blocks_from and not (out / "blocks").is_dir() and source.is_dir():
+            shutil.copytree(source, out / "blocks", ignore=shutil.ignore_patterns("finetune-*"))
+        record = run(bench, preset, args.teachers, out, branch_at=lever.branch_at, eval_split="val",
+                     log=lambda m: print(m, file=sys.stderr))
+        rows[name] = lever_row(record)
         if name == args.sweep:
-            student, filters, teachers, plan = load_blocks(preset, args.teachers, out)
-            sweep = tolerance_sweep(record, student, filters, teachers, plan)
+            sweep = tolerance_sweep(record, *load_blocks(preset, args.teachers, out))
         print(markdown(rows, sweep, args.sweep), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"variants": rows, "tolerance_sweep": sweep}, indent=1))
+        args.json.write_text(json.dumps({"levers": rows, "tolerance_sweep": sweep}, indent=1))
     return 0
 
 
