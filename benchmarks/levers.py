@@ -19,6 +19,7 @@ measures speed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -30,9 +31,12 @@ import numpy as np
 
 from kalib.amalgamate import run
 from kalib.branch import assemble, count_parameters, tolerant_branch_points
+from kalib.checkpoints import load_model
 from kalib.config import override
 from kalib.experiments import load_blocks, load_variant
+from kalib.parallel import run_parallel
 from kalib.presets import get_preset
+from kalib.teachers import evaluate, train_teacher
 
 PAPER_FINETUNE = ("finetune.epochs=1", "finetune.lr=0.01", "finetune_images=4000")   # the preset before
 GENERIC = ("student_init=generic", "branch_tolerance=0.0")
@@ -107,6 +111,22 @@ def tolerance_sweep(record: dict, student, filters, teachers, plan, tolerances=T
     return rows
 
 
+def teacher_lr_sweep(bench, teachers_dir: Path, lrs) -> list[dict]:
+    """Teacher 1 of the quick preset trained from the generic checkpoint at each learning rate (the preset's
+    epochs and batch), scored on the validation split; run side by side in worker processes."""
+    base = get_preset("quick")
+    generic = load_model(Path(teachers_dir) / f"generic-{base.arch}.pt")[0]
+    labels = base.groups[0]
+    idx = bench.label_indices(labels)
+
+    def job(lr):
+        schedule = dataclasses.replace(base.teacher, lr=lr)
+        teacher = train_teacher(generic, bench, labels, schedule, base.seed + 1)
+        return {"lr": lr, "epochs": schedule.epochs,
+                "val mAP": round(evaluate(teacher, bench.val_images, bench.val_labels[:, idx], labels)["mAP"], 2)}
+    return run_parallel([lambda lr=lr: job(lr) for lr in lrs])
+
+
 def markdown(rows: dict[str, dict], sweep: list[dict], sweep_of: str) -> str:
     stages = [k for k in next(iter(rows.values())) if re.fullmatch(r"b\d+", k)]
     lines = ["| lever | what | teachers | " + " | ".join(stages) + " | Eq. 9 blocks | branch | TargetNet "
@@ -135,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/levers"))
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated names of LEVERS")
     parser.add_argument("--sweep", default="preset", help="lever whose losses the tolerance sweep uses")
+    parser.add_argument("--teacher-lrs", default="", help="also sweep teacher 1's learning rate, e.g. 0.1,0.2,0.3")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     base = get_preset("quick")
@@ -153,8 +174,14 @@ def main(argv=None) -> int:
         if name == args.sweep:
             sweep = tolerance_sweep(record, *load_blocks(preset, args.teachers, out))
         print(markdown(rows, sweep, args.sweep), flush=True)
+    teacher_lrs = teacher_lr_sweep(bench, args.teachers, [float(v) for v in args.teacher_lrs.split(",")]) \
+        if args.teacher_lrs else []
+    if teacher_lrs:
+        print("\nTeacher 1 (" + ", ".join(base.groups[0]) + ") by learning rate, validation mAP:\n\n"
+              "| lr | epochs | validation mAP |\n|---:|---:|---:|\n"
+              + "\n".join(f"| {r['lr']} | {r['epochs']} | {r['val mAP']:.1f} |" for r in teacher_lrs), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"levers": rows, "tolerance_sweep": sweep}, indent=1))
+        args.json.write_text(json.dumps({"levers": rows, "tolerance_sweep": sweep, "teacher_lr": teacher_lrs}, indent=1))
     return 0
 
 
