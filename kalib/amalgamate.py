@@ -564,7 +564,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
     the ``eval_split`` (``test``, or ``val`` when choosing settings) gives the APs of teachers and TargetNet,
     and with ``branch_curves`` also the Fig. 3 curves (AP at every branch-out block). Writes
-    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record. A finished run of the same settings is returned as it is, not run again.
+    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record. A finished run of
+    the same settings is returned as it is, not run again.
 
     Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
     ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise

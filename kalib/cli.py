@@ -105,7 +105,8 @@ def _amalgamate(args) -> None:
                  eval_split=args.eval_split)
     chosen = ", ".join(f"{t}@{b}" for t, b in record["branch_block"].items())
     print(f"branch-out: {chosen}")
-    print(f"TargetNet {args.eval_split} mAP {record['target_ap']['mAP']:.2f} (teachers {record['teacher_ap']['mAP']:.2f}), "
+    print(f"TargetNet {args.eval_split} mAP {record['target_ap']['mAP']:.2f} "
+          f"(teachers {record['teacher_ap']['mAP']:.2f}), "
           f"{record['params']['targetnet']:,} parameters (teachers {record['params']['teachers']:,})")
     print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
 

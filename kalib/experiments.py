@@ -127,7 +127,8 @@ def ensure_fig3(preset: Preset, bench, out_dir: str | Path, seed: int | None = N
     """Fig. 3 as the paper runs it (§4.2): for each pair of ``preset.pairs`` (one task from each teacher)
     its own amalgamation with C = the pair: block-wise training, converged losses, Eq. 9 and the branch-out
     curves. Only the curves and the branch-out are drawn, so the two-task TargetNets are assembled but not
-    fine-tuned; each block trains on ``preset.pair_block_images`` pool images where the preset sets it. Returns pair name -> run record."""
+    fine-tuned; each block trains on ``preset.pair_block_images`` pool images where the preset sets it.
+    Returns pair name -> run record."""
     ensure_teachers(preset, bench, out_dir, "table1", "2", seed, log, device)
     pair_preset = dataclasses.replace(preset, finetune=dataclasses.replace(preset.finetune, epochs=0),
                                       block_images=preset.pair_block_images or preset.block_images)
