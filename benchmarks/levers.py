@@ -40,6 +40,13 @@ from kalib.teachers import evaluate, train_teacher
 
 PAPER_FINETUNE = ("finetune.epochs=1", "finetune.lr=0.01", "finetune_images=4000")   # the preset before
 GENERIC = ("student_init=generic", "branch_tolerance=0.0")
+DEEP_1_8 = ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC)
+DEEP_2_10 = ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC)
+
+
+def finetuning(epochs: int, lr: float) -> tuple[str, ...]:
+    """Overrides for fine-tuning ``epochs`` at ``lr`` over 7k pool images."""
+    return (f"finetune.epochs={epochs}", f"finetune.lr={lr}", "finetune_images=7000")
 
 
 @dataclass(frozen=True)
@@ -53,22 +60,16 @@ class Lever:
 LEVERS = {
     "one-epoch": Lever("paper: generic start, 1 epoch per block, Eq. 9, fine-tuning 1 epoch at lr 0.01 (the "
                        "preset before)", ("block_epochs=[1,1,1,1,1,1,1,1]", *GENERIC, *PAPER_FINETUNE)),
-    "deep-1-8": Lever("generic start, epochs 1,1,2,2,4,4,8,8", ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC,
-                                                              *PAPER_FINETUNE)),
-    "deep-2-10": Lever("generic start, epochs 2,2,3,3,6,6,10,10", ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC,
-                                                                  *PAPER_FINETUNE)),
+    "deep-1-8": Lever("generic start, epochs 1,1,2,2,4,4,8,8", (*DEEP_1_8, *PAPER_FINETUNE)),
+    "deep-2-10": Lever("generic start, epochs 2,2,3,3,6,6,10,10", (*DEEP_2_10, *PAPER_FINETUNE)),
     "deep-1-8-b4-ft3": Lever("deep-1-8 at b4_2, fine-tuning 3 epochs at lr 0.01 over 7k",
-                             ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC, "finetune.epochs=3", "finetune.lr=0.01",
-                              "finetune_images=7000"), "b4_2", "deep-1-8"),
+                             (*DEEP_1_8, *finetuning(3, 0.01)), "b4_2", "deep-1-8"),
     "deep-1-8-b4-ft-lr05": Lever("deep-1-8 at b4_2, fine-tuning 3 epochs at lr 0.05 over 7k",
-                                 ("block_epochs=[1,1,2,2,4,4,8,8]", *GENERIC, "finetune.epochs=3",
-                                  "finetune.lr=0.05", "finetune_images=7000"), "b4_2", "deep-1-8"),
+                                 (*DEEP_1_8, *finetuning(3, 0.05)), "b4_2", "deep-1-8"),
     "deep-2-10-b4-ft6": Lever("deep-2-10 at b4_2, fine-tuning 6 epochs at lr 0.05 over 7k",
-                              ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC, "finetune.epochs=6", "finetune.lr=0.05",
-                               "finetune_images=7000"), "b4_2", "deep-2-10"),
+                              (*DEEP_2_10, *finetuning(6, 0.05)), "b4_2", "deep-2-10"),
     "deep-2-10-b41-ft6": Lever("deep-2-10 at b4_1 (each teacher keeps its own b4_2), fine-tuning as above",
-                               ("block_epochs=[2,2,3,3,6,6,10,10]", *GENERIC, "finetune.epochs=6",
-                                "finetune.lr=0.05", "finetune_images=7000"), "b4_1", "deep-2-10"),
+                               (*DEEP_2_10, *finetuning(6, 0.05)), "b4_1", "deep-2-10"),
     "tmean-one-epoch": Lever("start from the mean of the teachers' weights, 1 epoch per block, at b4_2, "
                              "fine-tuning 3 epochs at lr 0.05 over 7k",
                              ("block_epochs=[1,1,1,1,1,1,1,1]", "branch_tolerance=0.0"), "b4_2"),
