@@ -278,7 +278,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
     if soft is None:
         soft = soft_targets(teachers, images, plan, device=device)
     if len(soft) != len(images) or soft.shape[1] != len(plan.tasks):
-        raise ValueError(f"soft targets {tuple(soft.shape)} do not match {len(images)} images x {len(plan.tasks)} tasks")
+        raise ValueError(f"soft targets {tuple(soft.shape)} do not match {len(images)} images x "
+                         f"{len(plan.tasks)} tasks")
     train_idx, held_idx = split_pool(len(images), heldout)
     held_images, held_soft = images[held_idx], soft[held_idx]
     result = previous or Amalgamation(student, filters, plan, np.full((num_blocks, len(plan.tasks)), np.nan))
@@ -594,6 +595,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                                     "missing; use --init random or teacher1, or rerun pretrain")
         generic = load_model(generic_path)[0]
     student = init_student(init, teachers, generic, seed)
+    # an unknown --branch-at is refused here, before any work
+    forced = forced_branch_points(student, branch_at, len(plan.tasks)) if branch_at is not None else None
     pool = bench.pool_images[:preset.pool_images or None]
     cache_dtype = getattr(torch, preset.amalgamation_cache)
     settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
@@ -642,8 +645,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     names = student.block_names
 
     chosen = branch_points(result.losses)
-    points = (tolerant_branch_points(result.losses, preset.branch_tolerance) if branch_at is None
-              else forced_branch_points(student, branch_at, len(plan.tasks)))
+    points = tolerant_branch_points(result.losses, preset.branch_tolerance) if forced is None else forced
     record = {
         "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
         "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),

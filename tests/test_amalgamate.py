@@ -271,6 +271,18 @@ def test_run_resumes_after_last_finished_block(tmp_path):
     assert {"teacher_targets", "blocks", "finetune", "branch_curves", "evaluation"} <= set(second["seconds"])
 
 
+def test_an_unknown_branch_block_is_refused_before_any_training(tmp_path):
+    generic, teachers = tiny_nets()
+    write_teachers(tmp_path / "t", generic, teachers)
+    bench = Benchmark(spec=BenchmarkSpec(), train_images=None, train_labels=None, pool_images=pool(32),
+                      test_images=None, test_labels=None, generic_images=None, generic_labels=None,
+                      label_names=("a", "b", "c", "d", "e"))
+    with pytest.raises(ValueError, match="unknown branch block 'b9'.*valid"):
+        run(bench, tiny_preset(), tmp_path / "t", tmp_path / "out", branch_at="b9", evaluate=False,
+            log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_block_epochs_give_each_block_its_own_schedule():
     generic, teachers = tiny_nets()
     plan = task_plan(None, LABELS)
