@@ -667,8 +667,9 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
         variants["eq9"] = chosen
     keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.finetune), preset.finetune_images,
                           preset.finetune_freeze_bn]) for name, pts in variants.items()}
+    partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
     for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
-        if stale.name not in {f"finetune-{key}.partial.pt" for key in keys.values()}:
+        if stale not in partials.values():
             stale.unlink(missing_ok=True)
     train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
     ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
@@ -700,7 +701,6 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                     data=bench.spec.key(), **({f"{eval_split}_ap": entry["target_ap"]} if evaluate else {}))
         return entry, time.perf_counter() - t0
 
-    partials = {name: store.dir / f"finetune-{keys[name]}.partial.pt" for name in variants}
     for name, (entry, seconds) in zip(variants, run_parallel([lambda n=n: assemble_and_finetune(n) for n in variants],
                                                              device=device)):
         times["finetune" if name == "target" else f"finetune_{name}"] = seconds
