@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .device import as_device, autocast
 
@@ -117,8 +117,8 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
         history = list(saved["history"])
     for epoch in range(len(history), schedule.epochs):
         total, seen = 0.0, 0
-        bar = tqdm(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
-                   desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False)
+        bar = progress_bar(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
+                           desc=f"{desc} {epoch + 1}/{schedule.epochs}")
         for step, idx in enumerate(bar):
             with autocast(device):
                 loss = batch_loss(idx)

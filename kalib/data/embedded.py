@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .sources import DIGIT_NAMES, FASHION_NAMES, check_fashion_dir, load_fashion_mnist, load_mnist_digits
 
@@ -194,8 +194,8 @@ def _render_split(bank: GlyphBank, split: str, n: int, spec: BenchmarkSpec, seed
     images = np.empty((n, 3, spec.size, spec.size), np.uint8)
     max_obj = 1 if single else spec.objects[1]
     objects = np.full((n, max_obj, 5), -1, np.int32)
-    for i in tqdm(range(n), desc=f"canvases[{split}{'/generic' if single else ''}]", leave=False,
-                  disable=not progress):
+    desc = f"canvases[{split}{'/generic' if single else ''}]"
+    for i in progress_bar(range(n), desc=desc, disable=not progress):
         k = 1 if single else int(rng.integers(spec.objects[0], spec.objects[1] + 1))
         images[i], recs = render_canvas(rng, bank, split, spec, k)
         objects[i, :len(recs)] = recs
@@ -244,8 +244,8 @@ def generate(spec: BenchmarkSpec, allow_download: bool = False,
                 with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
                     largest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
                     futures = {i: pool.submit(_render_in_worker, jobs[i]) for i in largest_first}
-                    for _ in tqdm(as_completed(futures.values()), total=len(jobs), desc="canvases (splits)",
-                                  leave=False):
+                    done = as_completed(futures.values())
+                    for _ in progress_bar(done, total=len(jobs), desc="canvases (splits)"):
                         pass
                     results = [futures[i].result() for i in range(len(jobs))]
         finally:

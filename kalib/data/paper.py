@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .coco import COCO_CLASSES, COCO_LAYOUT, COCOMultiLabel
 from .embedded import BenchmarkSpec, cache_dir, load_benchmark
@@ -197,7 +197,7 @@ def decode_images(paths: list[Path], size: int, out: np.ndarray, workers: int = 
                   desc: str = "decode") -> None:
     """Decode ``paths`` into ``out`` (uint8 ``(N, 3, size, size)``, e.g. a memmap), ``workers`` processes."""
     loader = torch.utils.data.DataLoader(_Decode(paths, size), batch_size=64, num_workers=workers)
-    for idx, batch in tqdm(loader, desc=desc, leave=False):
+    for idx, batch in progress_bar(loader, desc=desc):
         out[idx.numpy()] = batch.numpy()
 
 
