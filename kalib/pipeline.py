@@ -1,14 +1,18 @@
 """``python -m kalib reproduce``: the five notebooks, run in order with papermill.
 
 Each notebook gets the same parameters (``preset``, ``seed``, ``out_dir``), its executed copy is kept in
-``OUT/notebooks/``, and everything it trains is found and re-used on a second run (teachers, finished
-blocks). A failing cell stops the run with that cell's error. ``OUT/results.json`` holds every number
-behind Fig. 3 and Tables 1–3; ``OUT/figures/`` the figures and tables (copied to ``figures`` if given).
+``OUT/notebooks/`` and rendered to HTML in ``OUT/lessons/`` (readable without running anything), and
+everything it trains is found and re-used on a second run (teachers, finished blocks). A failing cell stops
+the run with that cell's error. The kernel's own log (not the notebook's output) goes to
+``OUT/notebooks/NAME.kernel.log``, so the terminal shows only kalib's lines. ``OUT/results.json`` holds
+every number behind Fig. 3 and Tables 1–3; ``OUT/figures/`` the figures and tables (copied with the
+lessons to ``figures`` if given).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,13 +28,40 @@ class NotebookError(RuntimeError):
     """A notebook cell raised; the message names the notebook, the cell and the error."""
 
 
+def _logging_kernel_manager(log):
+    """A kernel manager whose kernel writes its own stdout and stderr (start-up warnings, the SIGINT that
+    jupyter_client sends before every shutdown) to the open file ``log``."""
+    from jupyter_client import AsyncKernelManager
+
+    class LoggingKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            return await super().start_kernel(**{**kw, "stdout": log, "stderr": log})
+
+    return LoggingKernelManager
+
+
+def render_lesson(executed: Path, html: Path, root: Path | None = None) -> None:
+    """An executed notebook as a stand-alone HTML page (nbconvert's lab template, as JupyterLab shows it;
+    widget state, which no kalib notebook needs, is left out to keep the page small). Paths under ``root``
+    (default: the working directory) are shown relative to it, so the page names no machine's folders."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata.pop("widgets", None)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    root = Path.cwd() if root is None else Path(root)
+    html.parent.mkdir(parents=True, exist_ok=True)
+    html.write_text(body.replace(f"{root.resolve()}{os.sep}", ""), encoding="utf-8")
+
+
 def _kernel_name() -> str:
     """The ``kalib`` kernel registered by ``make install``, else this interpreter's own ``python3``."""
     from jupyter_client.kernelspec import KernelSpecManager
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-RUN_STATE = ("notebooks", "table1", "table2", "figures", "results.json", "teachers.json", "fig3.json")
+RUN_STATE = ("notebooks", "lessons", "table1", "table2", "figures", "results.json", "teachers.json", "fig3.json")
 
 
 def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: int | None = None,
@@ -43,6 +74,7 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
     ``restart`` first deletes what an earlier run wrote to ``out_dir`` (only the paths it writes);
     ``overrides`` are ``FIELD=VALUE`` changes of the preset (the CLI's ``--set``)."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     if not notebook_dir.is_dir():
         raise FileNotFoundError(f"notebooks not found in {notebook_dir}; run from a clone of the kalib "
@@ -61,14 +93,21 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
     start = time.perf_counter()
     for i, name in enumerate(notebooks, start=1):
         executed = out / "notebooks" / f"{name}.ipynb"
+        kernel_log = executed.with_suffix(".kernel.log")
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed, parameters=params, kernel_name=kernel,
-                                cwd=str(notebook_dir), progress_bar=False)
+            with kernel_log.open("w") as klog:
+                pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed, parameters=params,
+                                    kernel_name=kernel, cwd=str(notebook_dir), progress_bar=False,
+                                    kernel_manager_class=_logging_kernel_manager(klog))
         except pm.PapermillExecutionError as err:
             raise NotebookError(f"{name}, cell {err.exec_count}: {err.ename}: {err.evalue} "
                                 f"(executed notebook: {executed})") from None
+        except DeadKernelError:
+            raise NotebookError(f"{name}: the kernel died (a crash, or out of memory); its log is "
+                                f"{kernel_log}, the executed notebook {executed}") from None
         timings[name] = round(time.perf_counter() - t0, 1)
+        render_lesson(executed, out / "lessons" / f"{name}.html")
         log(f"[{i}/{len(notebooks)}] {name:<18s} {timings[name]:7.1f} s  (total {time.perf_counter() - start:.0f} s)")
 
     results_path = out / "results.json"
@@ -82,5 +121,8 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
         for f in sorted((out / "figures").glob("*")):
             shutil.copy2(f, dest / f.name)
         shutil.copy2(results_path, dest / "results.json")
-        log(f"figures, tables and results.json copied to {dest}")
+        (dest / "lessons").mkdir(exist_ok=True)
+        for name in notebooks:
+            shutil.copy2(out / "lessons" / f"{name}.html", dest / "lessons" / f"{name}.html")
+        log(f"figures, tables, results.json and the lessons (HTML) copied to {dest}")
     return results

@@ -1,0 +1,58 @@
+"""``reproduce`` (kalib/pipeline.py) on tiny notebooks: lessons rendered to HTML and copied with the
+figures, the kernel's own log kept off the terminal, a dead kernel reported in one line."""
+
+import nbformat
+import pytest
+
+from kalib.pipeline import NotebookError, reproduce
+
+NOISY_KERNEL = ("from ipykernel.kernelapp import IPKernelApp\n"
+                "IPKernelApp.instance().log.error('KeyboardInterrupt')   # what a shutdown's SIGINT logs")
+
+
+def _notebook(path, *cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("preset = 'x'\nout_dir = ''\nseed = None\ndata_root = None\n"
+                                          "device = None\noverrides = []", metadata={"tags": ["parameters"]}),
+                *cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_lessons_are_rendered_and_copied_and_the_kernel_log_stays_off_the_terminal(tmp_path, monkeypatch,
+                                                                                  capfd):
+    monkeypatch.chdir(tmp_path)
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a.ipynb", nbformat.v4.new_markdown_cell("# Filters\n\nThe filter $f_n^k$ of Eq. 4."),
+              nbformat.v4.new_code_cell("import json, pathlib\n"
+                                        "pathlib.Path(out_dir, 'results.json').write_text('{}')\n"
+                                        "print('written to', out_dir)"),
+              nbformat.v4.new_code_cell(NOISY_KERNEL))
+    lines = []
+    reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, figures=tmp_path / "figs",
+              log=lines.append)
+    html = (tmp_path / "out" / "lessons" / "a.html").read_text()
+    assert "<h1" in html and "Filters" in html and "$f_n^k$" in html         # markdown, math for MathJax
+    assert "written to out" in html and str(tmp_path) not in html, "paths relative to the working directory"
+    assert (tmp_path / "figs" / "lessons" / "a.html").read_text() == html
+    assert len(html) < 600_000, "a page without outputs is mostly the template's CSS"
+    assert lines[-1].endswith("copied to " + str(tmp_path / "figs"))
+    err = capfd.readouterr().err
+    assert "IPKernelApp" not in err and "KeyboardInterrupt" not in err, err
+    assert "[IPKernelApp] ERROR | KeyboardInterrupt" in (tmp_path / "out" / "notebooks" / "a.kernel.log").read_text()
+
+    stale = tmp_path / "out" / "lessons" / "old.html"
+    stale.write_text("from an earlier run")
+    reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, restart=True, log=lines.append)
+    assert not stale.exists() and (tmp_path / "out" / "lessons" / "a.html").is_file()
+
+
+def test_a_dead_kernel_is_one_error_naming_its_log(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "a.ipynb", nbformat.v4.new_code_cell("import os\nos._exit(3)"))
+    log = tmp_path / "out" / "notebooks" / "a.kernel.log"
+    with pytest.raises(NotebookError, match=f"a: the kernel died .*its log is {log}"):
+        reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, log=lambda *_: None)
+    assert not (tmp_path / "out" / "lessons" / "a.html").exists()
