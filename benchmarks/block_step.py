@@ -16,8 +16,8 @@ take turns at 2 steps each, so that another job on a shared machine slows them a
   - floor: the trainable path alone on one ready float channels-last F^{k-1} and ready targets: block k,
     f_n^k, the teachers' frozen blocks k+1..B and heads forward, backward, SGD step;
   - step: what ``kalib.amalgamate.amalgamate`` does per batch: ``kalib.train.optimise`` over a
-    ``batch_loss`` that gathers rows of the cached F^{k-1} (``_features``, ``preset.amalgamation_cache``
-    dtype) with ``_rows`` and the cached soft targets by index; the cache is built in its setup and its
+    ``batch_loss`` that gathers rows of the cached F^{k-1} (``prefix_features``, ``preset.amalgamation_cache``
+    dtype) with ``block_inputs`` and the cached soft targets by index; the cache is built in its setup and its
     speed is reported on its own (``cache build``: kalib builds it once per block, so per trained image it
     costs 1/epochs of a prefix forward; the soft targets are computed once per pool for all blocks and
     runs and are left out);
@@ -59,8 +59,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kalib.amalgamate import (_augmented_inputs, _features, _rows, entangled_predictions, filtered_loss, finetune,
-                              freeze, init_student, make_filters, soft_targets)
+from kalib.amalgamate import (_augmented_inputs, entangled_predictions, filtered_loss, finetune, freeze, init_student,
+                              make_filters, soft_targets)
+from kalib.pool import block_inputs, prefix_features
 from kalib.branch import assemble
 from kalib.filters import TaskPlan, task_plan
 from kalib.models import BlockNet, build_backbone
@@ -248,14 +249,14 @@ def step_run(bench: Bench, k: int, record: dict, pool: int):
     ``block_images`` canvases (the pool here is smaller)."""
     images = bench.images[:pool]
     t0 = time.perf_counter()
-    feats = _features(bench.student, images, k - 1, getattr(torch, bench.preset.amalgamation_cache))
+    feats = prefix_features(bench.student, images, k - 1, getattr(torch, bench.preset.amalgamation_cache))
     record["cache_images_per_s"] = round(pool / (time.perf_counter() - t0), 1) if k > 1 else None
     record["cache_mib_per_block"] = (round(feats[0].numel() * feats.element_size() * bench.preset.block_images / 2**20)
                                      if k > 1 else None)
     params = block_params(bench, k)
 
     def batch_loss(b):
-        return block_loss(bench, k, _rows(feats, images, b, CPU), bench.soft[b].to(CPU))
+        return block_loss(bench, k, block_inputs(feats, images, b, CPU), bench.soft[b].to(CPU))
     return bench.student.blocks[k - 1], _optimise_run(bench, params, batch_loss, f"step {k}")
 
 

@@ -11,7 +11,7 @@ size comes from assembling it.
 
     python benchmarks/levers.py --teachers runs/quick/table1/teachers --out runs/levers --json docs/levers.json
 
-Finished levers are re-used (kalib.amalgamate.run); the tables go to stdout as markdown. Seconds are not
+Finished levers are re-used (kalib.runs.run); the tables go to stdout as markdown. Seconds are not
 reported: the levers ran under different loads (several at once, one thread each); docs/performance.md
 measures speed.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kalib.amalgamate import run
+from kalib.runs import run
 from kalib.branch import assemble, count_parameters, tolerant_branch_points
 from kalib.checkpoints import load_model
 from kalib.config import override

@@ -90,10 +90,11 @@ def _pretrain(args) -> None:
 
 
 def _amalgamate(args) -> None:
-    from .amalgamate import run, teacher_files
     from .checkpoints import read_meta
     from .device import resolve_device
     from .filters import task_plan
+    from .runs import run
+    from .runstate import teacher_files
     preset = _preset(args)
     device = resolve_device(args.device)
     _, paths, _ = teacher_files(preset, args.teachers, args.teacher_set)

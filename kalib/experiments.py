@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from .amalgamate import freeze, init_student, make_filters, run, teacher_files
 from .branch import load_target
 from .checkpoints import load_model, load_state
 from .data import BenchmarkSpec, load_benchmark, load_dataset
 from .filters import task_plan
 from .parallel import run_parallel
 from .presets import TEACHER_SETS, Preset
+from .runs import run
+from .runstate import teacher_files
+from .student import freeze, init_student, make_filters
 from .teachers import pretrain_set
 from .train import predict
 

@@ -51,7 +51,7 @@ def smoke_teachers(smoke_bench, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_target(smoke_bench, smoke_teachers, tmp_path_factory):
     """One uninterrupted smoke-preset amalgamation of ``smoke_teachers`` (C = A): ``(out_dir, record)``."""
-    from kalib.amalgamate import run
+    from kalib.runs import run
     out = tmp_path_factory.mktemp("smoke-target")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kalib.amalgamate import (amalgamate, block_subset, branch_logits, entangled_predictions, epochs_per_block,
-                              filtered_loss, init_student, make_filters, run, soft_targets, split_pool, task_losses)
+                              filtered_loss, init_student, make_filters, soft_targets, split_pool, task_losses)
+from kalib.runs import run
 from kalib.checkpoints import save_model
 from kalib.data import Benchmark, BenchmarkSpec
 from kalib.filters import task_plan

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kalib.amalgamate import run
+from kalib.runs import run
 from kalib.checkpoints import load_state
 from kalib.data.embedded import generate, labels_from_objects
 from kalib.presets import get_preset

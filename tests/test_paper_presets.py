@@ -12,7 +12,7 @@ import torchvision
 from fake_trees import cycling_coco_annotations, cycling_voc_split, write_coco, write_voc
 
 import kalib.data.paper as paper
-from kalib.amalgamate import run
+from kalib.runs import run
 from kalib.checkpoints import load_model, read_meta
 from kalib.data import (COCO_CLASSES, VOC_CLASSES, DataRootError, GenericStageError, PaperBenchmark, PaperSpec,
                         load_dataset, seeded_split)
@@ -266,7 +266,7 @@ def test_paper_backbones_train_teachers_on_a_fake_voc_tree(tmp_path, one_thread)
 
 def test_paper_voc07_end_to_end_on_a_fake_tree(tmp_path, one_thread):
     """paper-voc07 (a width-8 network instead of ResNet-50, 32 px): the 10/10 teachers, then the whole of
-    Alg. 1 with C = A through amalgamate.run."""
+    Alg. 1 with C = A through kalib.runs.run."""
     preset = dataclasses.replace(tiny("paper-voc07"), **TINY_NET)
     bench = load_dataset(preset, voc_tree(tmp_path / "data"), workers=0, log=lambda s: None)
     paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers")

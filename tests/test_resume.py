@@ -19,7 +19,7 @@ from torch import nn
 
 import kalib.amalgamate
 import kalib.teachers
-from kalib.amalgamate import run
+from kalib.runs import run
 from kalib.branch import load_target
 from kalib.checkpoints import CheckpointError, ConfigMismatchError, load_state
 from kalib.cli import main
@@ -345,7 +345,7 @@ def test_a_finished_run_is_returned_as_it_is_and_side_runs_skip_the_branch_curve
                                                                                    smoke_target, tmp_path, one_thread):
     import shutil
 
-    from kalib.amalgamate import run
+    from kalib.runs import run
     from kalib.presets import get_preset
     out_dir, record = smoke_target
     copy_dir = tmp_path / "run"

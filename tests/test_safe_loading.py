@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from kalib.amalgamate import Amalgamation, BlockStore
+from kalib.amalgamate import Amalgamation
+from kalib.runstate import BlockStore
 from kalib.branch import assemble, load_target, save_target
 from kalib.checkpoints import CheckpointError, load_model, load_state, save_model
 from kalib.cli import main

@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 from ..progress import progress_bar
 
-from .sources import DIGIT_NAMES, FASHION_NAMES, check_fashion_dir, load_fashion_mnist, load_mnist_digits
+from .sources import (DIGIT_NAMES, FASHION_NAMES, cache_dir, check_fashion_dir, load_fashion_mnist,
+                      load_mnist_digits)
 
 LABEL_NAMES: tuple[str, ...] = FASHION_NAMES + DIGIT_NAMES
 FORMAT_VERSION = 3      # 3: the validation split
@@ -89,16 +90,6 @@ class Benchmark:
     def label_indices(self, names) -> list[int]:
         from .groups import resolve_tasks
         return resolve_tasks(names, self.label_names)
-
-
-def cache_dir() -> Path:
-    """``$KALIB_CACHE``, else ``.cache/kalib`` in a source checkout, else ``~/.cache/kalib``."""
-    if os.environ.get("KALIB_CACHE"):
-        return Path(os.environ["KALIB_CACHE"])
-    root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file():
-        return root / ".cache" / "kalib"
-    return Path.home() / ".cache" / "kalib"
 
 
 class GlyphBank:

@@ -3,7 +3,7 @@
 :func:`load_dataset` gives, for any preset, an object with the interface of the embedded
 :class:`~kalib.data.Benchmark` (``train_images``/``pool_images``/``test_images`` as uint8 ``(N, 3, S, S)``
 tensors, float ``train_labels``/``test_labels``, ``label_names``, ``label_indices``, ``spec.key()``), so
-:func:`kalib.teachers.pretrain` and :func:`kalib.amalgamate.run` run unchanged on the real datasets.
+:func:`kalib.teachers.pretrain` and :func:`kalib.runs.run` run unchanged on the real datasets.
 
 Splits (paper §4.1: "We use the training set for pre-training the teachers. For TargetNet, we use the
 unlabeled images"):
@@ -16,7 +16,7 @@ paper-voc12 VOC2012 train (5,717)     the same images, unlabeled   VOC2012 val (
 paper-coco  COCO train2014 (82,783)   the same images, unlabeled   COCO val2014 (40,504)
 =========== ======================== ============================ ====================
 
-``pool_images`` *is* ``train_images`` (one array, no copy); :func:`kalib.amalgamate.run` never reads a
+``pool_images`` *is* ``train_images`` (one array, no copy); :func:`kalib.runs.run` never reads a
 label. VOC2012's test labels are not public (the paper's Table 2 used the evaluation server), so
 paper-voc12 tests on val; COCO tests on val2014, as the paper does.
 

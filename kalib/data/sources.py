@@ -54,8 +54,17 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def cache_dir() -> Path:
+    """``$KALIB_CACHE``, else ``.cache/kalib`` in a source checkout, else ``~/.cache/kalib``."""
+    if os.environ.get("KALIB_CACHE"):
+        return Path(os.environ["KALIB_CACHE"])
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():
+        return root / ".cache" / "kalib"
+    return Path.home() / ".cache" / "kalib"
+
+
 def _download_dir() -> Path:
-    from .embedded import cache_dir
     return cache_dir() / "downloads"
 
 

@@ -179,7 +179,7 @@ def prepare_generic(out_dir: str | Path, arch: str, label_names: Sequence[str], 
     preset: ImageNet weights (``init="imagenet"``) or a seeded random init (``init="random"``).
 
     :func:`kalib.teachers.pretrain` then re-uses it instead of training a generic stage, and
-    :func:`kalib.amalgamate.run` starts the student from it (``--init generic``). An existing file made with
+    :func:`kalib.runs.run` starts the student from it (``--init generic``). An existing file made with
     the same ``init`` is kept; one made with another raises ``FileExistsError``."""
     from ..checkpoints import read_meta, save_model
     if init not in INITS:

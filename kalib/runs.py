@@ -1,0 +1,247 @@
+"""The whole amalgamation run behind ``python -m kalib amalgamate``: Alg. 1 from the
+teacher checkpoints to the fine-tuned TargetNet and its evaluation, with the teachers' soft targets
+cached once per teacher set, block-wise training resumable per block and per epoch, fine-tuning
+resumable per epoch, and the run record ``run.json`` (Fig. 3 curves, Table 1 APs, seconds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .amalgamate import Amalgamation, amalgamate, branch_logits, freeze, soft_targets
+from .augment import BatchAugment
+from .branch import (assemble, branch_points, count_parameters, forced_branch_points, save_target,
+                     tolerant_branch_points)
+from .checkpoints import _atomic_write, load_model, read_meta
+from .config import digest, file_digest
+from .device import as_device
+from .filters import TaskPlan, select_tasks, task_plan
+from .finetune import finetune, heldout_loss
+from .metrics import ap_voc07
+from .parallel import run_parallel
+from .pool import block_subset, split_pool
+from .runstate import BlockStore, cached_tensor, check_teachers, teacher_files
+from .student import init_student, make_filters
+from .train import predict
+
+
+def _peak_rss_mb() -> int | None:
+    """Peak resident memory of this process in MiB (Linux reports KiB; None where unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    ap = ap_voc07(scores.numpy(), targets.numpy())
+    out = {n: round(float(a), 3) for n, a in zip(names, ap)}
+    out["mAP"] = round(float(np.nanmean(ap)), 3)
+    return out
+
+
+def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
+        tasks=None, init: str | None = None, branch_at: str | None = None, evaluate: bool = True,
+        branch_curves: bool = True, seed: int | None = None, log: Callable[[str], None] = print,
+        device=None, restart: bool = False, eval_split: str = "test") -> dict:
+    """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
+    training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
+    -> TargetNet (Eq. 10) -> fine-tuning. The student starts as ``init`` (:func:`init_student`; default
+    ``preset.student_init``). Branch-out follows ``preset.branch_tolerance``
+    (:func:`~kalib.branch.tolerant_branch_points`; 0 is Eq. 9); where that rule differs from Eq. 9, the
+    record's ``eq9`` entry holds the paper's own TargetNet, fine-tuned the same way. Training reads only
+    ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
+    the ``eval_split`` (``test``, or ``val`` when choosing settings) gives the APs of teachers and TargetNet,
+    and with ``branch_curves`` also the Fig. 3 curves (AP at every branch-out block). Writes
+    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record. A finished run of
+    the same settings is returned as it is, not run again.
+
+    Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
+    ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
+    :class:`~kalib.checkpoints.ConfigMismatchError` unless ``restart``, which deletes ``out_dir/blocks``
+    first. ``device``: where the networks run (default CPU).
+    """
+    seed = preset.seed if seed is None else seed
+    init = preset.student_init if init is None else init
+    device = as_device(device)
+    out_dir = Path(out_dir)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    arch, paths, generic_path = teacher_files(preset, teachers_dir, teacher_set)
+    metas = [read_meta(p) for p in paths]
+    generic_meta = read_meta(generic_path) if init == "generic" and generic_path.is_file() else None
+    check_teachers(paths, metas, arch, bench.label_names, generic_path, generic_meta)
+    loaded = [load_model(p) for p in paths]
+    teachers = freeze([m for m, _ in loaded], device)
+    labels = [meta["labels"] for _, meta in loaded]
+    plan = task_plan(tasks, labels)
+    eval_images, eval_y = _eval_split(bench, eval_split, plan) if evaluate else (None, None)   # before any work
+    generic = None
+    if init == "generic":
+        if not generic_path.is_file():
+            raise FileNotFoundError(f"{generic_path} (the generic backbone the teachers started from) is "
+                                    "missing; use --init random or teacher1, or rerun pretrain")
+        generic = load_model(generic_path)[0]
+    student = init_student(init, teachers, generic, seed)
+    # an unknown --branch-at is refused here, before any work
+    forced = forced_branch_points(student, branch_at, len(plan.tasks)) if branch_at is not None else None
+    pool = bench.pool_images[:preset.pool_images or None]
+    cache_dtype = getattr(torch, preset.amalgamation_cache)
+    settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
+                "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
+                "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.block),
+                "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
+                **({"block_epochs": list(preset.block_epochs)} if preset.block_epochs else {}),
+                "reduction": preset.filter_reduction, **({"augment": True} if preset.augment else {})}
+    augment = BatchAugment(seed) if preset.augment else None
+    store = BlockStore(out_dir, digest(settings))
+    store.prepare(settings, restart, log)
+    run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                      preset.finetune_freeze_bn, evaluate, branch_curves, preset.branch_tolerance, eval_split])
+    finished = out_dir / "run.json"
+    if finished.is_file() and (out_dir / "targetnet.pt").is_file():
+        record = json.loads(finished.read_text())
+        if record.get("run_key") == run_key:
+            log(f"re-using the finished run in {out_dir}")
+            return record
+    times["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    # the teachers' logits for every label on the pool, computed once per teacher set and pool and shared by
+    # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
+    every = task_plan(None, labels)
+    soft_key = digest([settings["data"], settings["pool"], settings["teachers"]])
+    soft = cached_tensor(Path(teachers_dir) / "soft-targets" / f"{soft_key}.pt",
+                         lambda: soft_targets(teachers, pool, every, device=device))
+    soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
+    times["teacher_targets"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)             # the filters' initial weights: the same in every run of this seed
+    filters = make_filters(student, teachers, preset.filter_reduction)
+    result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
+    done = store.last_finished(student.num_blocks)
+    if done:
+        store.load(done, result)
+        log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
+    result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
+                        heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
+                        start_block=done + 1, previous=result, cache_dtype=cache_dtype,
+                        on_block_end=store.save, log=log, device=device, state_dir=store.dir,
+                        fingerprint=store.fingerprint, augment=augment, block_epochs=preset.block_epochs)
+    times["blocks"] = time.perf_counter() - t0
+    names = student.block_names
+
+    chosen = branch_points(result.losses)
+    points = tolerant_branch_points(result.losses, preset.branch_tolerance) if forced is None else forced
+    record = {
+        "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
+        "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
+        "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
+        "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
+                 "images_per_block": preset.block_images, "block_epochs": list(preset.block_epochs)},
+        "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
+                           for i, t in enumerate(plan.tasks)},
+        "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
+        "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
+        "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
+        "branch_at": branch_at, "branch_tolerance": preset.branch_tolerance, "evaluated_on": eval_split,
+        "pairs": {name: list(pair) for name, pair in preset.pairs.items()
+                  if teacher_set != "3" and all(t in plan.tasks for t in pair)},
+    }
+    # the TargetNet of the preset's rule, and where that is not Eq. 9 the paper's own as a second row
+    variants = {"target": points}
+    if points != chosen and branch_at is None:
+        variants["eq9"] = chosen
+    keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                          preset.finetune_freeze_bn]) for name, pts in variants.items()}
+    partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
+    for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
+        if stale not in partials.values():
+            stale.unlink(missing_ok=True)
+    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
+    ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
+    teachers_params = sum(count_parameters(t) for t in teachers)
+
+    def assemble_and_finetune(name: str) -> tuple[dict, float]:
+        """One TargetNet: Eq. 10 for the variant's branch blocks, Alg. 1 line 14, evaluation; saved as
+        ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``."""
+        t0 = time.perf_counter()
+        pts = variants[name]
+        target = assemble(student, filters, teachers, plan, pts)
+        pre_finetune = predict(target, eval_images, device=device) if evaluate else None
+        held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
+        losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
+                          freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partials[name],
+                          fingerprint=keys[name], augment=augment, teachers=teachers, plan=plan)
+        held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
+        entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
+                 "params": {"targetnet": count_parameters(target), "teachers": teachers_params,
+                            "branches": target.branch_names},
+                 "finetune_loss": [round(v, 5) for v in losses],
+                 "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
+                                  "after_finetune": round(float(held_after.mean()), 5)}}
+        if evaluate:
+            entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, eval_y)
+            entry["target_ap"] = _ap_dict(plan.tasks, predict(target, eval_images, device=device), eval_y)
+        save_target(out_dir / ("targetnet.pt" if name == "target" else f"targetnet-{name}.pt"), target,
+                    role="targetnet", preset=preset.name, init=init, teacher_set=teacher_set,
+                    data=bench.spec.key(), **({f"{eval_split}_ap": entry["target_ap"]} if evaluate else {}))
+        return entry, time.perf_counter() - t0
+
+    for name, (entry, seconds) in zip(variants, run_parallel([lambda n=n: assemble_and_finetune(n) for n in variants],
+                                                             device=device)):
+        times["finetune" if name == "target" else f"finetune_{name}"] = seconds
+        if name == "target":
+            record.update(entry)
+        else:
+            record[name] = entry
+
+    if evaluate:
+        t0 = time.perf_counter()
+        if branch_curves:
+            curves = branch_logits(student, filters, teachers, plan, eval_images, device=device)
+            branch_ap = np.stack([ap_voc07(c.numpy(), eval_y.numpy()) for c in curves])   # (B, |C|)
+            record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
+                                   for i, t in enumerate(plan.tasks)}
+            record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
+            record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
+                                   for s, k in student.stage_ends.items()}
+            times["branch_curves"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        teacher_scores = torch.empty(len(eval_images), len(plan.tasks))
+        for n in plan.active_teachers:
+            teacher_scores[:, plan.per_teacher[n]] = select_tasks(
+                predict(teachers[n], eval_images, device=device), plan.local_per_teacher[n])
+        record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, eval_y)
+        times["evaluation"] = time.perf_counter() - t0
+        if log:
+            log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
+                f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
+                f"after fine-tuning ({eval_split} split)")
+    times["total"] = sum(times.values())
+    record["peak_rss_mb"] = _peak_rss_mb()
+    record["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
+    _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    for partial in partials.values():
+        partial.unlink(missing_ok=True)
+    return record
+
+
+def _eval_split(bench, split: str, plan: TaskPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels (tasks of C) of the split a run is evaluated on: ``test`` (reported numbers) or
+    ``val`` (choosing settings)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"unknown evaluation split '{split}'; valid: test, val")
+    images, labels = getattr(bench, f"{split}_images", None), getattr(bench, f"{split}_labels", None)
+    if images is None or labels is None:
+        raise ValueError(f"this dataset has no '{split}' split; evaluate on 'test'")
+    return images, labels[:, bench.label_indices(plan.tasks)]

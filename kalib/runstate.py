@@ -1,0 +1,133 @@
+"""The files of an amalgamation run (:mod:`kalib.runs`): the teacher checkpoints it reads and checks, and
+the per-block state in ``OUT/blocks`` that lets an interrupted run resume after its last finished block."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .amalgamate import Amalgamation
+from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, load_state
+from .config import changed_keys
+
+
+def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> tuple[str, list[Path], Path]:
+    """(arch, teacher checkpoint paths, generic checkpoint path) of a teacher set in ``teachers_dir``."""
+    groups, arch, _ = preset.teacher_set(teacher_set)
+    d = Path(teachers_dir)
+    paths = [d / f"teacher{len(groups)}-{arch}-{n}.pt" for n in range(1, len(groups) + 1)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no teacher checkpoints {', '.join(missing)} in {d}; run "
+                                f"`python -m kalib pretrain --preset {preset.name} --out {d} "
+                                f"--teacher-sets {teacher_set}` first")
+    return arch, paths, d / f"generic-{arch}.pt"
+
+
+def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, label_names: Sequence[str],
+                   generic_path: Path | None = None, generic_meta: dict | None = None) -> None:
+    """Refuse teachers that cannot be amalgamated together, with a one-line reason: another architecture
+    than the teacher set's (or than each other's), a checkpoint that is not a teacher, labels the dataset
+    does not have, or a generic backbone of another architecture."""
+    for path, meta in zip(paths, metas):
+        role = meta.get("role", "teacher")
+        if role != "teacher":
+            raise CheckpointError(f"{path} is a {role} checkpoint, not a teacher")
+        got = meta.get("config", {}).get("arch")
+        if got != arch:
+            raise CheckpointError(f"teachers of different architectures: {path} is {got}, the teacher set needs "
+                                  f"{arch} (amalgamation needs teachers of one architecture); rerun pretrain")
+        unknown = [n for n in meta.get("labels", []) if n not in label_names]
+        if unknown:
+            raise CheckpointError(f"{path} is a teacher for labels {unknown} that the dataset does not have; "
+                                  "use teachers pretrained on this preset's data")
+    if generic_meta is not None and generic_meta.get("config", {}).get("arch") != arch:
+        raise CheckpointError(f"{generic_path} is a {generic_meta.get('config', {}).get('arch')} network, "
+                              f"not the {arch} the teachers started from; rerun pretrain or use --init random")
+
+
+class BlockStore:
+    """Per-block student + filter state in ``DIR/blocks/``, so a rerun resumes after the last finished
+    block. A block counts only when its JSON (written after its weights) carries this run's fingerprint.
+    ``blocks/config.json`` holds the fingerprint and the settings behind it; ``blockKK.partial.pt`` and
+    ``finetune-*.partial.pt`` the per-epoch state of the unit in progress."""
+
+    def __init__(self, out_dir: Path, fingerprint: str):
+        self.dir = Path(out_dir) / "blocks"
+        self.fingerprint = fingerprint
+
+    def prepare(self, settings: dict, restart: bool = False, log: Callable[[str], None] | None = None) -> None:
+        """Check that the saved state belongs to ``settings`` (:class:`ConfigMismatchError` naming the
+        changed settings otherwise) and record them; ``restart`` first deletes this directory, and only
+        it (teachers and other runs are never touched)."""
+        config = self.dir / "config.json"
+        if restart and self.dir.exists():
+            shutil.rmtree(self.dir)
+            if log:
+                log(f"--restart: removed {self.dir}")
+        if config.is_file():
+            try:
+                old = json.loads(config.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old.get("fingerprint") != self.fingerprint:
+                changed = changed_keys(old.get("settings", {}), json.loads(json.dumps(settings)))
+                raise ConfigMismatchError(
+                    f"{self.dir} holds the block states of another configuration (changed: "
+                    f"{', '.join(changed) or 'unknown'}); rerun with --restart to discard them and start "
+                    "over, or choose another --out directory")
+        else:
+            info = {"fingerprint": self.fingerprint, "settings": settings}
+            _atomic_write(config, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
+        for stale in self.dir.glob(".*.tmp*"):     # temporary files of a killed run
+            stale.unlink(missing_ok=True)
+
+    def _json(self, k: int) -> Path:
+        return self.dir / f"block{k:02d}.json"
+
+    def save(self, k: int, result: Amalgamation) -> None:
+        state = {"student": result.student.state_dict(), "filters": result.filters.state_dict()}
+        _atomic_write(self.dir / f"block{k:02d}.pt", lambda p: torch.save(state, p))
+        info = {"fingerprint": self.fingerprint, "block": k, "losses": result.losses[:k].tolist(),
+                "train_loss": result.train_loss[:k], "seconds": result.seconds[:k]}
+        _atomic_write(self._json(k), lambda p: p.write_text(json.dumps(info)))
+
+    def last_finished(self, num_blocks: int) -> int:
+        done = 0
+        for k in range(1, num_blocks + 1):
+            try:
+                info = json.loads(self._json(k).read_text())
+            except (OSError, json.JSONDecodeError):
+                break
+            if info.get("fingerprint") != self.fingerprint:
+                break
+            done = k
+        return done
+
+    def load(self, k: int, result: Amalgamation) -> Amalgamation:
+        state = load_state(self.dir / f"block{k:02d}.pt")
+        result.student.load_state_dict(state["student"])
+        result.filters.load_state_dict(state["filters"])
+        info = json.loads(self._json(k).read_text())
+        result.losses[:k] = np.asarray(info["losses"])
+        result.train_loss, result.seconds = info["train_loss"], info["seconds"]
+        return result
+
+
+def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor saved at ``path``, or ``compute()`` saved there (atomically) when the file is missing or
+    unreadable."""
+    if path.is_file():
+        try:
+            return load_state(path)
+        except Exception:
+            pass
+    value = compute()
+    _atomic_write(path, lambda p: torch.save(value, p))
+    return value
+
