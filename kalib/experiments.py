@@ -16,16 +16,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .branch import load_target
+from .baseline_runs import ensemble_run, kd_run, supervised_run
+from .baselines import TeacherEnsemble
+from .branch import assemble, forced_branch_points, load_target
 from .checkpoints import load_model, load_state
 from .data import BenchmarkSpec, load_benchmark, load_dataset
 from .filters import task_plan
 from .parallel import run_parallel
 from .presets import TEACHER_SETS, Preset
+from .results import deep_row
 from .runs import run
 from .runstate import teacher_files
 from .student import freeze, init_student, make_filters
@@ -142,20 +146,55 @@ def ensure_fig3(preset: Preset, bench, out_dir: str | Path, seed: int | None = N
     return dict(zip(preset.pairs, records))
 
 
+def baselines_dir(out_dir: str | Path, variant: str = "table1") -> Path:
+    return Path(out_dir) / variant / "baselines"
+
+
+def baseline_jobs(preset: Preset, bench, out_dir: str | Path, variant: str = "table1", seed: int | None = None,
+                  log=print, device=None) -> dict[str, Callable[[], dict]]:
+    """The KD and Supervised baselines of one table (:mod:`kalib.baseline_runs`) as independent jobs; their
+    teachers must exist. Table 2's supervised network starts from Table 1's (as its teachers do)."""
+    seed = preset.seed if seed is None else seed
+    run_preset = for_run(preset, variant, "2")
+    tdir, bdir = teachers_dir(out_dir, variant), baselines_dir(out_dir, variant)
+    warm = baselines_dir(out_dir, "table1") / "Supervised.pt" if variant != "table1" else None
+    return {"KD": lambda: kd_run(run_preset, bench, tdir, bdir, seed, device, log),
+            "Supervised": lambda: supervised_run(run_preset, bench, tdir, bdir, seed, device, log, warm_start=warm)}
+
+
+def ensure_baselines(preset: Preset, bench, out_dir: str | Path, variant: str = "table1", seed: int | None = None,
+                     log=print, device=None) -> dict[str, dict]:
+    """Teachers, then the rows ``KD``, ``Supervised`` (trained side by side, or re-used) and ``Ensemble`` of one
+    table: row -> record with ``test_ap`` and ``val_ap``."""
+    ensure_teachers(preset, bench, out_dir, variant, "2", seed, log, device)
+    jobs = baseline_jobs(preset, bench, out_dir, variant, seed, log, device)
+    records = dict(zip(jobs, run_parallel(list(jobs.values()), device=device)))
+    records["Ensemble"] = ensemble_run(for_run(preset, variant, "2"), bench, teachers_dir(out_dir, variant), device)
+    return records
+
+
 def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int | None = None, log=print,
                   device=None) -> dict[tuple[str, str], dict]:
-    """Every run of Tables 1 and 2: (variant, teacher set) -> run record. The main run first (it is
-    notebook 02's), then Table 1's side runs side by side, then Table 2's (its teachers start from Table 1's);
-    independent runs share the CPU cores (:func:`kalib.parallel.run_parallel`)."""
+    """Every run of Tables 1 and 2: (variant, teacher set) -> amalgamation run record, and (variant, row) ->
+    baseline record for the rows ``KD``, ``Supervised`` and ``Ensemble``. The main run first (it is notebook
+    02's), then Table 1's side runs and baselines side by side, then Table 2's (its teachers start from
+    Table 1's); independent runs share the CPU cores (:func:`kalib.parallel.run_parallel`)."""
     runs = {("table1", "2"): ensure_amalgamation(preset, benches["table1"], out_dir, "table1", "2", seed, log, device)}
     for variant in variants(preset):
         todo = [(variant, s) for s in TEACHER_SETS if (variant, s) not in runs]
         jobs = [lambda v=v, s=s: ensure_amalgamation(preset, benches[v], out_dir, v, s, seed, log, device)
                 for v, s in todo]
+        ensure_teachers(preset, benches[variant], out_dir, variant, "2", seed, log, device)
+        for row, job in baseline_jobs(preset, benches[variant], out_dir, variant, seed, log, device).items():
+            todo.append((variant, row))
+            jobs.append(job)
         records = run_parallel(jobs, device=device, on_done=lambda i, r: log(
-            f"{todo[i][0]} {ROW_OF_SET[todo[i][1]]}: TargetNet {r['target_ap']['mAP']:.1f} mAP, teachers "
-            f"{r['teacher_ap']['mAP']:.1f}"))
+            f"{todo[i][0]} {ROW_OF_SET.get(todo[i][1], todo[i][1])}: " + (
+                f"TargetNet {r['target_ap']['mAP']:.1f} mAP, teachers {r['teacher_ap']['mAP']:.1f}"
+                if "target_ap" in r else f"{r['test_ap']['mAP']:.1f} mAP")))
         runs.update(zip(todo, records))
+        runs[variant, "Ensemble"] = ensemble_run(for_run(preset, variant, "2"), benches[variant],
+                                                 teachers_dir(out_dir, variant), device)
     return runs
 
 
@@ -195,3 +234,31 @@ def target_scores(out_dir: str | Path, images: torch.Tensor, variant: str = "tab
     """Logits of the fine-tuned TargetNet of a finished run on ``images`` and its task names."""
     net, meta = load_target(run_dir(out_dir, variant, teacher_set) / "targetnet.pt")
     return predict(net, images, device=device), list(net.tasks)
+
+
+def row_networks(preset: Preset, out_dir: str | Path) -> dict[str, torch.nn.Module]:
+    """The network behind every row of Table 1 that has one, for :func:`kalib.efficiency.efficiency`: each
+    teacher, the Ensemble, KD, Supervised, Target b1…b4 (every task branching at the end of stage k, Eq. 10),
+    the Eq. 9 Target (and kalib's tolerance TargetNet where the preset has one), Target-3 and
+    TargetDenseNet. Rows whose runs are missing are left out."""
+    student, filters, teachers, plan = load_trained(preset, out_dir)
+    nets = {f"Teacher {n}": t for n, t in enumerate(teachers, start=1)}
+    nets["Ensemble"] = TeacherEnsemble(teachers, plan)
+    for row in ("KD", "Supervised"):
+        path = baselines_dir(out_dir) / f"{row}.pt"
+        if path.is_file():
+            nets[row] = load_model(path)[0]
+    for stage in student.stage_ends:
+        nets[f"Target {stage}"] = assemble(student, filters, teachers, plan,
+                                           forced_branch_points(student, stage, len(plan.tasks)))
+    main = run_dir(out_dir)
+    if (main / "targetnet-eq9.pt").is_file():
+        nets["Target"] = load_target(main / "targetnet-eq9.pt")[0]
+        nets[deep_row(load_run(out_dir))] = load_target(main / "targetnet.pt")[0]
+    else:
+        nets["Target"] = load_target(main / "targetnet.pt")[0]
+    for teacher_set in ("3", "dense"):
+        path = run_dir(out_dir, "table1", teacher_set) / "targetnet.pt"
+        if path.is_file():
+            nets[ROW_OF_SET[teacher_set]] = load_target(path)[0]
+    return nets

@@ -46,6 +46,9 @@ class Preset:
     finetune: Schedule = Schedule(epochs=1, lr=0.01, batch_size=32, weight_decay=5e-4)
     finetune_images: int = 0                # pool images for fine-tuning (0 = the whole training part)
     finetune_freeze_bn: bool = True         # keep BatchNorm statistics (the teachers') while fine-tuning
+    # the KD baseline (kalib.baselines): the student trained end to end against the teachers' soft targets;
+    # epochs 0 = as many image passes as block-wise training and fine-tuning together (kd_epochs)
+    kd: Schedule = Schedule(epochs=0, lr=0.1, batch_size=64, weight_decay=5e-4)
     filter_reduction: int = 4               # Eq. 4 filter: hidden width = channels / reduction
     # branch-out: 0 is Eq. 9 (argmin of L_i^k); > 0 (beyond the paper) takes the deepest block whose loss is
     # within this many nats of the minimum (kalib.branch.tolerant_branch_points), and Table 1 then shows

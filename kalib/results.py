@@ -5,7 +5,8 @@ Row names follow the paper (Tab. 1): ``Teacher``, ``Target b1`` … ``Target b4`
 out at the end of stage k, AP measured during block-wise training, i.e. before fine-tuning, as in the
 paper), ``Target`` (Eq. 9 branch-out, fine-tuned), ``Target (tolerance t)`` (kalib's deeper branch-out
 where the preset names one, fine-tuned), ``Target-3`` (three teachers), ``TargetDenseNet``.
-``Teacher-3`` and ``TeacherDenseNet`` give the teachers those two rows learned from.
+``Teacher-3`` and ``TeacherDenseNet`` give the teachers those two rows learned from. Beyond the paper,
+the baselines ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.baselines`).
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ def _ap_row(values: dict, labels) -> dict:
     return row
 
 
-def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = None) -> dict[str, dict]:
+def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = None,
+               baselines: dict | None = None) -> dict[str, dict]:
     """Rows of Table 1 (or 2): row name -> {label: AP (%), ..., "mAP": mean}.
 
     ``run2`` is the two-teacher C = A run; ``run3`` and ``run_dense`` (optional) add Target-3 and
-    TargetDenseNet with the teachers they learned from."""
+    TargetDenseNet with the teachers they learned from; ``baselines`` (optional, row -> record with
+    ``test_ap``) adds the rows ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.baselines`)."""
     labels = run2["tasks"]
     rows = {"Teacher": _ap_row(run2["teacher_ap"], labels)}
+    for name, record in (baselines or {}).items():
+        rows[name] = _ap_row(record["test_ap"], labels)
     for stage, block in stage_end_blocks(run2["blocks"]).items():
         rows[f"Target {stage}"] = _ap_row({t: run2["branch_ap"][t][block] for t in labels}, labels)
     if "eq9" in run2:     # the preset branches out by a loss tolerance: the paper's Eq. 9 TargetNet first
@@ -114,15 +119,33 @@ def table_frame(rows: dict[str, dict], labels=None, paper: dict | None = None) -
     return frame
 
 
-def write_table(frame: pd.DataFrame, path_stem: str | Path, title: str = "") -> tuple[Path, Path]:
-    """``<stem>.csv`` and ``<stem>.md`` (a pipe table; missing values as blanks)."""
+def efficiency_frame(efficiency: dict[str, dict], rows: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The efficiency table: per network its mAP (from ``rows`` where the row has one), parameters and MACs
+    (also relative to the Ensemble, the teachers the TargetNet replaces), CPU latency of one image and time
+    per image in a batch."""
+    base = efficiency.get("Ensemble")
+    frame = pd.DataFrame({
+        name: {"mAP": (rows or {}).get(name, {}).get("mAP", np.nan), "parameters": e["params"],
+               "x Ensemble params": e["params"] / base["params"] if base else np.nan,
+               "MMACs / image": e["macs"] / 1e6, "x Ensemble MACs": e["macs"] / base["macs"] if base else np.nan,
+               "latency ms (batch 1)": e["latency_ms"], "ms / image (batch 64)": e["ms_per_image"]}
+        for name, e in efficiency.items()}).T
+    frame["parameters"] = frame["parameters"].astype(int)
+    return frame.round({"mAP": 1, "x Ensemble params": 2, "MMACs / image": 1, "x Ensemble MACs": 2,
+                        "latency ms (batch 1)": 2, "ms / image (batch 64)": 3})
+
+
+def write_table(frame: pd.DataFrame, path_stem: str | Path, title: str = "",
+                decimals: bool = True) -> tuple[Path, Path]:
+    """``<stem>.csv`` and ``<stem>.md`` (a pipe table; missing values as blanks): numbers with one decimal,
+    or as they are (``decimals=False``, for a frame already rounded column by column)."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    frame.to_csv(csv_path, float_format="%.1f")
+    frame.to_csv(csv_path, float_format="%.1f" if decimals else None)
     header = f"{title}\n\n" if title else ""
     cells = frame.astype(object).where(frame.notna(), None)
-    md_path.write_text(header + cells.to_markdown(floatfmt=".1f", missingval="") + "\n")
+    md_path.write_text(header + cells.to_markdown(floatfmt=".1f" if decimals else "g", missingval="") + "\n")
     return csv_path, md_path
 
 

@@ -1,0 +1,125 @@
+"""The baseline runs of Tables 1 and 2 (:mod:`kalib.baselines`) on disk: trained once, checkpointed per
+epoch, re-used while their settings and inputs are unchanged. Each writes ``DIR/<row>.pt`` (+ JSON with its
+settings key, schedule, seconds and APs on the validation and test splits).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .amalgamate import freeze, init_student, soft_targets
+from .baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
+from .checkpoints import CheckpointError, load_model, read_meta, save_model
+from .config import digest, file_digest
+from .filters import task_plan
+from .pool import split_pool
+from .runstate import cached_tensor, teacher_files
+from .teachers import evaluate
+
+
+def _teachers(preset, teachers_dir: Path):
+    """The frozen teachers of the two-teacher set, the plan of C = A, their paths and the generic start's."""
+    _, paths, generic_path = teacher_files(preset, teachers_dir, "2")
+    loaded = [load_model(p) for p in paths]
+    teachers = freeze([m for m, _ in loaded])
+    plan = task_plan(None, [meta["labels"] for _, meta in loaded])
+    return teachers, plan, paths, generic_path
+
+
+def _finished(path: Path, key: str) -> dict | None:
+    """The record of a finished baseline at ``path`` with settings ``key`` whose weights load; else None."""
+    try:
+        meta = read_meta(path)
+        if meta.get("key") != key:
+            return None
+        load_model(path)
+    except CheckpointError:
+        return None
+    return meta["record"]
+
+
+def _evaluated(model, bench, tasks, device) -> dict:
+    idx = bench.label_indices(tasks)
+    out = {"test_ap": evaluate(model, bench.test_images, bench.test_labels[:, idx], tasks, device)}
+    if getattr(bench, "val_images", None) is not None:
+        out["val_ap"] = evaluate(model, bench.val_images, bench.val_labels[:, idx], tasks, device)
+    return out
+
+
+def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable[..., list], bench, tasks,
+                    device, log) -> dict:
+    done = _finished(path, key)
+    if done is not None:
+        log(f"re-using {path}")
+        return done
+    t0 = time.perf_counter()
+    history = train(checkpoint=path.with_suffix(".partial.pt"), fingerprint=key, device=device)
+    record = {**settings, "loss": [round(v, 5) for v in history], "seconds": round(time.perf_counter() - t0, 1),
+              **_evaluated(model.eval(), bench, tasks, device)}
+    save_model(path, model, role=path.stem.lower(), key=key, record=record)
+    path.with_suffix(".partial.pt").unlink(missing_ok=True)
+    return record
+
+
+def pool_soft_targets(teachers, plan, paths, bench, pool: torch.Tensor, teachers_dir: Path,
+                      device=None) -> torch.Tensor:
+    """Every teacher's logits for all its labels on ``pool`` (``plan`` is C = A), computed once per teacher
+    set, data and pool size and cached in ``teachers_dir/soft-targets`` (shared with the amalgamation runs)."""
+    key = digest([bench.spec.key(), len(pool), [file_digest(p) for p in paths]])
+    return cached_tensor(Path(teachers_dir) / "soft-targets" / f"{key}.pt",
+                         lambda: soft_targets(teachers, pool, plan, device=device))
+
+
+def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,
+           log=print) -> dict:
+    """The KD baseline (:func:`kalib.baselines.train_kd`) on the preset's amalgamation pool (its training
+    part; the held-out slice of Eq. 9 is left out as for the student), from the student's start."""
+    teachers, plan, paths, generic_path = _teachers(preset, teachers_dir)
+    pool = bench.pool_images[:preset.pool_images or None]
+    train_idx, _ = split_pool(len(pool), preset.loss_slice)
+    soft = pool_soft_targets(teachers, plan, paths, bench, pool, teachers_dir, device)[train_idx]
+    schedule = dataclasses.replace(preset.kd, epochs=kd_epochs(preset, teachers[0].num_blocks, len(train_idx)))
+    generic = load_model(generic_path)[0] if preset.student_init == "generic" else None
+    torch.manual_seed(seed)
+    student = init_student(preset.student_init, teachers, generic, seed).with_new_head(len(plan.tasks))
+    settings = {"row": "KD", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
+                "init": preset.student_init, "images": len(train_idx), "schedule": dataclasses.asdict(schedule),
+                "seed": seed, "tasks": list(plan.tasks)}
+    images = pool[train_idx]
+    return _train_and_save(Path(out_dir) / "KD.pt", digest(settings), settings, student,
+                           lambda **kw: train_kd(student, images, soft, schedule, seed, **kw), bench, plan.tasks,
+                           device, log)
+
+
+def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,
+                   log=print, warm_start: Path | None = None) -> dict:
+    """The supervised baseline (:func:`kalib.baselines.train_supervised`) on the train split's labels of every
+    task of C, from the generic start (or from ``warm_start``, Table 1's supervised network, for Table 2 as its
+    teachers start from Table 1's), for as many epochs as all teachers together."""
+    _, plan, paths, generic_path = _teachers(preset, teachers_dir)
+    start_path = warm_start or generic_path
+    torch.manual_seed(seed)
+    start = load_model(start_path)[0]
+    net = copy.deepcopy(start) if warm_start is not None else start.with_new_head(len(plan.tasks))
+    schedule = dataclasses.replace(preset.teacher, epochs=preset.teacher.epochs * len(paths))
+    settings = {"row": "Supervised", "data": bench.spec.key(), "start": file_digest(start_path),
+                "images": len(bench.train_images), "schedule": dataclasses.asdict(schedule), "seed": seed,
+                "tasks": list(plan.tasks)}
+    labels = bench.train_labels[:, bench.label_indices(plan.tasks)]
+    return _train_and_save(Path(out_dir) / "Supervised.pt", digest(settings), settings, net,
+                           lambda **kw: train_supervised(net, bench.train_images, labels, schedule, seed, **kw),
+                           bench, plan.tasks, device, log)
+
+
+def ensemble_run(preset, bench, teachers_dir: Path, device=None) -> dict:
+    """The teachers side by side, evaluated as one network (:class:`kalib.baselines.TeacherEnsemble`)."""
+    teachers, plan, _, _ = _teachers(preset, teachers_dir)
+    ensemble = TeacherEnsemble(teachers, plan)
+    return {"row": "Ensemble", **_evaluated(ensemble, bench, plan.tasks, device)}
+

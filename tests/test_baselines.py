@@ -1,0 +1,154 @@
+"""Baselines (KD, Supervised, Ensemble), the efficiency counts, and the seeds' claims."""
+
+import dataclasses
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from kalib import baseline_runs, claims, seeds
+from kalib.amalgamate import freeze
+from kalib.baselines import TeacherEnsemble, kd_epochs
+from kalib.checkpoints import load_model
+from kalib.efficiency import count_macs, efficiency
+from kalib.filters import task_plan
+from kalib.presets import get_preset
+from kalib.runstate import teacher_files
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Guarded:
+    """A benchmark whose listed attributes raise when read: proves a baseline never touches them."""
+
+    def __init__(self, bench, forbidden):
+        self._bench, self._forbidden = bench, set(forbidden)
+
+    def __getattr__(self, name):
+        if name in self._forbidden:
+            raise AssertionError(f"the baseline read bench.{name}")
+        return getattr(self._bench, name)
+
+
+def test_kd_epochs_match_the_image_passes_of_block_training_and_finetuning():
+    quick = get_preset("quick")
+    # (1+1+2+2+4+4+8+8) epochs x 7,000 images + 3 x 7,000 fine-tuning = 231,000 passes over 15,500 images
+    assert kd_epochs(quick, 8, 15500) == 15
+    assert kd_epochs(dataclasses.replace(quick, kd=dataclasses.replace(quick.kd, epochs=4)), 8, 15500) == 4
+    smoke = get_preset("smoke")      # 1 epoch per block over all 448 training images, 1 fine-tuning epoch
+    assert kd_epochs(smoke, 8, 448) == 9
+
+
+def test_kd_reads_no_labels_and_is_reused_then_retrained_when_corrupt(smoke_bench, smoke_teachers, tmp_path):
+    preset = get_preset("smoke")
+    fast = dataclasses.replace(preset, kd=dataclasses.replace(preset.kd, epochs=1))
+    bench = Guarded(smoke_bench, ["train_labels", "pool_labels", "train_images"])
+    logs = []
+    record = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
+    assert record["row"] == "KD" and record["schedule"]["epochs"] == 1 and len(record["loss"]) == 1
+    assert record["images"] == len(smoke_bench.pool_images) - preset.loss_slice
+    assert set(record["test_ap"]) == set(smoke_bench.label_names) | {"mAP"}
+    weights = (tmp_path / "KD.pt").read_bytes()
+    again = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
+    assert again == record and any("re-using" in line for line in logs)
+    assert (tmp_path / "KD.pt").read_bytes() == weights
+    (tmp_path / "KD.pt").write_bytes(weights[:100])                     # truncated: trained again
+    redone = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
+    assert redone["test_ap"] == record["test_ap"]                      # deterministic
+    load_model(tmp_path / "KD.pt")
+
+
+def test_supervised_reads_only_the_train_split(smoke_bench, smoke_teachers, tmp_path):
+    preset = get_preset("smoke")
+    bench = Guarded(smoke_bench, ["pool_images", "pool_labels"])
+    record = baseline_runs.supervised_run(preset, bench, smoke_teachers, tmp_path, seed=0, log=lambda *_: None)
+    assert record["images"] == len(smoke_bench.train_images)
+    assert record["schedule"]["epochs"] == preset.teacher.epochs * 2     # as long as both teachers together
+    net, meta = load_model(tmp_path / "Supervised.pt")
+    assert net.num_classes == len(smoke_bench.label_names) and meta["record"]["seconds"] == record["seconds"]
+
+
+def test_ensemble_is_the_teachers_side_by_side(smoke_bench, smoke_teachers, smoke_target):
+    preset = get_preset("smoke")
+    _, paths, _ = teacher_files(preset, smoke_teachers, "2")
+    loaded = [load_model(p) for p in paths]
+    teachers = freeze([m for m, _ in loaded])
+    plan = task_plan(None, [meta["labels"] for _, meta in loaded])
+    x = torch.randn(4, 3, 64, 64)
+    out = TeacherEnsemble(teachers, plan)(x)
+    by_hand = torch.cat([teachers[0](x), teachers[1](x)], dim=1)     # C = A: teacher 1's labels, then 2's
+    torch.testing.assert_close(out, by_hand)
+    record = baseline_runs.ensemble_run(preset, smoke_bench, smoke_teachers)
+    assert record["test_ap"] == pytest.approx(smoke_target[1]["teacher_ap"], abs=1e-3)
+
+
+def test_mac_count_matches_a_hand_count():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    # conv: 8*8 outputs x 4 channels x (3*3*3) weights; linear: 256 x 5
+    assert count_macs(net, image) == 8 * 8 * 4 * 27 + 256 * 5
+    rows = efficiency({"a": net, "b": nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))},
+                      image[None].repeat(4, 1, 1, 1), repeats=2)
+    assert rows["a"]["params"] == 4 * 27 + 4 + 256 * 5 + 5 and rows["b"]["macs"] == 192 * 2
+    assert all(r["latency_ms"] > 0 and r["ms_per_image"] > 0 for r in rows.values())
+
+
+def _summary(target, teacher, kd, b4, t3, matching, unrelated, related):
+    return {"rows": {"Teacher": teacher, "Target": target, "KD": kd, "Target b4": b4, "Target-3": t3},
+            "eq9_ap_best": {"tasks": 20, "matching": matching},
+            "fig3_shared_blocks": {"unrelated": unrelated, "related": related}}
+
+
+def test_claims_and_spread_on_hand_made_seeds(tmp_path):
+    per_seed = {0: _summary(87.0, 86.0, 87.5, 85.0, 88.0, 20, 3, 1),
+                1: _summary(85.0, 86.0, 84.0, 86.5, 84.0, 17, 1, 2),
+                2: _summary(86.0, 86.0, 85.0, 85.0, 86.0, 20, 2, 2)}
+    data = seeds.spread(per_seed)
+    assert data["rows"]["Target"] == {"values": [87.0, 85.0, 86.0], "mean": 86.0, "std": 1.0}
+    checked = {c["claim"].split(":")[0]: c["per_seed"] for c in claims.claims(data)}
+    holds = {name: [v["holds"] for v in verdicts.values()] for name, verdicts in checked.items()}
+    assert holds["Target ≥ Teacher (mAP)"] == [True, False, True]         # 86.0 ≥ 86.0 holds
+    assert holds["Target b4 ≥ Teacher"] == [False, True, False]
+    assert holds["Eq. 9 sends every task to the block where its AP is best"] == [True, False, True]
+    assert holds["The unrelated Fig. 3 pair shares more blocks than the related pair (Eq. 9)"] == [True, False, False]
+    assert holds["Target-3 ≥ Target"] == [True, False, True]
+    assert holds["Target ≥ KD"] == [False, True, True]
+    assert checked["Eq. 9 sends every task to the block where its AP is best"]["1"]["numbers"] == "17 of 20 tasks"
+    paths = claims.write_seed_files(data, tmp_path, "smoke")
+    text = paths[2].read_text()
+    assert "**does not hold** (85.0 vs 86.0)" in text and "| 2 of 3 |" in text
+    assert json.loads(paths[0].read_text())["rows"]["KD"]["mean"] == pytest.approx(85.5)
+    assert "| Target | 87.0 | 85.0 | 86.0 | 86.0 ± 1.0 |" in paths[1].read_text()
+
+
+def test_a_seed_changes_canvases_and_training_but_not_the_label_split():
+    quick = get_preset("quick")
+    assert seeds.seed_preset(quick, quick.seed) is quick
+    other = seeds.seed_preset(quick, 1)
+    assert other.seed == 1 and other.data.seed == 1 and other.data.key() != quick.data.key()
+    assert other.groups == quick.groups and other.pairs == quick.pairs
+    assert seeds.seed_dir("OUT", quick, 0).as_posix() == "OUT"
+    assert seeds.seed_dir("OUT", quick, 2).as_posix() == "OUT/seeds/seed-2"
+
+
+def test_every_row_network_is_measured_and_the_compact_rows_are_smaller(smoke_bench, smoke_teachers, smoke_target,
+                                                                        tmp_path):
+    from kalib import experiments, results
+    preset = get_preset("smoke")
+    (tmp_path / "table1").mkdir()
+    (tmp_path / "table1" / "teachers").symlink_to(smoke_teachers)
+    (tmp_path / "table1" / "amalgamation-2").symlink_to(smoke_target[0])
+    nets = experiments.row_networks(preset, tmp_path)
+    assert {"Teacher 1", "Teacher 2", "Ensemble", "Target b1", "Target b4", "Target"} <= set(nets)
+    assert "KD" not in nets                                  # no baseline run in this directory
+    eff = efficiency(nets, smoke_bench.test_images[:8], repeats=1)
+    assert eff["Ensemble"]["params"] == eff["Teacher 1"]["params"] + eff["Teacher 2"]["params"]
+    assert eff["Ensemble"]["macs"] == eff["Teacher 1"]["macs"] + eff["Teacher 2"]["macs"]
+    assert eff["Target b4"]["params"] < eff["Target b1"]["params"] <= eff["Ensemble"]["params"] * 1.01
+    assert eff["Target b4"]["macs"] < eff["Ensemble"]["macs"]
+    frame = results.efficiency_frame(eff, {"Target": {"mAP": 50.0}})
+    assert frame.loc["Ensemble", "x Ensemble params"] == 1.0 and frame.loc["Target", "mAP"] == 50.0
+    _, md = results.write_table(frame, tmp_path / "efficiency", "Efficiency", decimals=False)
+    assert re.search(rf"\| Ensemble +\| +\| +{eff['Ensemble']['params']} +\| +1 +\|", md.read_text())
