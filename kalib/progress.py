@@ -26,7 +26,8 @@ class _LineBar(tqdm):
 
     def close(self):
         if not self.disable:
-            self.fp.write(self.format_meter(**{**self.format_dict, "bar_format": LINE_FORMAT}) + "\n")
+            line = self.format_meter(**{**self.format_dict, "bar_format": LINE_FORMAT})
+            self.fp.write(line.replace("( ", "(") + "\n")         # tqdm pads the rate to a fixed width
             self.fp.flush()
         super().close()
 
