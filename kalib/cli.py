@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "training, branch-out, tables); resumable"),
                out_help="run directory (default runs/PRESET)", out_required=False)
     p.add_argument("--figures", type=Path, default=None,
-                   help="also copy the figures, tables and results.json into this directory (make reproduce: figures)")
+                   help="also copy the figures, tables, results.json and the lessons (HTML) into this "
+                        "directory (make reproduce: figures)")
     p.set_defaults(func=_reproduce)
     return parser
 
