@@ -67,9 +67,10 @@ def _drawn_texts(fig):
     drawn = set()
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
             if ax.axison and axis.get_visible():
-                for tick in axis._update_ticks():
-                    drawn.update({tick.label1, tick.label2})
+                drawn.update(label for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                             if lo - 1e-9 <= tick.get_loc() <= hi + 1e-9 for label in (tick.label1, tick.label2))
     texts = []
     for t in fig.findobj(Text):
         is_tick = any(t in (tick.label1, tick.label2) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
