@@ -137,3 +137,12 @@ def test_targetnet_drawing_merges_the_branches_of_one_teacher_into_one_band():
     side = "\n".join(t.get_text() for t in fig.axes[1].texts)
     assert "after b1_1:" in side and "after b2_1: coat, shirt" in side and "after b4_2: bag" in side
     plt.close(fig)
+
+
+def test_filter_weights_name_the_teachers_horizontally_and_label_the_colour_bar_briefly():
+    fig = plots.filter_weights(np.ones((3, 64)), ["teacher 1", "teacher 2", "teacher 3"], "Filters $f_n^k$")
+    heat, bar = fig.axes
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["teacher 1", "teacher 2", "teacher 3"]
+    assert all(t.get_rotation() == 0 for t in heat.get_yticklabels()), "vertical names run into each other"
+    assert bar.get_ylabel() == "$w$"
+    plt.close(fig)
