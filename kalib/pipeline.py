@@ -50,9 +50,11 @@ def render_lesson(executed: Path, html: Path, root: Path | None = None) -> None:
     nb = nbformat.read(executed, as_version=4)
     nb.metadata.pop("widgets", None)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    root = Path.cwd() if root is None else Path(root)
+    root = (Path.cwd() if root is None else Path(root)).resolve()
+    if root != root.parent:                                     # not the file system's root
+        body = body.replace(f"{root}{os.sep}", "")
     html.parent.mkdir(parents=True, exist_ok=True)
-    html.write_text(body.replace(f"{root.resolve()}{os.sep}", ""), encoding="utf-8")
+    html.write_text(body, encoding="utf-8")
 
 
 def _kernel_name() -> str:

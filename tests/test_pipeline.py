@@ -56,3 +56,14 @@ def test_a_dead_kernel_is_one_error_naming_its_log(tmp_path):
     with pytest.raises(NotebookError, match=f"a: the kernel died .*its log is {log}"):
         reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, log=lambda *_: None)
     assert not (tmp_path / "out" / "lessons" / "a.html").exists()
+
+
+def test_a_lesson_run_from_the_file_system_root_keeps_its_paths(tmp_path):
+    from kalib.pipeline import render_lesson
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"Output in {tmp_path}/out")]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    render_lesson(tmp_path / "a.ipynb", tmp_path / "a.html", root="/")
+    assert f"Output in {tmp_path}/out" in (tmp_path / "a.html").read_text()
+    render_lesson(tmp_path / "a.ipynb", tmp_path / "b.html", root=tmp_path)
+    assert "Output in out" in (tmp_path / "b.html").read_text()
