@@ -4,7 +4,7 @@ figures, the kernel's own log kept off the terminal, a dead kernel reported in o
 import nbformat
 import pytest
 
-from kalib.pipeline import NotebookError, reproduce
+from kalib.pipeline import NotebookError, render_lesson, reproduce
 
 NOISY_KERNEL = ("from ipykernel.kernelapp import IPKernelApp\n"
                 "IPKernelApp.instance().log.error('KeyboardInterrupt')   # what a shutdown's SIGINT logs")
@@ -59,7 +59,6 @@ def test_a_dead_kernel_is_one_error_naming_its_log(tmp_path):
 
 
 def test_a_lesson_run_from_the_file_system_root_keeps_its_paths(tmp_path):
-    from kalib.pipeline import render_lesson
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(f"Output in {tmp_path}/out")]
     nbformat.write(nb, tmp_path / "a.ipynb")
