@@ -61,8 +61,9 @@ def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = No
     ``test_ap``) adds the rows ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.baselines`)."""
     labels = run2["tasks"]
     rows = {"Teacher": _ap_row(run2["teacher_ap"], labels)}
-    for name, record in (baselines or {}).items():
-        rows[name] = _ap_row(record["test_ap"], labels)
+    for name in ("Ensemble", "KD", "Supervised"):
+        if name in (baselines or {}):
+            rows[name] = _ap_row(baselines[name]["test_ap"], labels)
     for stage, block in stage_end_blocks(run2["blocks"]).items():
         rows[f"Target {stage}"] = _ap_row({t: run2["branch_ap"][t][block] for t in labels}, labels)
     if "eq9" in run2:     # the preset branches out by a loss tolerance: the paper's Eq. 9 TargetNet first

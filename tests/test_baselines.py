@@ -152,3 +152,17 @@ def test_every_row_network_is_measured_and_the_compact_rows_are_smaller(smoke_be
     assert frame.loc["Ensemble", "x Ensemble params"] == 1.0 and frame.loc["Target", "mAP"] == 50.0
     _, md = results.write_table(frame, tmp_path / "efficiency", "Efficiency", decimals=False)
     assert re.search(rf"\| Ensemble +\| +\| +{eff['Ensemble']['params']} +\| +1 +\|", md.read_text())
+
+
+def test_reproduce_seeds_writes_the_spread_and_the_claims_before_the_notebooks(tmp_path, monkeypatch):
+    from kalib import cli, pipeline
+    per_seed = {0: _summary(87.0, 86.0, 87.5, 85.0, 88.0, 20, 3, 1), 1: _summary(85.0, 86.0, 84.0, 86.5, 84.0, 17, 1, 2)}
+    calls = []
+    monkeypatch.setattr(seeds, "run_seed", lambda preset, seed, out, log=print, device=None: per_seed[seed])
+    monkeypatch.setattr(pipeline, "reproduce", lambda **kw: calls.append(sorted(p.name for p in (tmp_path / "figures").iterdir())))
+    assert cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,1"]) == 0
+    assert calls == [["claims.md", "seeds.json", "seeds.md"]]
+    assert "| Target | 87.0 | 85.0 | 86.0 ± 1.4 |" in (tmp_path / "figures" / "seeds.md").read_text()
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,0"])
+    assert refused.value.code == 2
