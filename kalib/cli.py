@@ -7,7 +7,8 @@ They share option names: ``--preset``, ``--out``, ``--data-root``, ``--device``,
 
 Training resumes: a rerun of the same command continues after the last finished epoch / block; a run
 directory of other settings is refused with a message offering ``--restart``. Expected problems
-(missing data, unknown task, bad checkpoint, bad option, NaN loss) end with a one-line message and exit
+(missing data, unknown task, bad or foreign checkpoint, bad option, NaN loss, a full disk, a directory
+that cannot be written, a run directory in use by another process) end with a one-line message and exit
 code 2; ``--debug`` shows the full traceback instead. Ctrl-C ends with exit code 130.
 """
 
@@ -16,15 +17,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .amalgamate import INITS
-from .checkpoints import CheckpointError
-from .config import override
+from .checkpoints import CheckpointError, StorageError, storage_error
+from .config import check_preset, override
 from .data import MissingSourceError, UnknownTaskError
+from .locks import LockedError
 from .presets import PRESETS, TEACHER_SETS, get_preset
+from .student import INITS
 from .train import NonFiniteLossError
 
 
@@ -33,14 +36,35 @@ class CommandError(RuntimeError):
 
 
 EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFiniteLossError, CommandError,
-                   FileExistsError, FileNotFoundError, NotADirectoryError, ValueError)
+                   StorageError, LockedError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError)
 
 
 # ------------------------------------------------------------------------------------------- helpers
 
 def _preset(args):
     """The preset named by ``--preset`` with the ``--set`` overrides applied (validated)."""
-    return override(get_preset(args.preset), getattr(args, "set", None))
+    return check_preset(override(get_preset(args.preset), getattr(args, "set", None)))
+
+
+def _writable(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, a path that cannot be created or written: its nearest existing folder
+    must be a directory this process may write into."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{option} {path}: {existing} is a file, not a directory; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {path}: cannot write into {existing} (permission denied or read-only); "
+                           f"choose an {option} you can write to, or make it writable")
+
+
+def _out_dir(path: Path) -> Path:
+    """``--out`` of a command that writes a directory: not a file, and writable (checked before any work)."""
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"--out {path} is a file; give a directory (it is created if missing)")
+    _writable(path)
+    return path
 
 
 def load_data(preset, data_root=None, allow_download: bool = False):
@@ -79,6 +103,7 @@ def _pretrain(args) -> None:
     names = _teacher_sets(args.teacher_sets)
     device = resolve_device(args.device)
     seed = _seed(args, preset)
+    _out_dir(args.out)
     t0 = time.perf_counter()
     bench = load_data(preset, args.data_root, args.allow_download)
     print(f"{preset.name} data {bench.spec.key()}: {_describe(bench)} ({time.perf_counter() - t0:.0f} s); "
@@ -94,11 +119,15 @@ def _amalgamate(args) -> None:
     from .device import resolve_device
     from .filters import task_plan
     from .runs import run
-    from .runstate import teacher_files
+    from .runstate import check_teachers, teacher_files
     preset = _preset(args)
     device = resolve_device(args.device)
-    _, paths, _ = teacher_files(preset, args.teachers, args.teacher_set)
-    task_plan(args.tasks, [read_meta(p).get("labels", []) for p in paths])   # fail fast on unknown tasks
+    _out_dir(args.out)
+    arch, paths, _ = teacher_files(preset, args.teachers, args.teacher_set)
+    metas = [read_meta(p) for p in paths]
+    check_teachers(paths, metas, arch, None, data_key=preset.data.key(),          # foreign teachers, before any work
+                   arch_kwargs=preset.teacher_set(args.teacher_set)[2])
+    task_plan(args.tasks, [meta.get("labels", []) for meta in metas])   # fail fast on unknown tasks
     t0 = time.perf_counter()
     bench = load_data(preset, args.data_root, args.allow_download)
     record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
@@ -134,6 +163,11 @@ def _evaluate(args) -> None:
     from .device import resolve_device
     from .metrics import ap_area, ap_voc07
     from .train import predict
+    if args.out is not None:
+        if args.out.is_dir():
+            raise CommandError(f"--out {args.out} is a directory; evaluate writes one JSON file: give a file "
+                               f"name, for example {args.out / 'ap.json'}")
+        _writable(args.out)
     meta = read_meta(args.checkpoint)
     preset = _evaluation_preset(args, meta)
     device = resolve_device(args.device)
@@ -147,7 +181,14 @@ def _evaluate(args) -> None:
     names = meta.get("labels")
     if not names:
         raise CheckpointError(f"{args.checkpoint} stores no label names")
-    cols = resolve_tasks(args.tasks, names) if args.tasks is not None else list(range(len(names)))
+    try:
+        cols = resolve_tasks(args.tasks, names) if args.tasks is not None else list(range(len(names)))
+    except UnknownTaskError:
+        owners = _label_owners(args.checkpoint, args.tasks, names)
+        if not owners:
+            raise
+        raise UnknownTaskError(f"{args.checkpoint} does not predict {', '.join(owners)}; evaluate that "
+                               f"checkpoint, or choose from this one's labels: {', '.join(names)}") from None
     chosen = [names[c] for c in cols]
     bench = load_data(preset, args.data_root, args.allow_download)
     missing = [n for n in chosen if n not in bench.label_names]
@@ -173,12 +214,30 @@ def _evaluate(args) -> None:
     print("\n".join(f"{k:>14s}  {v:6.2f}" for k, v in result.items()))
 
 
+def _label_owners(checkpoint: Path, tasks: str, names) -> list[str]:
+    """For each label of ``tasks`` that ``checkpoint`` does not predict but a teacher beside it does:
+    "'LABEL' (a label of PATH)"."""
+    from .checkpoints import read_meta
+    wanted = [t.strip() for t in tasks.split(",") if t.strip() and t.strip() not in names]
+    owners = []
+    for other in sorted(Path(checkpoint).parent.glob("*.json")):
+        if other.with_suffix(".pt") == Path(checkpoint).with_suffix(".pt"):
+            continue
+        try:
+            meta = read_meta(other)
+        except CheckpointError:
+            continue
+        owners += [f"'{t}' (a label of {other.with_suffix('.pt')})" for t in wanted
+                   if meta.get("role") == "teacher" and t in meta.get("labels", [])]
+    return owners
+
+
 def _reproduce(args) -> None:
     from .device import resolve_device
     preset = _preset(args)                  # fail fast on an unknown preset or a bad --set
     device = resolve_device(args.device)
     from . import pipeline
-    out = args.out if args.out is not None else Path("runs") / args.preset
+    out = _out_dir(args.out if args.out is not None else Path("runs") / args.preset)
     if args.seeds:      # first, so the notebooks find every run of the preset's own seed and show the spread
         from .claims import write_seed_files
         from .seeds import run_seeds
@@ -315,6 +374,10 @@ def main(argv=None) -> int:
     except Exception as err:   # a bug or an unexpected failure deep inside a library: still one line
         if args.debug:
             raise
+        mapped = storage_error(err) if isinstance(err, OSError) else None   # a full disk, no permission
+        if mapped is not None:
+            print(f"kalib {args.command}: error: {mapped}", file=sys.stderr)
+            return 2
         print(f"kalib {args.command}: unexpected {type(err).__name__}: {' '.join(str(err).split())[:500]} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1

@@ -80,3 +80,37 @@ def override(obj, assignments: Iterable[str] | None):
             raise ValueError(f"--set expects FIELD=VALUE (for example teacher.epochs=3), got '{item}'")
         obj = _assign(obj, name.strip().split("."), text.strip(), name.strip())
     return obj
+
+
+CACHE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_preset(preset):
+    """``preset`` if its amalgamation settings can run; ``ValueError`` listing every value that would only
+    fail deep inside a run (a held-out slice of 0 images, a negative image count, an unknown student start),
+    so that ``--set`` mistakes are refused before any work. Schedules and data check themselves."""
+    from .student import INITS
+    bad = [] if preset.loss_slice >= 1 else [f"loss_slice must be >= 1 (held-out pool images), got {preset.loss_slice}"]
+    bad += [f"{name} must be >= 0, got {getattr(preset, name)}"
+            for name in ("pool_images", "block_images", "finetune_images", "pair_block_images", "seed")
+            if not getattr(preset, name) >= 0]
+    if preset.side_pool_images is not None and not preset.side_pool_images >= 0:
+        bad.append(f"side_pool_images must be >= 0, got {preset.side_pool_images}")
+    if not preset.filter_reduction >= 1:
+        bad.append(f"filter_reduction must be >= 1, got {preset.filter_reduction}")
+    if not 0 <= preset.branch_tolerance < float("inf"):
+        bad.append(f"branch_tolerance must be >= 0 and finite, got {preset.branch_tolerance}")
+    if any(not e >= 0 for e in preset.block_epochs):
+        bad.append(f"block_epochs must be non-negative, got {list(preset.block_epochs)}")
+    if preset.student_init not in INITS:
+        bad.append(f"student_init must be one of {', '.join(INITS)}, got {preset.student_init!r}")
+    if preset.amalgamation_cache not in CACHE_DTYPES:
+        bad.append(f"amalgamation_cache must be one of {', '.join(CACHE_DTYPES)}, got {preset.amalgamation_cache!r}")
+    pools = (preset.pool_images or getattr(preset.data, "n_pool", 0), preset.side_pool_images)
+    small = [n for n in pools if n is not None and 0 < n <= preset.loss_slice]
+    if small:
+        bad.append(f"loss_slice ({preset.loss_slice}) must be smaller than the amalgamation pool ({min(small)} "
+                   "images), which also has to train the blocks")
+    if bad:
+        raise ValueError(f"invalid preset {preset.name}: {'; '.join(bad)}")
+    return preset

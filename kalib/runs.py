@@ -16,13 +16,14 @@ import torch
 
 from .amalgamate import Amalgamation, amalgamate, branch_logits, freeze, soft_targets
 from .augment import BatchAugment
-from .branch import (assemble, branch_points, count_parameters, forced_branch_points, save_target,
+from .branch import (assemble, branch_points, count_parameters, forced_branch_points, load_target, save_target,
                      tolerant_branch_points)
-from .checkpoints import _atomic_write, load_model, read_meta
-from .config import digest, file_digest
+from .checkpoints import _atomic_write, file_sha, load_model, read_meta
+from .config import check_preset, digest, file_digest
 from .device import as_device
 from .filters import TaskPlan, select_tasks, task_plan
 from .finetune import finetune, heldout_loss
+from .locks import run_lock
 from .metrics import ap_voc07
 from .parallel import run_parallel
 from .pool import block_subset, split_pool
@@ -60,14 +61,18 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
     the ``eval_split`` (``test``, or ``val`` when choosing settings) gives the APs of teachers and TargetNet,
     and with ``branch_curves`` also the Fig. 3 curves (AP at every branch-out block). Writes
-    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json``; returns the run record. A finished run of
-    the same settings is returned as it is, not run again.
+    ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json`` (with the digests of the files it
+    describes); returns the run record. A finished run of the same settings is returned as it is, not run
+    again, as long as its files still match their digests (:func:`finished_record`).
 
     Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
     ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
-    :class:`~kalib.checkpoints.ConfigMismatchError` unless ``restart``, which deletes ``out_dir/blocks``
-    first. ``device``: where the networks run (default CPU).
+    :class:`~kalib.checkpoints.ConfigMismatchError` unless ``restart``, which deletes the finished record,
+    the TargetNets and ``out_dir/blocks`` first (the teachers are never touched). Settings that cannot run
+    and foreign teachers are refused before any work; one process at a time works in ``out_dir``
+    (:func:`kalib.locks.run_lock`). ``device``: where the networks run (default CPU).
     """
+    check_preset(preset)
     seed = preset.seed if seed is None else seed
     init = preset.student_init if init is None else init
     device = as_device(device)
@@ -77,7 +82,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     arch, paths, generic_path = teacher_files(preset, teachers_dir, teacher_set)
     metas = [read_meta(p) for p in paths]
     generic_meta = read_meta(generic_path) if init == "generic" and generic_path.is_file() else None
-    check_teachers(paths, metas, arch, bench.label_names, generic_path, generic_meta)
+    check_teachers(paths, metas, arch, bench.label_names, generic_path, generic_meta, data_key=bench.spec.key(),
+                   arch_kwargs=preset.teacher_set(teacher_set)[2])
     loaded = [load_model(p) for p in paths]
     teachers = freeze([m for m, _ in loaded], device)
     labels = [meta["labels"] for _, meta in loaded]
@@ -93,6 +99,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     # an unknown --branch-at is refused here, before any work
     forced = forced_branch_points(student, branch_at, len(plan.tasks)) if branch_at is not None else None
     pool = bench.pool_images[:preset.pool_images or None]
+    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)       # a pool too small is refused here
     cache_dtype = getattr(torch, preset.amalgamation_cache)
     settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
                 "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
@@ -101,139 +108,183 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 **({"block_epochs": list(preset.block_epochs)} if preset.block_epochs else {}),
                 "reduction": preset.filter_reduction, **({"augment": True} if preset.augment else {})}
     augment = BatchAugment(seed) if preset.augment else None
-    store = BlockStore(out_dir, digest(settings))
-    store.prepare(settings, restart, log)
-    run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.finetune), preset.finetune_images,
-                      preset.finetune_freeze_bn, evaluate, branch_curves, preset.branch_tolerance, eval_split])
-    finished = out_dir / "run.json"
-    if finished.is_file() and (out_dir / "targetnet.pt").is_file():
-        record = json.loads(finished.read_text())
-        if record.get("run_key") == run_key:
+    with run_lock(out_dir, what=f"amalgamation into {out_dir}"):
+        if restart:
+            _remove_finished(out_dir, log)
+        store = BlockStore(out_dir, digest(settings))
+        store.prepare(settings, restart, log)
+        run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                          preset.finetune_freeze_bn, evaluate, branch_curves, preset.branch_tolerance, eval_split])
+        record = finished_record(out_dir, run_key, log)
+        if record is not None:
             log(f"re-using the finished run in {out_dir}")
             return record
-    times["load"] = time.perf_counter() - t0
+        times["load"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    # the teachers' logits for every label on the pool, computed once per teacher set and pool and shared by
-    # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
-    every = task_plan(None, labels)
-    soft_key = digest([settings["data"], settings["pool"], settings["teachers"]])
-    soft = cached_tensor(Path(teachers_dir) / "soft-targets" / f"{soft_key}.pt",
-                         lambda: soft_targets(teachers, pool, every, device=device))
-    soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
-    times["teacher_targets"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)             # the filters' initial weights: the same in every run of this seed
-    filters = make_filters(student, teachers, preset.filter_reduction)
-    result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
-    done = store.last_finished(student.num_blocks)
-    if done:
-        store.load(done, result)
-        log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
-    result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
-                        heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
-                        start_block=done + 1, previous=result, cache_dtype=cache_dtype,
-                        on_block_end=store.save, log=log, device=device, state_dir=store.dir,
-                        fingerprint=store.fingerprint, augment=augment, block_epochs=preset.block_epochs)
-    times["blocks"] = time.perf_counter() - t0
-    names = student.block_names
-
-    chosen = branch_points(result.losses)
-    points = tolerant_branch_points(result.losses, preset.branch_tolerance) if forced is None else forced
-    record = {
-        "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init, "seed": seed,
-        "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
-        "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
-        "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
-                 "images_per_block": preset.block_images, "block_epochs": list(preset.block_epochs)},
-        "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
-                           for i, t in enumerate(plan.tasks)},
-        "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
-        "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
-        "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
-        "branch_at": branch_at, "branch_tolerance": preset.branch_tolerance, "evaluated_on": eval_split,
-        "pairs": {name: list(pair) for name, pair in preset.pairs.items()
-                  if teacher_set != "3" and all(t in plan.tasks for t in pair)},
-    }
-    # the TargetNet of the preset's rule, and where that is not Eq. 9 the paper's own as a second row
-    variants = {"target": points}
-    if points != chosen and branch_at is None:
-        variants["eq9"] = chosen
-    keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.finetune), preset.finetune_images,
-                          preset.finetune_freeze_bn]) for name, pts in variants.items()}
-    partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
-    for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
-        if stale not in partials.values():
-            stale.unlink(missing_ok=True)
-    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)
-    ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
-    teachers_params = sum(count_parameters(t) for t in teachers)
-
-    def assemble_and_finetune(name: str) -> tuple[dict, float]:
-        """One TargetNet: Eq. 10 for the variant's branch blocks, Alg. 1 line 14, evaluation; saved as
-        ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``."""
         t0 = time.perf_counter()
-        pts = variants[name]
-        target = assemble(student, filters, teachers, plan, pts)
-        pre_finetune = predict(target, eval_images, device=device) if evaluate else None
-        held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-        losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
-                          freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partials[name],
-                          fingerprint=keys[name], augment=augment, teachers=teachers, plan=plan)
-        held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-        entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
-                 "params": {"targetnet": count_parameters(target), "teachers": teachers_params,
-                            "branches": target.branch_names},
-                 "finetune_loss": [round(v, 5) for v in losses],
-                 "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
-                                  "after_finetune": round(float(held_after.mean()), 5)}}
+        # the teachers' logits for every label on the pool, computed once per teacher set and pool and shared by
+        # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
+        every = task_plan(None, labels)
+        soft_key = digest([settings["data"], settings["pool"], settings["teachers"]])
+        soft = cached_tensor(Path(teachers_dir) / "soft-targets" / f"{soft_key}.pt",
+                             lambda: soft_targets(teachers, pool, every, device=device))
+        soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
+        times["teacher_targets"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)             # the filters' initial weights: the same in every run of this seed
+        filters = make_filters(student, teachers, preset.filter_reduction)
+        result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
+        done = store.last_finished(student.num_blocks, log)
+        if done:
+            store.load(done, result)
+            log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
+        result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
+                            heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
+                            start_block=done + 1, previous=result, cache_dtype=cache_dtype,
+                            on_block_end=store.save, log=log, device=device, state_dir=store.dir,
+                            fingerprint=store.fingerprint, augment=augment, block_epochs=preset.block_epochs)
+        times["blocks"] = time.perf_counter() - t0
+        names = student.block_names
+
+        chosen = branch_points(result.losses)
+        points = tolerant_branch_points(result.losses, preset.branch_tolerance) if forced is None else forced
+        record = {
+            "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init,
+            "seed": seed,
+            "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
+            "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
+            "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
+                     "images_per_block": preset.block_images, "block_epochs": list(preset.block_epochs)},
+            "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
+                               for i, t in enumerate(plan.tasks)},
+            "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
+            "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
+            "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
+            "branch_at": branch_at, "branch_tolerance": preset.branch_tolerance, "evaluated_on": eval_split,
+            "pairs": {name: list(pair) for name, pair in preset.pairs.items()
+                      if teacher_set != "3" and all(t in plan.tasks for t in pair)},
+        }
+        # the TargetNet of the preset's rule, and where that is not Eq. 9 the paper's own as a second row
+        variants = {"target": points}
+        if points != chosen and branch_at is None:
+            variants["eq9"] = chosen
+        keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.finetune), preset.finetune_images,
+                              preset.finetune_freeze_bn]) for name, pts in variants.items()}
+        partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
+        for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
+            if stale not in partials.values():
+                stale.unlink(missing_ok=True)
+        ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
+        teachers_params = sum(count_parameters(t) for t in teachers)
+
+        def assemble_and_finetune(name: str) -> tuple[dict, float]:
+            """One TargetNet: Eq. 10 for the variant's branch blocks, Alg. 1 line 14, evaluation; saved as
+            ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``."""
+            t0 = time.perf_counter()
+            pts = variants[name]
+            target = assemble(student, filters, teachers, plan, pts)
+            pre_finetune = predict(target, eval_images, device=device) if evaluate else None
+            held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
+            losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
+                              freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partials[name],
+                              fingerprint=keys[name], augment=augment, teachers=teachers, plan=plan)
+            held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
+            entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
+                     "params": {"targetnet": count_parameters(target), "teachers": teachers_params,
+                                "branches": target.branch_names},
+                     "finetune_loss": [round(v, 5) for v in losses],
+                     "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
+                                      "after_finetune": round(float(held_after.mean()), 5)}}
+            if evaluate:
+                entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, eval_y)
+                entry["target_ap"] = _ap_dict(plan.tasks, predict(target, eval_images, device=device), eval_y)
+            save_target(_target_files(out_dir, name)[0], target,
+                        role="targetnet", preset=preset.name, init=init, teacher_set=teacher_set,
+                        data=bench.spec.key(), **({f"{eval_split}_ap": entry["target_ap"]} if evaluate else {}))
+            return entry, time.perf_counter() - t0
+
+        jobs = [lambda n=n: assemble_and_finetune(n) for n in variants]
+        for name, (entry, seconds) in zip(variants, run_parallel(jobs, device=device)):
+            times["finetune" if name == "target" else f"finetune_{name}"] = seconds
+            if name == "target":
+                record.update(entry)
+            else:
+                record[name] = entry
+
         if evaluate:
-            entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, eval_y)
-            entry["target_ap"] = _ap_dict(plan.tasks, predict(target, eval_images, device=device), eval_y)
-        save_target(out_dir / ("targetnet.pt" if name == "target" else f"targetnet-{name}.pt"), target,
-                    role="targetnet", preset=preset.name, init=init, teacher_set=teacher_set,
-                    data=bench.spec.key(), **({f"{eval_split}_ap": entry["target_ap"]} if evaluate else {}))
-        return entry, time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if branch_curves:
+                curves = branch_logits(student, filters, teachers, plan, eval_images, device=device)
+                branch_ap = np.stack([ap_voc07(c.numpy(), eval_y.numpy()) for c in curves])   # (B, |C|)
+                record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
+                                       for i, t in enumerate(plan.tasks)}
+                record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
+                record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
+                                       for s, k in student.stage_ends.items()}
+                times["branch_curves"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            teacher_scores = torch.empty(len(eval_images), len(plan.tasks))
+            for n in plan.active_teachers:
+                teacher_scores[:, plan.per_teacher[n]] = select_tasks(
+                    predict(teachers[n], eval_images, device=device), plan.local_per_teacher[n])
+            record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, eval_y)
+            times["evaluation"] = time.perf_counter() - t0
+            if log:
+                log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
+                    f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
+                    f"after fine-tuning ({eval_split} split)")
+        times["total"] = sum(times.values())
+        record["peak_rss_mb"] = _peak_rss_mb()
+        record["seconds"] = {k: round(v, 1) for k, v in times.items()}
+        record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
+        record["files"] = {p.name: file_sha(p) for name in variants for p in _target_files(out_dir, name)}
+        _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+        for partial in partials.values():
+            partial.unlink(missing_ok=True)
+        return record
 
-    for name, (entry, seconds) in zip(variants, run_parallel([lambda n=n: assemble_and_finetune(n) for n in variants],
-                                                             device=device)):
-        times["finetune" if name == "target" else f"finetune_{name}"] = seconds
-        if name == "target":
-            record.update(entry)
-        else:
-            record[name] = entry
 
-    if evaluate:
-        t0 = time.perf_counter()
-        if branch_curves:
-            curves = branch_logits(student, filters, teachers, plan, eval_images, device=device)
-            branch_ap = np.stack([ap_voc07(c.numpy(), eval_y.numpy()) for c in curves])   # (B, |C|)
-            record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
-                                   for i, t in enumerate(plan.tasks)}
-            record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
-            record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
-                                   for s, k in student.stage_ends.items()}
-            times["branch_curves"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        teacher_scores = torch.empty(len(eval_images), len(plan.tasks))
-        for n in plan.active_teachers:
-            teacher_scores[:, plan.per_teacher[n]] = select_tasks(
-                predict(teachers[n], eval_images, device=device), plan.local_per_teacher[n])
-        record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, eval_y)
-        times["evaluation"] = time.perf_counter() - t0
-        if log:
-            log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
-                f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
-                f"after fine-tuning ({eval_split} split)")
-    times["total"] = sum(times.values())
-    record["peak_rss_mb"] = _peak_rss_mb()
-    record["seconds"] = {k: round(v, 1) for k, v in times.items()}
-    record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
-    _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-    for partial in partials.values():
-        partial.unlink(missing_ok=True)
-    return record
+def _target_files(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Weights and JSON of a run's TargetNet: ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``."""
+    path = out_dir / ("targetnet.pt" if name == "target" else f"targetnet-{name}.pt")
+    return path, path.with_suffix(".json")
+
+
+def finished_record(out_dir: Path, run_key: str, log: Callable[[str], None] = print) -> dict | None:
+    """The record in ``out_dir/run.json`` when it belongs to ``run_key`` and every file it lists is still
+    there with the digest it had when the run finished; ``None`` (the run is redone from its finished
+    blocks) otherwise."""
+    try:
+        record = json.loads((out_dir / "run.json").read_text())
+    except (OSError, ValueError):           # none yet, or cut off
+        return None
+    if not isinstance(record, dict) or record.get("run_key") != run_key:
+        return None
+    files = record.get("files")
+    if files is None:                        # a record of a kalib that kept no digests: the TargetNet must load
+        try:
+            load_target(out_dir / "targetnet.pt")
+            return record
+        except Exception:                    # whatever stops it from loading: it is damaged
+            damaged = ["targetnet.pt"]
+    else:
+        damaged = [name for name, sha in files.items()
+                   if not (out_dir / name).is_file() or file_sha(out_dir / name) != sha]
+    if not damaged:
+        return record
+    log(f"{', '.join(damaged)} in {out_dir} missing, corrupt or truncated (not what run.json recorded); "
+        "redoing the run from its finished blocks")
+    return None
+
+
+def _remove_finished(out_dir: Path, log: Callable[[str], None]) -> None:
+    """``--restart``: the finished record first, then the TargetNets it describes."""
+    for path in [out_dir / "run.json", *sorted(out_dir.glob("targetnet*.pt")),
+                 *sorted(out_dir.glob("targetnet*.json"))]:
+        if path.is_file():
+            path.unlink()
+            log(f"--restart: removed {path}")
 
 
 def _eval_split(bench, split: str, plan: TaskPlan) -> tuple[torch.Tensor, torch.Tensor]:

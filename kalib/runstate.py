@@ -12,15 +12,17 @@ import numpy as np
 import torch
 
 from .amalgamate import Amalgamation
-from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, load_state
+from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, file_sha, load_state
 from .config import changed_keys
+from .teachers import teacher_paths
 
 
 def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> tuple[str, list[Path], Path]:
-    """(arch, teacher checkpoint paths, generic checkpoint path) of a teacher set in ``teachers_dir``."""
+    """(arch, teacher checkpoint paths, generic checkpoint path) of a teacher set in ``teachers_dir``
+    (:func:`kalib.teachers.teacher_paths`: old checkpoint names are found too)."""
     groups, arch, _ = preset.teacher_set(teacher_set)
     d = Path(teachers_dir)
-    paths = [d / f"teacher{len(groups)}-{arch}-{n}.pt" for n in range(1, len(groups) + 1)]
+    paths = teacher_paths(d, arch, len(groups))
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no teacher checkpoints {', '.join(missing)} in {d}; run "
@@ -29,20 +31,34 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     return arch, paths, d / f"generic-{arch}.pt"
 
 
-def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, label_names: Sequence[str],
-                   generic_path: Path | None = None, generic_meta: dict | None = None) -> None:
-    """Refuse teachers that cannot be amalgamated together, with a one-line reason: another architecture
-    than the teacher set's (or than each other's), a checkpoint that is not a teacher, labels the dataset
-    does not have, or a generic backbone of another architecture."""
+FOREIGN = ("pretrain teachers with this run's --preset and --set values, or amalgamate with the --preset and "
+           "--set values the teachers were trained with")
+
+
+def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, label_names: Sequence[str] | None,
+                   generic_path: Path | None = None, generic_meta: dict | None = None, *,
+                   data_key: str | None = None, arch_kwargs: dict | None = None) -> None:
+    """Refuse teachers that cannot be amalgamated together, or not in this run, with a one-line reason: a
+    checkpoint that is not a teacher, another architecture than the teacher set's (or than each other's),
+    another architecture config (``arch_kwargs``, e.g. a width), other data than the run's (``data_key``,
+    recorded by pretrain), labels the dataset does not have, or a generic backbone of another architecture."""
     for path, meta in zip(paths, metas):
         role = meta.get("role", "teacher")
         if role != "teacher":
             raise CheckpointError(f"{path} is a {role} checkpoint, not a teacher")
-        got = meta.get("config", {}).get("arch")
-        if got != arch:
-            raise CheckpointError(f"teachers of different architectures: {path} is {got}, the teacher set needs "
-                                  f"{arch} (amalgamation needs teachers of one architecture); rerun pretrain")
-        unknown = [n for n in meta.get("labels", []) if n not in label_names]
+        config = meta.get("config", {})
+        if config.get("arch") != arch:
+            raise CheckpointError(f"teachers of different architectures: {path} is {config.get('arch')}, the teacher "
+                                  f"set needs {arch} (amalgamation needs teachers of one architecture); rerun pretrain")
+        changed = {k: (config.get(k), v) for k, v in (arch_kwargs or {}).items() if config.get(k) != v}
+        if changed:
+            raise CheckpointError(f"{path} is a {arch} of another architecture config ("
+                                  + ", ".join(f"{k} {got}, this run's {want}" for k, (got, want) in changed.items())
+                                  + f"); {FOREIGN}")
+        if data_key is not None and meta.get("data") not in (None, data_key):
+            raise CheckpointError(f"{path} was trained on other data (data key {meta['data']}, this run's is "
+                                  f"{data_key}); {FOREIGN}")
+        unknown = [n for n in meta.get("labels", []) if label_names is not None and n not in label_names]
         if unknown:
             raise CheckpointError(f"{path} is a teacher for labels {unknown} that the dataset does not have; "
                                   "use teachers pretrained on this preset's data")
@@ -92,12 +108,17 @@ class BlockStore:
 
     def save(self, k: int, result: Amalgamation) -> None:
         state = {"student": result.student.state_dict(), "filters": result.filters.state_dict()}
-        _atomic_write(self.dir / f"block{k:02d}.pt", lambda p: torch.save(state, p))
+        _atomic_write(self._pt(k), lambda p: torch.save(state, p))
         info = {"fingerprint": self.fingerprint, "block": k, "losses": result.losses[:k].tolist(),
-                "train_loss": result.train_loss[:k], "seconds": result.seconds[:k]}
+                "train_loss": result.train_loss[:k], "seconds": result.seconds[:k], "sha256": file_sha(self._pt(k))}
         _atomic_write(self._json(k), lambda p: p.write_text(json.dumps(info)))
 
-    def last_finished(self, num_blocks: int) -> int:
+    def _pt(self, k: int) -> Path:
+        return self.dir / f"block{k:02d}.pt"
+
+    def last_finished(self, num_blocks: int, log: Callable[[str], None] | None = None) -> int:
+        """The number of leading blocks that are finished: JSON of this fingerprint, weights that still
+        match the digest in it (a damaged block is trained again, and so are the blocks after it)."""
         done = 0
         for k in range(1, num_blocks + 1):
             try:
@@ -106,11 +127,15 @@ class BlockStore:
                 break
             if info.get("fingerprint") != self.fingerprint:
                 break
+            if not self._pt(k).is_file() or info.get("sha256") not in (None, file_sha(self._pt(k))):
+                if log:
+                    log(f"{self._pt(k)} is missing, corrupt or truncated; training again from block {k}")
+                break
             done = k
         return done
 
     def load(self, k: int, result: Amalgamation) -> Amalgamation:
-        state = load_state(self.dir / f"block{k:02d}.pt")
+        state = load_state(self._pt(k))
         result.student.load_state_dict(state["student"])
         result.filters.load_state_dict(state["filters"])
         info = json.loads(self._json(k).read_text())

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .augment import BatchAugment
-from .checkpoints import ConfigMismatchError, load_model, read_meta, save_model
+from .checkpoints import ConfigMismatchError, file_sha, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .data import Benchmark, resolve_tasks
+from .locks import run_lock
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
 from .parallel import run_parallel
@@ -74,14 +75,31 @@ def evaluate(model: BlockNet, images: torch.Tensor, targets: torch.Tensor,
     return out
 
 
+def teacher_paths(out_dir: str | Path, arch: str, count: int) -> list[Path]:
+    """``OUT/set{count}-teacher{n}-{arch}.pt``: teacher n of the set of ``count`` teachers of ``arch``.
+    Where only a checkpoint of the name kalib used before (``teacher{count}-{arch}-{n}.pt``) exists, that
+    one is returned: old teacher directories are loaded and re-used as they are."""
+    out_dir = Path(out_dir)
+    paths = []
+    for n in range(1, count + 1):
+        path, old = out_dir / f"set{count}-teacher{n}-{arch}.pt", out_dir / f"teacher{count}-{arch}-{n}.pt"
+        paths.append(old if not path.with_suffix(".json").is_file() and old.with_suffix(".json").is_file() else path)
+    return paths
+
+
 def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
     """Whether the finished checkpoint ``path`` can be re-used: made with ``config_hash`` (or before
-    kalib stored hashes). One from another configuration is refused, or removed with ``restart``. Weights
-    without their JSON (a kill between the two writes) count as unfinished."""
+    kalib stored hashes) and its weights still match the digest in its JSON (a damaged file is trained
+    again). One from another configuration is refused, or removed with ``restart``. Weights without their
+    JSON (a kill between the two writes) count as unfinished."""
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         return False
-    made = read_meta(path).get("config_hash")
+    meta = read_meta(path)
+    made = meta.get("config_hash")
     if made is None or made == config_hash:
+        if meta.get("weights_sha256") not in (None, file_sha(path)):
+            log(f"{path} is corrupt or truncated (its bytes do not match the digest in its JSON); training it again")
+            return False
         return True
     if not restart:
         raise ConfigMismatchError(f"{path} was trained with another configuration (preset, schedule, seed, "
@@ -117,62 +135,64 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     crops and flips (:class:`kalib.augment.BatchAugment`; the paper presets). ``generic_bench``: the
     benchmark whose generic canvases train the generic stage (default ``bench``). ``warm_start``: one
     teacher checkpoint per group, for the same labels, that teacher n starts from instead of the generic
-    backbone (Table 2's teachers start from Table 1's, ``kalib.experiments``)."""
+    backbone (Table 2's teachers start from Table 1's, ``kalib.experiments``). One process at a time
+    pretrains teachers of one architecture in ``out_dir`` (:func:`kalib.locks.run_lock`)."""
     out_dir = Path(out_dir)
-    generic_bench = bench if generic_bench is None else generic_bench
-    generic_path = out_dir / f"generic-{arch}.pt"
-    generic_hash = digest({"role": "generic", "data": generic_bench.spec.key(), "labels": list(bench.label_names),
-                           "arch": arch, "arch_kwargs": dict(arch_kwargs),
-                           "schedule": dataclasses.asdict(generic_schedule), "seed": seed})
-    partial = _partial(out_dir, generic_path, restart)
-    if _finished(generic_path, generic_hash, restart, log):
-        generic, _ = load_model(generic_path)
-        partial.unlink(missing_ok=True)       # left behind by a kill between saving and cleaning up
-    else:
-        t0 = time.perf_counter()
-        if partial.is_file():
-            log(f"generic {arch}: resuming from {partial}")
-        generic = train_generic(generic_bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
-                                fingerprint=generic_hash, device=device)
-        save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
-                   data=generic_bench.spec.key(), config_hash=generic_hash, seconds=round(time.perf_counter() - t0, 1))
-        partial.unlink(missing_ok=True)
-        log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
-    generic_digest = file_digest(generic_path)
-    paths, jobs = [], []
-    for n, labels in enumerate(groups, start=1):
-        path = out_dir / f"teacher{len(groups)}-{arch}-{n}.pt"
-        if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
-            if not restart:
-                raise FileExistsError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
-                                      "choose another --out directory, or rerun with --restart to retrain it")
-            for p in (path, path.with_suffix(".json")):
-                p.unlink(missing_ok=True)
-            log(f"--restart: removed {path} (a teacher for other labels)")
-        start = None if warm_start is None else warm_start[n - 1]
-        if start is not None:
-            start_labels = read_meta(start).get("labels")
-            if start_labels != list(labels):
-                raise ValueError(f"{start} is a teacher for {start_labels}, not for "
-                                 f"{list(labels)}; warm_start needs one teacher per group, in order")
-        config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
-                              "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
-                              "seed": seed + n, **({"augment": True} if augment else {}),
-                              **({"warm_start": file_digest(start)} if start is not None else {})})
-        partial = _partial(out_dir, path, restart)
-        if _finished(path, config_hash, restart, log):
-            partial.unlink(missing_ok=True)
+    with run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in {out_dir}"):
+        generic_bench = bench if generic_bench is None else generic_bench
+        generic_path = out_dir / f"generic-{arch}.pt"
+        generic_hash = digest({"role": "generic", "data": generic_bench.spec.key(), "labels": list(bench.label_names),
+                               "arch": arch, "arch_kwargs": dict(arch_kwargs),
+                               "schedule": dataclasses.asdict(generic_schedule), "seed": seed})
+        partial = _partial(out_dir, generic_path, restart)
+        if _finished(generic_path, generic_hash, restart, log):
+            generic, _ = load_model(generic_path)
+            partial.unlink(missing_ok=True)       # left behind by a kill between saving and cleaning up
         else:
+            t0 = time.perf_counter()
             if partial.is_file():
-                log(f"teacher {n}/{len(groups)}: resuming from {partial}")
-            jobs.append(lambda n=n, labels=labels, path=path, partial=partial, config_hash=config_hash, start=start:
-                        _train_and_save(generic, bench, labels, teacher_schedule, seed + n, path, partial,
-                                        config_hash, device, augment, start))
-        paths.append(path)
-    run_parallel(jobs, device=device, on_done=lambda i, line: log(line))
-    if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
-        (out_dir / "partial").rmdir()
-    return paths
+                log(f"generic {arch}: resuming from {partial}")
+            generic = train_generic(generic_bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
+                                    fingerprint=generic_hash, device=device)
+            save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
+                       data=generic_bench.spec.key(), config_hash=generic_hash,
+                       seconds=round(time.perf_counter() - t0, 1))
+            partial.unlink(missing_ok=True)
+            log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
+        generic_digest = file_digest(generic_path)
+        paths, jobs = [], []
+        for (n, labels), path in zip(enumerate(groups, start=1), teacher_paths(out_dir, arch, len(groups))):
+            if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
+                if not restart:
+                    raise FileExistsError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
+                                          "choose another --out directory, or rerun with --restart to retrain it")
+                for p in (path, path.with_suffix(".json")):
+                    p.unlink(missing_ok=True)
+                log(f"--restart: removed {path} (a teacher for other labels)")
+            start = None if warm_start is None else warm_start[n - 1]
+            if start is not None:
+                start_labels = read_meta(start).get("labels")
+                if start_labels != list(labels):
+                    raise ValueError(f"{start} is a teacher for {start_labels}, not for "
+                                     f"{list(labels)}; warm_start needs one teacher per group, in order")
+            config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
+                                  "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
+                                  "seed": seed + n, **({"augment": True} if augment else {}),
+                                  **({"warm_start": file_digest(start)} if start is not None else {})})
+            partial = _partial(out_dir, path, restart)
+            if _finished(path, config_hash, restart, log):
+                partial.unlink(missing_ok=True)
+            else:
+                if partial.is_file():
+                    log(f"teacher {n}/{len(groups)}: resuming from {partial}")
+                jobs.append(lambda n=n, labels=labels, path=path, partial=partial, config_hash=config_hash, start=start:
+                            _train_and_save(generic, bench, labels, teacher_schedule, seed + n, path, partial,
+                                            config_hash, device, augment, start))
+            paths.append(path)
+        run_parallel(jobs, device=device, on_done=lambda i, line: log(line))
+        if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
+            (out_dir / "partial").rmdir()
+        return paths
 
 
 def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Schedule, seed: int, path: Path,

@@ -13,6 +13,7 @@ weights of an uninterrupted one (on the CPU). The caller deletes ``PATH`` once i
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,10 @@ class Schedule:
 
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
-                  ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0")]
+                  ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
+                  ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
+                  ("power", 0 <= self.power < math.inf, ">= 0 and finite")]
         bad = [f"{name} must be {rule}, got {getattr(self, name)}" for name, ok, rule in checks if not ok]
         if bad:
             raise ValueError(f"invalid schedule: {'; '.join(bad)}")

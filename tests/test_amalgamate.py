@@ -212,7 +212,7 @@ class Untouchable:
 def write_teachers(directory, generic, teachers):
     save_model(directory / "generic-resnet18_narrow.pt", generic, role="generic")
     for n, (t, labels) in enumerate(zip(teachers, LABELS), start=1):
-        save_model(directory / f"teacher2-resnet18_narrow-{n}.pt", t, role="teacher", labels=list(labels))
+        save_model(directory / f"set2-teacher{n}-resnet18_narrow.pt", t, role="teacher", labels=list(labels))
 
 
 def tiny_preset():

@@ -73,7 +73,7 @@ def test_evaluate_prints_per_label_ap_of_a_targetnet(smoke_target, tmp_path, cap
 def test_pretrain_then_evaluate_on_the_smoke_preset(tmp_path, smoke_bench):
     out = run("pretrain", "--preset", "smoke", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    teacher = tmp_path / "teacher2-resnet18_narrow-1.pt"
+    teacher = tmp_path / "set2-teacher1-resnet18_narrow.pt"
     assert teacher.is_file() and (tmp_path / "generic-resnet18_narrow.pt").is_file()
     ev = run("evaluate", str(teacher), "--preset", "smoke", "--json")
     assert ev.returncode == 0, ev.stderr
@@ -107,3 +107,37 @@ def test_debug_shows_the_traceback(tmp_path):
 @pytest.mark.parametrize("args", [["pretrain", "--preset", "huge", "--out", "x"], ["nothing"]])
 def test_bad_options_exit_2(args):
     assert run(*args).returncode == 2
+
+
+def test_the_readme_and_the_cli_agree_on_commands_and_options():
+    """Every `python -m kalib` line of the README parses, and every README sentence that says which
+    commands take --seed or --restart names only commands that do ("every command" means all four)."""
+    import contextlib
+    import io
+    import re
+    import shlex
+    from pathlib import Path
+
+    from kalib.cli import build_parser
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    parser = build_parser()
+    lines = [line.split("#")[0].strip() for line in readme.replace("\\\n", " ").splitlines()
+             if line.strip().startswith("python -m kalib ")]
+    assert len(lines) >= 5
+    for line in lines:
+        parser.parse_args(shlex.split(line)[3:])          # exits (failing the test) on an unknown option
+    commands = ("pretrain", "amalgamate", "evaluate", "reproduce")
+    options = {}
+    for command in commands:
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown), pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        options[command] = re.findall(r"(--[a-z-]+)", shown.getvalue())
+    text = " ".join(readme.split())
+    for sentence in re.split(r"(?<=[.;])\s", text):
+        for option in ("--seed", "--restart"):
+            if f"`{option}`" not in sentence or re.search(r"\btake[s]?\b", sentence) is None:
+                continue
+            named = commands if "every command" in sentence.lower() else \
+                [c for c in commands if f"`{c}`" in sentence.split(" take")[0]]
+            assert all(option in options[c] for c in named), sentence

@@ -14,7 +14,7 @@ from kalib.cli import main
 from kalib.models import build_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-T1, T2 = "teacher2-resnet18_narrow-1.pt", "teacher2-resnet18_narrow-2.pt"
+T1, T2 = "set2-teacher1-resnet18_narrow.pt", "set2-teacher2-resnet18_narrow.pt"
 
 
 def cli(capsys, *args):
@@ -27,10 +27,14 @@ def cli(capsys, *args):
 
 
 def assert_one_line(code, err, *needles):
+    """Exit code 2 and one error line, the last on stderr (earlier lines can only be progress lines of the
+    work done before the error), with every needle in it."""
     assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("kalib"), err
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("kalib ") and "Traceback" not in err, err
+    assert not [line for line in lines[:-1] if line.startswith("kalib ")], err
     for needle in needles:
-        assert needle in err, err
+        assert needle in lines[-1], err
 
 
 def snapshot(directory):
@@ -126,8 +130,8 @@ def test_weights_that_do_not_match_their_architecture(capsys, teachers, tmp_path
     before = snapshot(teachers)
     code, _, err = cli(capsys, "evaluate", teachers / T1, "--preset", "smoke")
     assert_one_line(code, err, "does not match its architecture resnet18_narrow")
-    code, _, err = cli(capsys, *amalgamate(teachers, tmp_path / "out"))
-    assert_one_line(code, err, "does not match its architecture")
+    code, _, err = cli(capsys, *amalgamate(teachers, tmp_path / "out"))     # the config is checked first
+    assert_one_line(code, err, "another architecture config (width 16, this run's 8)")
     assert snapshot(teachers) == before
 
 
@@ -135,9 +139,9 @@ def test_truncated_corrupt_or_foreign_checkpoints(capsys, teachers, tmp_path):
     (teachers / T1).write_bytes((teachers / T1).read_bytes()[:5000])          # truncated
     before = snapshot(teachers)
     code, _, err = cli(capsys, "evaluate", teachers / T1)
-    assert_one_line(code, err, "corrupt, truncated or not a kalib checkpoint", "--restart")
+    assert_one_line(code, err, f"{teachers / T1} is corrupt or truncated", "rerun the command that wrote it")
     code, _, err = cli(capsys, *amalgamate(teachers, tmp_path / "out"))
-    assert_one_line(code, err, "corrupt, truncated")
+    assert_one_line(code, err, f"{teachers / T1} is corrupt or truncated")
     assert snapshot(teachers) == before
 
     foreign = tmp_path / "foreign.pt"                                          # a torch file, no JSON
@@ -158,7 +162,7 @@ def test_truncated_corrupt_or_foreign_checkpoints(capsys, teachers, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--set", "teacher.batch_size=0"], "teacher.batch_size=0: invalid schedule: batch_size must be >= 1, got 0"),
     (["--set", "generic.epochs=-1"], "epochs must be >= 0, got -1"),
-    (["--set", "teacher.lr=0"], "lr must be > 0, got 0"),
+    (["--set", "teacher.lr=0"], "lr must be > 0 and finite, got 0"),
     (["--set", "teacher.epochs=two"], "expected a value of type int"),
     (["--set", "teachr.epochs=2"], "unknown field 'teachr'"),
     (["--set", "teacher.epochs"], "FIELD=VALUE"),

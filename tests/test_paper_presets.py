@@ -256,7 +256,7 @@ def test_paper_backbones_train_teachers_on_a_fake_voc_tree(tmp_path, one_thread)
     bench = load_dataset(preset, voc_tree(tmp_path / "data", n_train=16), workers=0, log=lambda s: None)
     for teacher_set, arch in (("2", "resnet50"), ("dense", "densenet121")):
         paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers", teacher_set)
-        assert [p.name for p in paths] == [f"teacher2-{arch}-1.pt", f"teacher2-{arch}-2.pt"]
+        assert [p.name for p in paths] == [f"set2-teacher1-{arch}.pt", f"set2-teacher2-{arch}.pt"]
         for path, labels in zip(paths, preset.groups):
             meta = read_meta(path)
             assert meta["labels"] == list(labels) and meta["config"]["arch"] == arch

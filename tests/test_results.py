@@ -99,7 +99,7 @@ def test_table2_teachers_start_from_table1s_generic_backbone_and_teachers(tmp_pa
     copied = experiments.teachers_dir(tmp_path, "table2") / "generic-resnet18_narrow.pt"
     assert shared.read_bytes() == copied.read_bytes()
     assert [p.parent for p in paths] == [copied.parent] * 2
-    table1 = sorted(shared.parent.glob("teacher2-*.pt"))
+    table1 = sorted(shared.parent.glob("set2-teacher*.pt"))
     assert len(table1) == 2
     before = [p.stat().st_mtime_ns for p in [copied, *paths]]
     experiments.ensure_teachers(smoke, bench2, tmp_path, "table2", "2", log=lambda *_: None)

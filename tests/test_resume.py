@@ -21,7 +21,7 @@ import kalib.amalgamate
 import kalib.teachers
 from kalib.runs import run
 from kalib.branch import load_target
-from kalib.checkpoints import CheckpointError, ConfigMismatchError, load_state
+from kalib.checkpoints import ConfigMismatchError, load_state
 from kalib.cli import main
 from kalib.teachers import pretrain
 from kalib.train import Schedule, optimise
@@ -144,13 +144,13 @@ def test_pretrain_resumes_a_teacher_from_its_last_epoch(small_bench, tmp_path, m
     with pytest.raises(Interrupt):
         pretrain(small_bench, GROUPS, "resnet18_narrow", NET, ONE, TWO, out, log=lambda *_: None)
     monkeypatch.undo()
-    partial = out / "partial" / "teacher1-resnet18_narrow-1.pt"
+    partial = out / "partial" / "set1-teacher1-resnet18_narrow.pt"
     assert (out / "generic-resnet18_narrow.pt").is_file() and len(load_state(partial)["history"]) == 1
     generic = snapshot([out / "generic-resnet18_narrow.pt", out / "generic-resnet18_narrow.json"])
     (out / "partial" / "generic-resnet18_narrow.pt").write_bytes(b"left by a kill right after the save")
     logs = []
     paths = pretrain(small_bench, GROUPS, "resnet18_narrow", NET, ONE, TWO, out, log=logs.append)
-    assert any("resuming from" in line and "teacher1-resnet18_narrow-1" in line for line in logs), logs
+    assert any("resuming from" in line and "set1-teacher1-resnet18_narrow" in line for line in logs), logs
     assert not any(line.startswith("generic") for line in logs)        # the finished generic is re-used
     assert snapshot([out / "generic-resnet18_narrow.pt", out / "generic-resnet18_narrow.json"]) == generic
     assert not partial.exists() and not (out / "partial").exists()
@@ -170,7 +170,7 @@ def test_pretrain_refuses_another_configuration_and_restart_retrains_only_that(s
     after = snapshot(files)
     # the generic stage's settings did not change: it is re-used; the teacher is retrained
     assert after["generic-resnet18_narrow.pt"] == before["generic-resnet18_narrow.pt"]
-    assert after["teacher1-resnet18_narrow-1.pt"] != before["teacher1-resnet18_narrow-1.pt"]
+    assert after["set1-teacher1-resnet18_narrow.pt"] != before["set1-teacher1-resnet18_narrow.pt"]
     assert any("--restart: removed" in line for line in logs)
     assert json.loads(paths[0].with_suffix(".json").read_text())["config_hash"]
 
@@ -244,14 +244,22 @@ def test_amalgamation_refuses_other_settings_and_restart_discards_only_its_block
     assert snapshot(sorted(p for p in (tmp_path / "t").rglob("*") if p.is_file())) == teacher_files   # untouched
 
 
-def test_a_corrupt_block_state_is_a_clear_error_and_is_kept(tiny_finished, tmp_path):
+def test_a_corrupt_block_state_is_trained_again_and_the_blocks_before_it_are_kept(tiny_finished, tmp_path):
+    """Block 8's weights no longer match the digest in its JSON: the rerun says so, keeps blocks 1-7 as
+    they are, trains block 8 again and ends with the uninterrupted run's TargetNet."""
     shutil.copytree(tiny_finished, tmp_path, dirs_exist_ok=True)
-    block = tmp_path / "out" / "blocks" / "block08.pt"
+    blocks = tmp_path / "out" / "blocks"
+    reference = load_state(tmp_path / "out" / "targetnet.pt")
+    kept = snapshot(sorted(p for k in range(1, 8) for p in blocks.glob(f"block{k:02d}.*")))
+    block = blocks / "block08.pt"
     block.write_bytes(block.read_bytes()[:1000])
     (tmp_path / "out" / "run.json").unlink()       # unfinished: the rerun has to read the blocks
-    with pytest.raises(CheckpointError, match="corrupt, truncated.*--restart"):
-        run(tiny_bench(), tiny_preset(), tmp_path / "t", tmp_path / "out", evaluate=False, log=lambda s: None)
-    assert len(block.read_bytes()) == 1000
+    logs = []
+    run(tiny_bench(), tiny_preset(), tmp_path / "t", tmp_path / "out", evaluate=False, log=logs.append)
+    assert any(f"{block} is missing, corrupt or truncated; training again from block 8" in line for line in logs)
+    assert "resuming after block b4_1 (7/8 finished)" in logs
+    assert snapshot(sorted(p for k in range(1, 8) for p in blocks.glob(f"block{k:02d}.*"))) == kept
+    assert load_state(block)["student"].keys() and same(load_state(tmp_path / "out" / "targetnet.pt"), reference)
 
 
 # ------------------------------------------------------------------------ SIGKILL of a real CLI run

@@ -3,6 +3,7 @@ finished checkpoints, TargetNets, epoch checkpoints, block states, ``kalib evalu
 never runs. A control shows that the payload does run under a plain unsafe ``torch.load``, so the test
 would catch a loader that executed it."""
 
+import json
 import os
 from pathlib import Path
 
@@ -46,10 +47,15 @@ def test_finished_checkpoints_and_targetnets_refuse_the_payload(tmp_path):
     marker = tmp_path / "executed"
     net = build_backbone("resnet18_narrow", 3, width=8)
     path = poison(save_model(tmp_path / "teacher.pt", net, labels=["a", "b", "c"]), marker)
-    with pytest.raises(CheckpointError, match="corrupt, truncated or not a kalib checkpoint"):
+    with pytest.raises(CheckpointError, match="corrupt or truncated .its bytes do not match the digest"):
         load_model(path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="corrupt or truncated, or not a kalib checkpoint"):
         load_state(path)
+    meta = json.loads(path.with_suffix(".json").read_text())     # a checkpoint of a kalib without digests
+    del meta["weights_sha256"]
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="corrupt or truncated, or not a kalib checkpoint"):
+        load_model(path)
 
     teachers = [build_backbone("resnet18_narrow", 2, width=8).eval() for _ in range(2)]
     student = build_backbone("resnet18_narrow", 2, width=8).eval()
@@ -86,5 +92,5 @@ def test_kalib_evaluate_refuses_the_payload(tmp_path, capsys):
                              labels=["coat", "bag"]), marker)
     code = main(["evaluate", str(path), "--preset", "smoke"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "not a kalib checkpoint" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert code == 2 and "corrupt or truncated" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not marker.exists()

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from ..checkpoints import _atomic_write
 from ..progress import progress_bar
 
 from .sources import (DIGIT_NAMES, FASHION_NAMES, cache_dir, check_fashion_dir, load_fashion_mnist,
@@ -62,6 +65,18 @@ class BenchmarkSpec:
                                             # that the other spec's networks trained on
 
     def __post_init__(self):
+        bad = [f"{name} must be >= 1, got {getattr(self, name)}" for name in ("n_train", "n_pool", "n_test")
+               if not getattr(self, name) >= 1]
+        bad += [f"{name} must be >= 0, got {getattr(self, name)}"           # Table 2's data has no generic split
+                for name in ("n_val", "n_generic", "seed", "clutter") if not getattr(self, name) >= 0]
+        if not 1 <= self.objects[0] <= self.objects[1]:
+            bad.append(f"objects must be (low, high) with 1 <= low <= high, got {self.objects}")
+        if not 1 <= self.scale[0] <= self.scale[1]:
+            bad.append(f"scale must be (low, high) with 1 <= low <= high, got {self.scale}")
+        if not 0 <= self.max_overlap <= 1:
+            bad.append(f"max_overlap must be in [0, 1], got {self.max_overlap}")
+        if bad:
+            raise ValueError(f"invalid data: {'; '.join(bad)}")
         if not self.scale[1] <= min(self.size, self.generic_size):
             raise ValueError(f"glyphs up to {self.scale[1]} px do not fit canvases of {self.size} px and generic "
                              f"canvases of {self.generic_size} px; raise size/generic_size or lower scale")
@@ -247,6 +262,28 @@ def generate(spec: BenchmarkSpec, allow_download: bool = False,
     return out
 
 
+CACHED = ("train_images", "train_objects", "pool_images", "test_images", "test_objects", "generic_images",
+          "generic_objects", "val_images", "val_objects")
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a canvas cache file, or ``None`` (said on stderr) when it is truncated or damaged: the
+    caller renders the canvases again and replaces it."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in CACHED}
+    except Exception as err:         # BadZipFile, a short read, a missing array: all mean a damaged file
+        print(f"kalib: canvas cache {path} is damaged ({type(err).__name__}); rendering the canvases again",
+              file=sys.stderr)
+        return None
+    return arrays
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:         # a file object: np.savez would append ".npz" to a temporary name
+        np.savez(f, **arrays)
+
+
 def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
                    data_root: str | Path | None = None) -> Benchmark:
     """Load the canvases of ``spec`` from the cache, generating (and caching) them on first use.
@@ -256,14 +293,10 @@ def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
     if data_root is not None:
         data_root = check_fashion_dir(data_root)
     path = cache_dir() / f"embedded-{spec.key()}.npz"
-    if not path.is_file():
+    arrays = _read_cache(path) if path.is_file() else None
+    if arrays is None:
         arrays = generate(spec, allow_download, data_root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
+        _atomic_write(path, lambda tmp: _save_arrays(tmp, arrays))
     return Benchmark(
         spec=spec,
         train_images=torch.from_numpy(arrays["train_images"]),
