@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .amalgamate import freeze, init_student, soft_targets
+from .amalgamate import freeze, init_student
 from .baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
 from .checkpoints import CheckpointError, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .filters import task_plan
 from .pool import split_pool
-from .runstate import cached_tensor, teacher_files
+from .runstate import pool_soft_targets, teacher_files
 from .teachers import evaluate
 
 
@@ -65,15 +65,6 @@ def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable
     save_model(path, model, role=path.stem.lower(), key=key, record=record)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
     return record
-
-
-def pool_soft_targets(teachers, plan, paths, bench, pool: torch.Tensor, teachers_dir: Path,
-                      device=None) -> torch.Tensor:
-    """Every teacher's logits for all its labels on ``pool`` (``plan`` is C = A), computed once per teacher
-    set, data and pool size and cached in ``teachers_dir/soft-targets`` (shared with the amalgamation runs)."""
-    key = digest([bench.spec.key(), len(pool), [file_digest(p) for p in paths]])
-    return cached_tensor(Path(teachers_dir) / "soft-targets" / f"{key}.pt",
-                         lambda: soft_targets(teachers, pool, plan, device=device))
 
 
 def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,

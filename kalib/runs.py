@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amalgamate import Amalgamation, amalgamate, branch_logits, freeze, soft_targets
+from .amalgamate import Amalgamation, amalgamate, branch_logits, freeze
 from .augment import BatchAugment
 from .branch import (assemble, branch_points, count_parameters, forced_branch_points, load_target, save_target,
                      tolerant_branch_points)
@@ -27,7 +27,7 @@ from .locks import run_lock
 from .metrics import ap_voc07
 from .parallel import run_parallel
 from .pool import block_subset, split_pool
-from .runstate import BlockStore, cached_tensor, check_teachers, teacher_files
+from .runstate import BlockStore, check_teachers, pool_soft_targets, teacher_files
 from .student import init_student, make_filters
 from .train import predict
 
@@ -125,9 +125,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
         # the teachers' logits for every label on the pool, computed once per teacher set and pool and shared by
         # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
         every = task_plan(None, labels)
-        soft_key = digest([settings["data"], settings["pool"], settings["teachers"]])
-        soft = cached_tensor(Path(teachers_dir) / "soft-targets" / f"{soft_key}.pt",
-                             lambda: soft_targets(teachers, pool, every, device=device))
+        soft = pool_soft_targets(teachers, every, paths, bench, pool, teachers_dir, device)
         soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
         times["teacher_targets"] = time.perf_counter() - t0
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amalgamate import Amalgamation
+from .amalgamate import Amalgamation, soft_targets
 from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, file_sha, load_state
-from .config import changed_keys
+from .config import changed_keys, digest, file_digest
 from .teachers import teacher_paths
 
 
@@ -156,3 +156,11 @@ def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tens
     _atomic_write(path, lambda p: torch.save(value, p))
     return value
 
+
+def pool_soft_targets(teachers, plan, paths, bench, pool: torch.Tensor, teachers_dir: Path,
+                      device=None) -> torch.Tensor:
+    """Every teacher's logits for all its labels on ``pool`` (``plan`` is C = A), computed once per teacher
+    set, data and pool size and cached in ``teachers_dir/soft-targets`` (shared with the amalgamation runs)."""
+    key = digest([bench.spec.key(), len(pool), [file_digest(p) for p in paths]])
+    return cached_tensor(Path(teachers_dir) / "soft-targets" / f"{key}.pt",
+                         lambda: soft_targets(teachers, pool, plan, device=device))
