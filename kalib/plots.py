@@ -24,7 +24,12 @@ def _styled(plot):
     @functools.wraps(plot)
     def styled(*args, **kwargs):
         with plt.rc_context(STYLE):
-            return plot(*args, **kwargs)
+            fig = plot(*args, **kwargs)
+            interactive = plt.isinteractive()
+        # Jupyter's inline backend switches interactive mode on when it draws its first figure, inside the
+        # context; restoring the value from before would keep every later figure of a notebook from showing
+        plt.interactive(interactive)
+        return fig
     return styled
 
 

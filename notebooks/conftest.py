@@ -1,8 +1,10 @@
-"""nbval runs the five notebooks in order on the smoke preset (each ≤ 60 s), sharing one output
-directory, so 02–05 find what 01–04 trained. The parameters cell reads these variables."""
+"""nbval runs the five notebooks in order on the lesson preset (a few minutes in all, with numbers far
+above chance, so the notebooks' asserts check meaning as well as mechanics), sharing one output directory,
+so 02–05 find what 01–04 trained. The parameters cell reads these variables; KALIB_PRESET=smoke gives a
+faster, mechanics-only run."""
 
 import os
 import tempfile
 
-os.environ.setdefault("KALIB_PRESET", "smoke")
+os.environ.setdefault("KALIB_PRESET", "lesson")
 os.environ.setdefault("KALIB_OUT", tempfile.mkdtemp(prefix="kalib-nbval-"))
