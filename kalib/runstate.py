@@ -50,7 +50,8 @@ def check_teachers(paths: Sequence[Path], metas: Sequence[dict], arch: str, labe
         if config.get("arch") != arch:
             raise CheckpointError(f"teachers of different architectures: {path} is {config.get('arch')}, the teacher "
                                   f"set needs {arch} (amalgamation needs teachers of one architecture); rerun pretrain")
-        changed = {k: (config.get(k), v) for k, v in (arch_kwargs or {}).items() if config.get(k) != v}
+        wanted = json.loads(json.dumps(arch_kwargs or {}))        # as the checkpoint's JSON holds it: tuples as lists
+        changed = {k: (config.get(k), v) for k, v in wanted.items() if config.get(k) != v}
         if changed:
             raise CheckpointError(f"{path} is a {arch} of another architecture config ("
                                   + ", ".join(f"{k} {got}, this run's {want}" for k, (got, want) in changed.items())

@@ -46,6 +46,18 @@ def test_teachers_of_other_data_or_another_width_are_refused(capsys, teachers, f
     assert snapshot(teachers) == before_t and snapshot(finished) == before_r
 
 
+def test_teachers_of_the_run_architecture_config_pass_when_it_holds_tuples(tmp_path):
+    """A DenseNet's block_config is a tuple in the preset and a list in the checkpoint's JSON: the same."""
+    from kalib.runstate import check_teachers
+    kwargs = {"block_config": (2, 2, 2, 2), "growth_rate": 12}
+    meta = {"role": "teacher", "labels": ["coat"], "config": {"arch": "densenet_small", "block_config": [2, 2, 2, 2],
+                                                               "growth_rate": 12}}
+    check_teachers([tmp_path / "t.pt"], [meta], "densenet_small", ["coat"], arch_kwargs=kwargs)
+    with pytest.raises(kalib.checkpoints.CheckpointError, match=r"block_config \[2, 2, 2, 2\], this run's \[2, 2, 4"):
+        check_teachers([tmp_path / "t.pt"], [meta], "densenet_small", ["coat"],
+                       arch_kwargs={**kwargs, "block_config": (2, 2, 4, 2)})
+
+
 # ------------------------------------------------------------------------------- damaged finished runs
 
 def test_a_damaged_targetnet_is_not_reused_but_redone_from_the_finished_blocks(capsys, teachers, finished,
