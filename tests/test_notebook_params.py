@@ -2,6 +2,8 @@
 naming itself and the valid ones; chance level and the presets whose numbers are asserted; figures keep
 showing after the first one in a notebook."""
 
+import ast
+import json
 import os
 import time
 from pathlib import Path
@@ -53,6 +55,23 @@ def test_a_namespace_that_passed_is_not_checked_again_but_one_that_failed_is():
     for _ in range(2):
         with pytest.raises(UnknownParameterError):
             check_parameters(failed)
+
+
+@pytest.mark.parametrize("name", ["01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables"])
+def test_every_notebook_takes_the_checked_parameters_and_checks_them_first(name):
+    """The first code cell (tagged ``parameters``) defines exactly PARAMETERS with the lesson preset as the
+    default, and the second starts with check_parameters; every cell has an id and no outputs."""
+    notebook = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
+    cells = notebook["cells"]
+    assert all(cell.get("id") for cell in cells) and len({cell["id"] for cell in cells}) == len(cells)
+    assert all(not cell.get("outputs") and cell.get("execution_count") is None
+               for cell in cells if cell["cell_type"] == "code"), "outputs are committed stripped"
+    first, second = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"][:2]
+    assert "parameters" in [c for c in cells if c["cell_type"] == "code"][0]["metadata"].get("tags", [])
+    assigned = [t.id for node in ast.parse(first).body if isinstance(node, ast.Assign) for t in node.targets]
+    assert tuple(assigned) == PARAMETERS
+    assert 'preset = os.environ.get("KALIB_PRESET", "lesson")' in first
+    assert second.startswith("from kalib.notebook import check_parameters\n\ncheck_parameters(globals())")
 
 
 def test_a_misspelt_papermill_parameter_stops_the_notebook_before_any_work(tmp_path):
