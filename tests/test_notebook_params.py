@@ -93,6 +93,28 @@ def test_a_misspelt_papermill_parameter_stops_the_notebook_before_any_work(tmp_p
     assert not out.exists(), "nothing may be trained or written before the parameters are checked"
 
 
+def test_progress_in_a_notebook_kernel_is_one_line_per_bar_without_a_widget_warning(tmp_path):
+    """In a Jupyter kernel kalib's progress bars write one line when they end: no TqdmWarning about
+    ipywidgets at the top of a notebook, no carriage-return updates and no blank outputs."""
+    import nbformat
+    import papermill as pm
+
+    from kalib.pipeline import _kernel_name
+    source = ("import torch\nfrom kalib.train import Schedule, fit\n"
+              "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))\n"
+              "fit(model, torch.zeros(64, 3, 8, 8, dtype=torch.uint8), torch.zeros(64, 2), "
+              "torch.nn.functional.binary_cross_entropy_with_logits, Schedule(epochs=2, batch_size=16), desc='demo')")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbformat.write(notebook, tmp_path / "progress.ipynb")
+    pm.execute_notebook(tmp_path / "progress.ipynb", tmp_path / "out.ipynb", kernel_name=_kernel_name(),
+                        progress_bar=False, execution_timeout=120)
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "TqdmWarning" not in text and "IProgress" not in text and "\r" not in text
+    assert all(o.text.strip() for o in outputs if o.output_type == "stream"), "no blank stream outputs"
+    assert text.count("demo 1/2: 4/4") == 1 and text.count("demo 2/2: 4/4") == 1
+
+
 def test_chance_map_is_the_map_of_random_scores_near_the_label_frequency():
     rng = np.random.default_rng(0)
     targets = (rng.random((4000, 10)) < 0.15).astype(np.float32)
