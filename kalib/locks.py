@@ -6,6 +6,7 @@ the lock when its holder dies, so the lock file a killed process leaves behind i
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,14 +23,15 @@ class LockedError(RuntimeError):
 
 
 @contextmanager
-def run_lock(directory: str | Path, name: str = "run", what: str = "a kalib run"):
+def run_lock(directory: str | Path, name: str = "run", what: str = "a kalib run", wait: bool = False):
     """Hold ``directory/.NAME.lock`` for the duration of the block; ``what`` says what the holder does
     (it is written into the lock file and shown to a second process). The file is removed on release, and
-    so is ``directory`` when this call created it and nothing was written into it."""
+    so is ``directory`` when this call created it and nothing was written into it. ``wait``: a second process
+    waits for the holder (saying so on stderr) instead of being refused."""
     directory = Path(directory)
     path = directory / f".{name}.lock"
     created = not directory.exists()
-    fd = _acquire(directory, path)
+    fd = _acquire(directory, path, wait)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} ({what})".encode(), 0)
@@ -43,7 +45,7 @@ def run_lock(directory: str | Path, name: str = "run", what: str = "a kalib run"
             directory.rmdir()                 # a run refused before writing anything leaves no directory
 
 
-def _acquire(directory: Path, path: Path) -> int:
+def _acquire(directory: Path, path: Path, wait: bool = False) -> int:
     """An open descriptor of ``path`` holding its lock (retried when the file was replaced meanwhile)."""
     while True:
         try:
@@ -57,9 +59,13 @@ def _acquire(directory: Path, path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise LockedError(f"{directory} is in use by {holder}; wait for it to finish (or stop it), then "
-                              "rerun: one process at a time writes into a run directory") from None
+            if wait:
+                print(f"waiting for {holder} to finish with {directory}", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                os.close(fd)
+                raise LockedError(f"{directory} is in use by {holder}; wait for it to finish (or stop it), then "
+                                  "rerun: one process at a time writes into a run directory") from None
         try:
             current = os.stat(path).st_ino
         except FileNotFoundError:

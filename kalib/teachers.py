@@ -136,9 +136,10 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     benchmark whose generic canvases train the generic stage (default ``bench``). ``warm_start``: one
     teacher checkpoint per group, for the same labels, that teacher n starts from instead of the generic
     backbone (Table 2's teachers start from Table 1's, ``kalib.experiments``). One process at a time
-    pretrains teachers of one architecture in ``out_dir`` (:func:`kalib.locks.run_lock`)."""
+    pretrains teachers of one architecture in ``out_dir``; a second waits for it (:func:`kalib.locks.run_lock`)
+    and then re-uses what it finished: the side runs of one reproduce share their teachers' directories."""
     out_dir = Path(out_dir)
-    with run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in {out_dir}"):
+    with run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in {out_dir}", wait=True):
         generic_bench = bench if generic_bench is None else generic_bench
         generic_path = out_dir / f"generic-{arch}.pt"
         generic_hash = digest({"role": "generic", "data": generic_bench.spec.key(), "labels": list(bench.label_names),

@@ -259,12 +259,27 @@ def hold(directory: Path, name: str) -> subprocess.Popen:
     return holder
 
 
-@pytest.mark.parametrize("command", ["amalgamate", "pretrain"])
+def test_a_second_pretrain_waits_for_the_holder_then_reuses_the_teachers(teachers):
+    before = snapshot(teachers)
+    holder = hold(teachers, "pretrain-resnet18_narrow")
+    second = subprocess.Popen([sys.executable, "-m", "kalib", "pretrain", "--preset", "smoke", "--out", str(teachers),
+                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert second.stderr.readline().strip() == (f"waiting for process {holder.pid} (the test holder) to finish "
+                                                    f"with {teachers}")
+        assert second.poll() is None                      # still waiting
+    finally:
+        holder.kill()
+        holder.wait()
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert snapshot(teachers) == before                   # re-used as it was; the stale lock file is gone
+
+
 def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holder_s_lock_is_taken_over(
-        capsys, teachers, finished, command):
-    directory, name = (finished, "run") if command == "amalgamate" else (teachers, "pretrain-resnet18_narrow")
-    args = (amalgamate(teachers, finished) if command == "amalgamate"
-            else ["pretrain", "--preset", "smoke", "--out", teachers, "--device", "cpu"])
+        capsys, teachers, finished):
+    directory, name = finished, "run"
+    args = amalgamate(teachers, finished)
     before = snapshot(directory)
     holder = hold(directory, name)
     try:
