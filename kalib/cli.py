@@ -112,6 +112,7 @@ def _pretrain(args) -> None:
         pretrain_set(preset, bench, name, args.out, seed, device=device, restart=args.restart,
                      allow_download=args.allow_download)
     print(f"teachers in {args.out} ({time.perf_counter() - t0:.0f} s)")
+    _say_if_at_chance(preset, bench.test_labels)
 
 
 def _amalgamate(args) -> None:
@@ -139,6 +140,7 @@ def _amalgamate(args) -> None:
           f"(teachers {record['teacher_ap']['mAP']:.2f}), "
           f"{record['params']['targetnet']:,} parameters (teachers {record['params']['teachers']:,})")
     print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
+    _say_if_at_chance(preset, getattr(bench, f"{args.eval_split}_labels")[:, bench.label_indices(record["tasks"])])
 
 
 def _evaluation_preset(args, meta: dict):
@@ -212,6 +214,15 @@ def _evaluate(args) -> None:
     what = "11-point VOC2007 AP" if args.metric == "voc07" else "area-under-PR AP (VOC2010+)"
     print(f"{kind} {args.checkpoint} on the test split of {preset.name} ({len(bench.test_images)} images), {what}:")
     print("\n".join(f"{k:>14s}  {v:6.2f}" for k, v in result.items()))
+    _say_if_at_chance(preset, targets)
+
+
+def _say_if_at_chance(preset, labels) -> None:
+    """Under printed results of a preset that trains too briefly to learn (``smoke``), say that they are at
+    chance level and what random scores give on the same labels."""
+    from .notebook import at_chance, chance_map, chance_note
+    if at_chance(preset.name):
+        print(chance_note(preset.name, chance_map(labels)))
 
 
 def _label_owners(checkpoint: Path, tasks: str, names) -> list[str]:

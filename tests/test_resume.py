@@ -303,6 +303,7 @@ def test_sigkill_mid_block_resumes_at_that_block_with_the_uninterrupted_result(s
     names = reference["blocks"]
     assert f"resuming after block {names[done - 1]} ({done}/8 finished)" in stdout
     assert sum("held-out loss" in line for line in stdout.splitlines()) == 8 - done
+    assert "at chance level" in stdout.splitlines()[-1]                 # smoke's TargetNet learned nothing
     assert snapshot(finished) == before                      # blocks 1..k-1 untouched: bytes and mtime
     assert not list(blocks.glob(".*.tmp*")) and not list(blocks.glob("*.partial.pt"))
 
