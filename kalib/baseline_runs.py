@@ -13,22 +13,21 @@ from pathlib import Path
 
 import torch
 
-from .amalgamate import freeze, init_student
+from .amalgamate import init_student
 from .baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
 from .checkpoints import CheckpointError, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .filters import task_plan
 from .pool import split_pool
-from .runstate import pool_soft_targets, teacher_files
+from .runstate import load_teachers, pool_soft_targets, teacher_files
 from .teachers import evaluate
 
 
 def _teachers(preset, teachers_dir: Path):
     """The frozen teachers of the two-teacher set, the plan of C = A, their paths and the generic start's."""
     _, paths, generic_path = teacher_files(preset, teachers_dir, "2")
-    loaded = [load_model(p) for p in paths]
-    teachers = freeze([m for m, _ in loaded])
-    plan = task_plan(None, [meta["labels"] for _, meta in loaded])
+    teachers, labels = load_teachers(paths)
+    plan = task_plan(None, labels)
     return teachers, plan, paths, generic_path
 
 

@@ -31,8 +31,8 @@ from .parallel import run_parallel
 from .presets import TEACHER_SETS, Preset
 from .results import deep_row
 from .runs import run
-from .runstate import teacher_files
-from .student import freeze, init_student, make_filters
+from .runstate import load_teachers, teacher_files
+from .student import init_student, make_filters
 from .teachers import pretrain_set
 from .train import predict
 
@@ -169,8 +169,13 @@ def ensure_baselines(preset: Preset, bench, out_dir: str | Path, variant: str = 
     ensure_teachers(preset, bench, out_dir, variant, "2", seed, log, device)
     jobs = baseline_jobs(preset, bench, out_dir, variant, seed, log, device)
     records = dict(zip(jobs, run_parallel(list(jobs.values()), device=device)))
-    records["Ensemble"] = ensemble_run(for_run(preset, variant, "2"), bench, teachers_dir(out_dir, variant), device)
+    records["Ensemble"] = _ensemble(preset, bench, out_dir, variant, device)
     return records
+
+
+def _ensemble(preset: Preset, bench, out_dir: str | Path, variant: str, device=None) -> dict:
+    """The ``Ensemble`` row of one table: its two teachers side by side (nothing to train)."""
+    return ensemble_run(for_run(preset, variant, "2"), bench, teachers_dir(out_dir, variant), device)
 
 
 def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int | None = None, log=print,
@@ -193,8 +198,7 @@ def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int 
                 f"TargetNet {r['target_ap']['mAP']:.1f} mAP, teachers {r['teacher_ap']['mAP']:.1f}"
                 if "target_ap" in r else f"{r['test_ap']['mAP']:.1f} mAP")))
         runs.update(zip(todo, records))
-        runs[variant, "Ensemble"] = ensemble_run(for_run(preset, variant, "2"), benches[variant],
-                                                 teachers_dir(out_dir, variant), device)
+        runs[variant, "Ensemble"] = _ensemble(preset, benches[variant], out_dir, variant, device)
     return runs
 
 
@@ -216,10 +220,9 @@ def load_trained(preset: Preset, out_dir: str | Path, variant: str = "table1", t
 def load_blocks(preset: Preset, teachers: str | Path, amalgamation: str | Path, teacher_set: str = "2"):
     """:func:`load_trained` for explicit directories: the teachers' and the amalgamation run's."""
     arch, paths, generic_path = teacher_files(preset, teachers, teacher_set)
-    loaded = [load_model(p) for p in paths]
-    teachers = freeze([m for m, _ in loaded])
+    teachers, labels = load_teachers(paths)
     record = json.loads((Path(amalgamation) / "run.json").read_text())
-    plan = task_plan(record["tasks"], [meta["labels"] for _, meta in loaded])
+    plan = task_plan(record["tasks"], labels)
     last = Path(amalgamation) / "blocks" / f"block{teachers[0].num_blocks:02d}.pt"
     state = load_state(last)
     student = init_student("teacher1", teachers).with_new_head(state["student"]["head.fc.weight"].shape[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amalgamate import Amalgamation, amalgamate, branch_logits, freeze
+from .amalgamate import Amalgamation, amalgamate, branch_logits
 from .augment import BatchAugment
 from .branch import (assemble, branch_points, count_parameters, forced_branch_points, load_target, save_target,
                      tolerant_branch_points)
@@ -27,7 +27,7 @@ from .locks import run_lock
 from .metrics import ap_voc07
 from .parallel import run_parallel
 from .pool import block_subset, split_pool
-from .runstate import BlockStore, check_teachers, pool_soft_targets, teacher_files
+from .runstate import BlockStore, check_teachers, load_teachers, pool_soft_targets, teacher_files
 from .student import init_student, make_filters
 from .train import predict
 
@@ -84,9 +84,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     generic_meta = read_meta(generic_path) if init == "generic" and generic_path.is_file() else None
     check_teachers(paths, metas, arch, bench.label_names, generic_path, generic_meta, data_key=bench.spec.key(),
                    arch_kwargs=preset.teacher_set(teacher_set)[2])
-    loaded = [load_model(p) for p in paths]
-    teachers = freeze([m for m, _ in loaded], device)
-    labels = [meta["labels"] for _, meta in loaded]
+    teachers, labels = load_teachers(paths, device)
     plan = task_plan(tasks, labels)
     eval_images, eval_y = _eval_split(bench, eval_split, plan) if evaluate else (None, None)   # before any work
     generic = None

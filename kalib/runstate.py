@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from .amalgamate import Amalgamation, soft_targets
-from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, file_sha, load_state
+from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, file_sha, load_model, load_state
 from .config import changed_keys, digest, file_digest
+from .student import freeze
 from .teachers import teacher_paths
 
 
@@ -29,6 +30,12 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
                                 f"`python -m kalib pretrain --preset {preset.name} --out {d} "
                                 f"--teacher-sets {teacher_set}` first")
     return arch, paths, d / f"generic-{arch}.pt"
+
+
+def load_teachers(paths: Sequence[Path], device=None) -> tuple[list, list[list[str]]]:
+    """The teachers at ``paths``, frozen (and on ``device``), and the labels each of them knows."""
+    loaded = [load_model(p) for p in paths]
+    return freeze([m for m, _ in loaded], device), [meta["labels"] for _, meta in loaded]
 
 
 FOREIGN = ("pretrain teachers with this run's --preset and --set values, or amalgamate with the --preset and "
