@@ -45,9 +45,7 @@ a 2048x2048 fp32 matrix product measured in the same run.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
-import gc
 import json
 import os
 import statistics
@@ -64,6 +62,7 @@ from kalib.amalgamate import (_augmented_inputs, entangled_predictions, filtered
 from kalib.pool import block_inputs, prefix_features
 from kalib.branch import assemble
 from kalib.filters import TaskPlan, task_plan
+from kalib.memory import PeakMemory
 from kalib.models import BlockNet, build_backbone
 from kalib.presets import Preset, get_preset
 from kalib.teachers import teacher_loss
@@ -77,33 +76,12 @@ ROUND = 2               # timed steps a variant runs before the next variant's t
 
 # ------------------------------------------------------------------------------------------ measuring
 
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); False where not allowed."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def peak_memory(record: dict):
     """Adds ``peak_rss_mib`` and ``rss_rise_mib`` of the enclosed code to ``record`` (None where unknown)."""
-    reset = _reset_peak()
-    start = _status_kib("VmRSS")
+    peak = PeakMemory()
     yield
-    peak = _status_kib("VmHWM")
-    record["peak_rss_mib"] = round(peak / 1024) if reset else None
-    record["rss_rise_mib"] = round((peak - start) / 1024) if reset else None
+    record["peak_rss_mib"], record["rss_rise_mib"] = peak.mib(), peak.rise_mib()
 
 
 def step_times(module: torch.nn.Module, run, n: int) -> list[float]:

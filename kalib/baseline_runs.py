@@ -18,6 +18,7 @@ from .baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
 from .checkpoints import CheckpointError, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .filters import task_plan
+from .memory import PeakMemory
 from .pool import split_pool
 from .runstate import load_teachers, pool_soft_targets, teacher_files
 from .teachers import evaluate
@@ -57,10 +58,10 @@ def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable
     if done is not None:
         log(f"re-using {path}")
         return done
-    t0 = time.perf_counter()
+    t0, peak = time.perf_counter(), PeakMemory()
     history = train(checkpoint=path.with_suffix(".partial.pt"), fingerprint=key, device=device)
     record = {**settings, "loss": [round(v, 5) for v in history], "seconds": round(time.perf_counter() - t0, 1),
-              **_evaluated(model.eval(), bench, tasks, device)}
+              **_evaluated(model.eval(), bench, tasks, device), "peak_rss_mb": peak.mib()}
     save_model(path, model, role=path.stem.lower(), key=key, record=record)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
     return record

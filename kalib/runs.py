@@ -24,21 +24,13 @@ from .device import as_device
 from .filters import TaskPlan, select_tasks, task_plan
 from .finetune import finetune, heldout_loss
 from .locks import run_lock
+from .memory import PeakMemory
 from .metrics import ap_voc07
 from .parallel import run_parallel
 from .pool import block_subset, split_pool
 from .runstate import BlockStore, check_teachers, load_teachers, pool_soft_targets, teacher_files
 from .student import init_student, make_filters
 from .train import predict
-
-
-def _peak_rss_mb() -> int | None:
-    """Peak resident memory of this process in MiB (Linux reports KiB; None where unavailable)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -79,6 +71,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     out_dir = Path(out_dir)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
+    peak = PeakMemory()
     arch, paths, generic_path = teacher_files(preset, teachers_dir, teacher_set)
     metas = [read_meta(p) for p in paths]
     generic_meta = read_meta(generic_path) if init == "generic" and generic_path.is_file() else None
@@ -231,7 +224,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                     f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
                     f"after fine-tuning ({eval_split} split)")
         times["total"] = sum(times.values())
-        record["peak_rss_mb"] = _peak_rss_mb()
+        record["peak_rss_mb"] = peak.mib()
         record["seconds"] = {k: round(v, 1) for k, v in times.items()}
         record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
         record["files"] = {p.name: file_sha(p) for name in variants for p in _target_files(out_dir, name)}

@@ -25,6 +25,7 @@ from .checkpoints import ConfigMismatchError, file_sha, load_model, read_meta, s
 from .config import digest, file_digest
 from .data import Benchmark, resolve_tasks
 from .locks import run_lock
+from .memory import PeakMemory
 from .metrics import ap_voc07
 from .models import BlockNet, build_backbone
 from .parallel import run_parallel
@@ -150,14 +151,14 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             generic, _ = load_model(generic_path)
             partial.unlink(missing_ok=True)       # left behind by a kill between saving and cleaning up
         else:
-            t0 = time.perf_counter()
+            t0, peak = time.perf_counter(), PeakMemory()
             if partial.is_file():
                 log(f"generic {arch}: resuming from {partial}")
             generic = train_generic(generic_bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
                                     fingerprint=generic_hash, device=device)
             save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
                        data=generic_bench.spec.key(), config_hash=generic_hash,
-                       seconds=round(time.perf_counter() - t0, 1))
+                       seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=peak.mib())
             partial.unlink(missing_ok=True)
             log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
         generic_digest = file_digest(generic_path)
@@ -200,7 +201,7 @@ def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Sched
                     partial: Path, config_hash: str, device, augment: bool, start: Path | None) -> str:
     """Train one teacher (resumable through ``partial``), evaluate it on the test split (and on the
     validation split where the data has one), save it to ``path``; returns the line to log."""
-    t0 = time.perf_counter()
+    t0, peak = time.perf_counter(), PeakMemory()
     teacher = train_teacher(generic, bench, labels, schedule, seed, checkpoint=partial, fingerprint=config_hash,
                             device=device, augment=BatchAugment(seed) if augment else None,
                             warm_start=None if start is None else load_model(start)[0])
@@ -210,7 +211,7 @@ def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Sched
     val = getattr(bench, "val_images", None)
     val_ap = (evaluate(teacher, val, bench.val_labels[:, idx], labels, device=device) if val is not None else None)
     save_model(path, teacher, role="teacher", labels=list(labels), data=bench.spec.key(), config_hash=config_hash,
-               test_ap=ap, seconds=round(seconds, 1), **({"val_ap": val_ap} if val_ap is not None else {}))
+               test_ap=ap, seconds=round(seconds, 1), peak_rss_mb=peak.mib(), **({"val_ap": val_ap} if val_ap is not None else {}))
     partial.unlink(missing_ok=True)
     return (f"teacher {path.stem} ({', '.join(labels)}): test mAP {ap['mAP']:.1f}"
             + (f", validation mAP {val_ap['mAP']:.1f}" if val_ap is not None else "") + f" in {seconds:.0f} s")

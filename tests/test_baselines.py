@@ -68,6 +68,7 @@ def test_supervised_reads_only_the_train_split(smoke_bench, smoke_teachers, tmp_
     assert record["schedule"]["epochs"] == preset.teacher.epochs * 2     # as long as both teachers together
     net, meta = load_model(tmp_path / "Supervised.pt")
     assert net.num_classes == len(smoke_bench.label_names) and meta["record"]["seconds"] == record["seconds"]
+    assert record["peak_rss_mb"] > 100                                   # its own peak resident memory, MiB
 
 
 def test_ensemble_is_the_teachers_side_by_side(smoke_bench, smoke_teachers, smoke_target):
