@@ -138,3 +138,18 @@ def test_reproduce_runs_notebooks_in_order_and_stops_at_a_failing_cell(tmp_path)
     with pytest.raises(NotebookError, match=r"b, cell 3: ValueError: broken cell"):
         reproduce("smoke", tmp_path / "out", notebooks=("a", "b"), notebook_dir=nbs, log=lines.append)
     assert (tmp_path / "out" / "results.json").is_file(), "finished work is kept"
+
+
+def test_the_readme_headline_numbers_are_the_committed_seed_means():
+    """Every "mean ± std" of the README's Verdict and Table 1 in brief is a row of figures/seeds.json."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    seeds = json.loads((root / "figures" / "seeds.json").read_text())["rows"]
+    pairs = {(f"{r['mean']:.1f}", f"{r['std']:.1f}") for r in seeds.values()}
+    readme = (root / "README.md").read_text()
+    headline = readme[readme.index("## Verdict"):readme.index("## Glossary")]
+    brief = readme[readme.index("### Table 1 in brief"):readme.index("### Where it differs")]
+    quoted = re.findall(r"(\d+\.\d) ± (\d\.\d)\b", headline + brief)
+    assert len(quoted) >= 8
+    assert not set(quoted) - pairs, f"README numbers not in figures/seeds.json: {set(quoted) - pairs}"
