@@ -3,7 +3,7 @@ numbers can mean.
 
 * :func:`check_parameters` refuses a parameter the notebooks do not take. papermill only warns about an
   unknown ``-p NAME VALUE`` and runs the notebook on its defaults, so ``-p presett smoke`` would quietly run
-  the 30-minute ``quick`` preset; every notebook calls this at the top of its second cell instead.
+  the 40-minute ``quick`` preset; every notebook calls this at the top of its second cell instead.
 * :func:`at_chance`, :func:`chance_map` and :func:`chance_note`: the ``smoke`` preset trains for seconds and
   its networks score at chance level; the notebooks say so wherever they print its results.
 * :func:`meaningful`: the presets whose numbers were measured far above chance (``lesson``, ``quick``); on

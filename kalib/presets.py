@@ -113,7 +113,7 @@ PRESETS = {
         name="quick",
         # non-overlapping objects: teacher 1 reached 79.1 mAP on the validation slice (76.7 with 25 % overlap);
         # 24,000 generic canvases of 32 px cost what 8,000 of 64 px did (110 s for 4 epochs) and gave teacher 1
-        # 77.0 validation mAP instead of 74.1 (issue #3 note); 20,000 keep `make reproduce` within 30 minutes
+        # 77.0 validation mAP instead of 74.1 (issue #3 note); 20,000 kept `make reproduce` near 30 minutes before the baselines
         data=BenchmarkSpec(seed=0, max_overlap=0.0, n_generic=20000),
         # Table 2's variant: its generic backbone and the starting points of its teachers are Table 1's
         # (kalib.experiments.ensure_teachers), so it renders no generic canvases of its own and keeps Table 1's
