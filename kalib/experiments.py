@@ -178,22 +178,33 @@ def _ensemble(preset: Preset, bench, out_dir: str | Path, variant: str, device=N
     return ensemble_run(for_run(preset, variant, "2"), bench, teachers_dir(out_dir, variant), device)
 
 
+def side_jobs(preset: Preset, bench, out_dir: str | Path, variant: str, seed: int | None = None, log=print,
+              device=None, done=()) -> dict[tuple[str, str], Callable[[], dict]]:
+    """The independent runs of one table, keyed (variant, teacher set or row), in the order they are
+    started: the baselines (KD, then Supervised), then the side amalgamations (Target-3, TargetDenseNet)
+    whose key is not in ``done``. Longest first: KD is the longest job of the table, and started last it ran
+    alone at the end of the phase while the other core idled (docs/performance.md). Table 1's teachers of
+    set 2 must exist."""
+    jobs = {(variant, row): job for row, job in baseline_jobs(preset, bench, out_dir, variant, seed, log,
+                                                               device).items()}
+    for s in TEACHER_SETS:
+        if (variant, s) not in done:
+            jobs[variant, s] = lambda s=s: ensure_amalgamation(preset, bench, out_dir, variant, s, seed, log, device)
+    return jobs
+
+
 def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int | None = None, log=print,
                   device=None) -> dict[tuple[str, str], dict]:
     """Every run of Tables 1 and 2: (variant, teacher set) -> amalgamation run record, and (variant, row) ->
     baseline record for the rows ``KD``, ``Supervised`` and ``Ensemble``. The main run first (it is notebook
-    02's), then Table 1's side runs and baselines side by side, then Table 2's (its teachers start from
-    Table 1's); independent runs share the CPU cores (:func:`kalib.parallel.run_parallel`)."""
+    02's), then Table 1's baselines and side runs side by side (:func:`side_jobs`), then Table 2's (its
+    teachers start from Table 1's); independent runs share the CPU cores (:func:`kalib.parallel.run_parallel`)."""
     runs = {("table1", "2"): ensure_amalgamation(preset, benches["table1"], out_dir, "table1", "2", seed, log, device)}
     for variant in variants(preset):
-        todo = [(variant, s) for s in TEACHER_SETS if (variant, s) not in runs]
-        jobs = [lambda v=v, s=s: ensure_amalgamation(preset, benches[v], out_dir, v, s, seed, log, device)
-                for v, s in todo]
         ensure_teachers(preset, benches[variant], out_dir, variant, "2", seed, log, device)
-        for row, job in baseline_jobs(preset, benches[variant], out_dir, variant, seed, log, device).items():
-            todo.append((variant, row))
-            jobs.append(job)
-        records = run_parallel(jobs, device=device, on_done=lambda i, r: log(
+        jobs = side_jobs(preset, benches[variant], out_dir, variant, seed, log, device, done=runs)
+        todo = list(jobs)
+        records = run_parallel(list(jobs.values()), device=device, on_done=lambda i, r: log(
             f"{todo[i][0]} {ROW_OF_SET.get(todo[i][1], todo[i][1])}: " + (
                 f"TargetNet {r['target_ap']['mAP']:.1f} mAP, teachers {r['teacher_ap']['mAP']:.1f}"
                 if "target_ap" in r else f"{r['test_ap']['mAP']:.1f} mAP")))

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_all_start_methods, get_context
 from typing import TypeVar
 
@@ -63,8 +63,9 @@ def default_workers(device=None) -> int:
 def run_parallel(jobs: Sequence[Callable[[], T]], workers: int | None = None, device=None,
                  on_done: Callable[[int, T], None] | None = None) -> list[T]:
     """``[job() for job in jobs]``, run by up to ``workers`` single-thread processes (default
-    :func:`default_workers`); ``on_done(i, result)`` is called in the parent as each job ends. An exception
-    in a job is raised here, after the jobs already running have ended."""
+    :func:`default_workers`). Jobs start in the order given, so put the longest first; ``on_done(i, result)``
+    is called in the parent as each job ends. An exception in a job is raised here, after the jobs already
+    running have ended."""
     global _jobs
     workers = default_workers(device) if workers is None else workers
     if workers <= 1 or len(jobs) <= 1 or _in_worker or "fork" not in get_all_start_methods():
@@ -78,13 +79,14 @@ def run_parallel(jobs: Sequence[Callable[[], T]], workers: int | None = None, de
     try:
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("fork"),
                                  initializer=_start_worker) as pool:
-            futures = [pool.submit(_call, i) for i in range(len(jobs))]
+            futures = {pool.submit(_call, i): i for i in range(len(jobs))}
             try:
-                results = []
-                for i, future in enumerate(futures):
-                    results.append(future.result())
+                results = [None] * len(jobs)
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()
                     if on_done:
-                        on_done(i, results[-1])
+                        on_done(i, results[i])
                 return results
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)

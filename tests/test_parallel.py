@@ -1,11 +1,17 @@
 """kalib.parallel: independent jobs in single-thread worker processes, results in order."""
 
+import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from kalib import parallel
+from kalib import experiments, parallel
+from kalib.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_jobs_run_in_workers_with_one_thread_and_return_in_order():
@@ -13,8 +19,33 @@ def test_jobs_run_in_workers_with_one_thread_and_return_in_order():
     jobs = [lambda i=i: (i, int(big[i]), os.getpid(), torch.get_num_threads()) for i in range(4)]
     seen = []
     results = parallel.run_parallel(jobs, workers=2, on_done=lambda i, r: seen.append(i))
-    assert [r[:2] for r in results] == [(i, i) for i in range(4)] and seen == [0, 1, 2, 3]
+    assert [r[:2] for r in results] == [(i, i) for i in range(4)] and sorted(seen) == [0, 1, 2, 3]
     assert all(r[2] != os.getpid() and r[3] == 1 for r in results)
+
+
+def test_each_job_is_reported_when_it_ends_not_after_the_jobs_before_it():
+    seen = []
+    results = parallel.run_parallel([lambda: time.sleep(1.0) or "slow", lambda: "quick"], workers=2,
+                                    on_done=lambda i, r: seen.append(r))
+    assert results == ["slow", "quick"] and seen == ["quick", "slow"]
+
+
+def test_a_table_starts_its_baselines_before_its_side_amalgamations(tmp_path):
+    """KD is the longest job of Table 1's phase: started first, it no longer runs alone at its end."""
+    jobs = experiments.side_jobs(get_preset("smoke"), None, tmp_path, "table1", done={("table1", "2")})
+    assert list(jobs) == [("table1", "KD"), ("table1", "Supervised"), ("table1", "3"), ("table1", "dense")]
+    jobs = experiments.side_jobs(get_preset("smoke"), None, tmp_path, "table2")
+    assert list(jobs)[:3] == [("table2", "KD"), ("table2", "Supervised"), ("table2", "2")]
+
+
+def test_kd_is_the_longest_job_of_the_committed_table1_phase():
+    steps = json.loads((ROOT / "figures" / "results.json").read_text())["timings_s"]["steps"]
+    table1 = {k.removeprefix("table1/"): v for k, v in steps.items() if k.startswith("table1/")}
+    phase = {"KD": table1["KD"], "Supervised": table1["Supervised"],      # a side run trains its own teachers
+             "Target-3": table1["amalgamation-3"]["total"] + sum(v for k, v in table1.items() if k.startswith("set3-")),
+             "TargetDenseNet": table1["amalgamation-dense"]["total"] + sum(
+                 v for k, v in table1.items() if k.endswith("-densenet_small"))}
+    assert max(phase, key=phase.get) == "KD", phase
 
 
 def test_one_worker_runs_the_jobs_here():

@@ -1,0 +1,82 @@
+"""The order in which a table's independent runs start, measured side by side in one run: Table 1's KD,
+Supervised, Target-3 and TargetDenseNet runs (notebook 05's first phase) on two single-thread workers,
+once with the side amalgamations started first (kalib before this benchmark) and once in kalib's order,
+baselines first (:func:`kalib.experiments.side_jobs`). Each order starts from a copy of the same finished
+generic stage, teachers of set 2 and soft targets, and trains everything else from scratch.
+
+    python benchmarks/side_run_order.py --teachers runs/quick/table1/teachers --work runs/side-order \\
+        --json runs/side_order.json
+
+Prints each order's wall time and when each job ended, and the ratio of the two wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from kalib import experiments
+from kalib.parallel import default_workers, run_parallel
+from kalib.presets import get_preset
+from kalib.runstate import teacher_files
+
+ORDERS = {"side amalgamations first": lambda keys: sorted(keys, key=lambda k: k[1] in ("KD", "Supervised")),
+          "baselines first (kalib)": list}
+
+
+def copy_set2(preset, src: Path, out: Path) -> None:
+    """A fresh output directory holding only what notebook 05 finds ready: the generic stage, the teachers
+    of set 2 and their soft targets."""
+    shutil.rmtree(out, ignore_errors=True)
+    dst = experiments.teachers_dir(out)
+    dst.mkdir(parents=True)
+    _, paths, generic = teacher_files(preset, src, "2")
+    for path in [*paths, generic]:
+        for name in (path.name, path.with_suffix(".json").name):
+            shutil.copyfile(src / name, dst / name)
+    for path in src.glob("soft-targets*"):
+        (shutil.copytree if path.is_dir() else shutil.copyfile)(path, dst / path.name)
+
+
+def time_order(preset, bench, src: Path, out: Path, order) -> dict:
+    copy_set2(preset, src, out)
+    jobs = experiments.side_jobs(preset, bench, out, "table1", log=lambda *a, **k: None, done={("table1", "2")})
+    keys = order(list(jobs))
+    ended = {}
+    start = time.perf_counter()
+    run_parallel([jobs[k] for k in keys], on_done=lambda i, r: ended.__setitem__(
+        experiments.ROW_OF_SET.get(keys[i][1], keys[i][1]), round(time.perf_counter() - start, 1)))
+    return {"started": [experiments.ROW_OF_SET.get(k[1], k[1]) for k in keys],
+            "ended_s": ended, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--teachers", required=True, help="a finished Table 1 teacher directory of the preset")
+    parser.add_argument("--work", required=True, help="scratch directory for the two orders' runs (emptied)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    preset = get_preset(args.preset)
+    bench = experiments.load_variant(preset, "table1")
+    result = {"preset": preset.name, "workers": default_workers(), "cpus": os.cpu_count(),
+              "load_average_start": os.getloadavg()[0], "orders": {}}
+    for name, order in ORDERS.items():
+        result["orders"][name] = timed = time_order(preset, bench, Path(args.teachers), Path(args.work) / name.split()[0],
+                                                    order)
+        print(f"{name}: {timed['wall_s']:.0f} s; started {', '.join(timed['started'])}; ended "
+              + ", ".join(f"{job} at {s:.0f} s" for job, s in timed["ended_s"].items()), flush=True)
+    old, new = (result["orders"][n]["wall_s"] for n in ORDERS)
+    result["load_average_end"] = os.getloadavg()[0]
+    result["ratio"] = round(old / new, 3)
+    print(f"side amalgamations first / baselines first: {result['ratio']:.2f} ({old - new:+.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
