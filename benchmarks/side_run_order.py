@@ -7,7 +7,8 @@ generic stage, teachers of set 2 and soft targets, and trains everything else fr
     python benchmarks/side_run_order.py --teachers runs/quick/table1/teachers --work runs/side-order \\
         --json runs/side_order.json
 
-Prints each order's wall time and when each job ended, and the ratio of the two wall times.
+Prints each order's wall time, when each job ended, the ratio of the two wall times, and whether both orders
+gave the same test mAP (each job seeds itself, so they must).
 """
 
 from __future__ import annotations
@@ -46,21 +47,22 @@ def time_order(preset, bench, src: Path, out: Path, order) -> dict:
     copy_set2(preset, src, out)
     jobs = experiments.side_jobs(preset, bench, out, "table1", log=lambda *a, **k: None, done={("table1", "2")})
     keys = order(list(jobs))
+    rows = [experiments.ROW_OF_SET.get(k[1], k[1]) for k in keys]
     ended = {}
     start = time.perf_counter()
-    run_parallel([jobs[k] for k in keys], on_done=lambda i, r: ended.__setitem__(
-        experiments.ROW_OF_SET.get(keys[i][1], keys[i][1]), round(time.perf_counter() - start, 1)))
-    return {"started": [experiments.ROW_OF_SET.get(k[1], k[1]) for k in keys],
-            "ended_s": ended, "wall_s": round(time.perf_counter() - start, 1)}
+    records = run_parallel([jobs[k] for k in keys], on_done=lambda i, r: ended.__setitem__(
+        rows[i], round(time.perf_counter() - start, 1)))
+    return {"started": rows, "ended_s": ended, "wall_s": round(time.perf_counter() - start, 1),
+            "test_mAP": {row: (r.get("target_ap") or r["test_ap"])["mAP"] for row, r in zip(rows, records)}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--teachers", required=True, help="a finished Table 1 teacher directory of the preset")
     parser.add_argument("--work", required=True, help="scratch directory for the two orders' runs (emptied)")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     preset = get_preset(args.preset)
     bench = experiments.load_variant(preset, "table1")
     result = {"preset": preset.name, "workers": default_workers(), "cpus": os.cpu_count(),
@@ -73,7 +75,11 @@ def main() -> None:
     old, new = (result["orders"][n]["wall_s"] for n in ORDERS)
     result["load_average_end"] = os.getloadavg()[0]
     result["ratio"] = round(old / new, 3)
-    print(f"side amalgamations first / baselines first: {result['ratio']:.2f} ({old - new:+.0f} s)")
+    maps = [result["orders"][n]["test_mAP"] for n in ORDERS]
+    result["same_results"] = maps[0] == maps[1]
+    print(f"side amalgamations first / baselines first: {result['ratio']:.2f} ({old - new:+.0f} s); test mAP "
+          + ", ".join(f"{row} {v:.2f}" for row, v in maps[1].items())
+          + ("; the same in both orders" if result["same_results"] else f"; DIFFERENT in the other order: {maps[0]}"))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 

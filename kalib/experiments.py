@@ -181,10 +181,10 @@ def _ensemble(preset: Preset, bench, out_dir: str | Path, variant: str, device=N
 def side_jobs(preset: Preset, bench, out_dir: str | Path, variant: str, seed: int | None = None, log=print,
               device=None, done=()) -> dict[tuple[str, str], Callable[[], dict]]:
     """The independent runs of one table, keyed (variant, teacher set or row), in the order they are
-    started: the baselines (KD, then Supervised), then the side amalgamations (Target-3, TargetDenseNet)
-    whose key is not in ``done``. Longest first: KD is the longest job of the table, and started last it ran
-    alone at the end of the phase while the other core idled (docs/performance.md). Table 1's teachers of
-    set 2 must exist."""
+    started: the baselines (KD, then Supervised), then the amalgamations of every teacher set whose key is not
+    in ``done`` (Table 1's main run is notebook 02's). Longest first: KD is the longest job of Table 1, and
+    started last it ran alone at the end of the phase while the other core idled (docs/performance.md). The
+    table's teachers of set 2 must exist."""
     jobs = {(variant, row): job for row, job in baseline_jobs(preset, bench, out_dir, variant, seed, log,
                                                                device).items()}
     for s in TEACHER_SETS:

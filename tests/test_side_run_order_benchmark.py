@@ -1,0 +1,24 @@
+"""benchmarks/side_run_order.py runs both start orders on the smoke preset, and they give the same results."""
+import json
+import runpy
+import shutil
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "side_run_order.py"
+
+
+def test_both_orders_run_every_job_and_agree(smoke_teachers, tmp_path):
+    teachers = tmp_path / "teachers"
+    shutil.copytree(smoke_teachers, teachers)
+    out = tmp_path / "side_order.json"
+    runpy.run_path(str(BENCHMARK))["main"](["--preset", "smoke", "--teachers", str(teachers),
+                                            "--work", str(tmp_path / "work"), "--json", str(out)])
+    result = json.loads(out.read_text())
+    before, now = result["orders"].values()
+    assert before["started"] == ["Target-3", "TargetDenseNet", "KD", "Supervised"]
+    assert now["started"] == ["KD", "Supervised", "Target-3", "TargetDenseNet"]
+    for order in (before, now):
+        assert set(order["ended_s"]) == set(order["started"])
+        assert 0 < max(order["ended_s"].values()) <= order["wall_s"]
+    assert result["same_results"] and before["test_mAP"] == now["test_mAP"]
+    assert result["ratio"] == round(before["wall_s"] / now["wall_s"], 3)
