@@ -1,6 +1,8 @@
 """Tables, Fig. 3 data, results.json and the papermill pipeline (kalib.results, kalib.pipeline)."""
 
 import json
+import re
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -142,8 +144,6 @@ def test_reproduce_runs_notebooks_in_order_and_stops_at_a_failing_cell(tmp_path)
 
 def test_the_readme_headline_numbers_are_the_committed_seed_means():
     """Every "mean ± std" of the README's Verdict and Table 1 in brief is a row of figures/seeds.json."""
-    import re
-    from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     seeds = json.loads((root / "figures" / "seeds.json").read_text())["rows"]
     pairs = {(f"{r['mean']:.1f}", f"{r['std']:.1f}") for r in seeds.values()}
