@@ -10,12 +10,12 @@ call of the trained module's forward to the next, and images/s are those of the 
 also has the mean). Variants that are compared (floor, step and naive of a block; the two fine-tunings)
 take turns at 2 steps each, so that another job on a shared machine slows them alike:
 
-* teacher: ``kalib.train.fit`` with ``kalib.teachers.teacher_loss`` (to_input, forward, BCE, backward,
+* teacher: ``kalib.train.fit`` with ``kalib.method.teachers.teacher_loss`` (to_input, forward, BCE, backward,
   SGD step; channels-last);
 * for every block k, three ways to train student block k and its filters f_n^k (Eq. 6-8):
   - floor: the trainable path alone on one ready float channels-last F^{k-1} and ready targets: block k,
     f_n^k, the teachers' frozen blocks k+1..B and heads forward, backward, SGD step;
-  - step: what ``kalib.amalgamate.amalgamate`` does per batch: ``kalib.train.optimise`` over a
+  - step: what ``kalib.method.blockwise.amalgamate`` does per batch: ``kalib.train.optimise`` over a
     ``batch_loss`` that gathers rows of the cached F^{k-1} (``prefix_features``, ``preset.amalgamation_cache``
     dtype) with ``block_inputs`` and the cached soft targets by index; the cache is built in its setup and its
     speed is reported on its own (``cache build``: kalib builds it once per block, so per trained image it
@@ -23,7 +23,7 @@ take turns at 2 steps each, so that another job on a shared machine slows them a
     runs and are left out);
   - naive: the same loop, but the frozen prefix 1..k-1 and the teachers' soft targets are recomputed on
     every batch (``_augmented_inputs``, kalib's path when batches are augmented);
-* fine-tuning: ``kalib.amalgamate.finetune`` (whole TargetNet trainable, BatchNorm frozen as the preset
+* fine-tuning: ``kalib.method.finetune.finetune`` (whole TargetNet trainable, BatchNorm frozen as the preset
   says) of a TargetNet with every task branching at the first block, and at the last block.
 
 Ratios are ratios of time per image: ``step/floor`` = floor img/s / step img/s (1.0 = no overhead over
@@ -57,15 +57,16 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kalib.amalgamate import (_augmented_inputs, entangled_predictions, filtered_loss, finetune, freeze, init_student,
-                              make_filters, soft_targets)
-from kalib.pool import block_inputs, prefix_features
-from kalib.branch import assemble
-from kalib.filters import TaskPlan, task_plan
 from kalib.memory import PeakMemory
+from kalib.method.blockwise import _augmented_inputs, entangled_predictions, filtered_loss, soft_targets
+from kalib.method.filters import TaskPlan, task_plan
+from kalib.method.finetune import finetune
+from kalib.method.pool import block_inputs, prefix_features
+from kalib.method.student import freeze, init_student, make_filters
+from kalib.method.targetnet import assemble
+from kalib.method.teachers import teacher_loss
 from kalib.models import BlockNet, build_backbone
-from kalib.presets import Preset, get_preset
-from kalib.teachers import teacher_loss
+from kalib.runs.presets import Preset, get_preset
 from kalib.train import Schedule, fit, optimise, to_input
 
 CL = torch.channels_last

@@ -30,8 +30,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kalib.amalgamate import entangled_predictions, filtered_loss, freeze, make_filters
-from kalib.filters import select_tasks, task_plan
+from kalib.method.blockwise import entangled_predictions, filtered_loss
+from kalib.method.filters import select_tasks, task_plan
+from kalib.method.student import freeze, make_filters
 from kalib.models import build_backbone
 from kalib.train import to_input
 

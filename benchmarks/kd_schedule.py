@@ -1,6 +1,6 @@
 """Tune the KD baseline's learning rate on the validation split, as carefully as the student's settings were
 (docs/levers.md): the quick preset's teachers, the student's start, the cost-matched epochs of
-``kalib.baselines.kd_epochs``, one KD run per learning rate, side by side on the CPU cores.
+``kalib.method.baselines.kd_epochs``, one KD run per learning rate, side by side on the CPU cores.
 
     python benchmarks/kd_schedule.py --teachers runs/quick/table1/teachers --out runs/levers/kd --lrs 0.05,0.1,0.2
 
@@ -14,10 +14,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from kalib.baseline_runs import kd_run
 from kalib.data import load_benchmark
-from kalib.parallel import run_parallel
-from kalib.presets import get_preset
+from kalib.runs.baselines import kd_run
+from kalib.runs.parallel import run_parallel
+from kalib.runs.presets import get_preset
 
 
 def main() -> None:

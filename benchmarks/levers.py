@@ -5,13 +5,13 @@ evaluated on the labelled validation split, never the test split: the branch-out
 at the end of stage k, before fine-tuning), Eq. 9's choices, the fine-tuned TargetNet of the lever's
 branch-out and its size. Levers that differ only after block training re-use the blocks of the lever
 named in ``blocks_from``. A second table sweeps the branch-out tolerance
-(kalib.branch.tolerant_branch_points) over one lever's converged losses: the AP of a branch at block S is
+(kalib.method.branch.tolerant_branch_points) over one lever's converged losses: the AP of a branch at block S is
 the entangled forward of that block, so the TargetNet before fine-tuning needs no new training, and its
 size comes from assembling it.
 
     python benchmarks/levers.py --teachers runs/quick/table1/teachers --out runs/levers --json docs/levers.json
 
-Finished levers are re-used (kalib.runs.run); the tables go to stdout as markdown. Seconds are not
+Finished levers are re-used (kalib.runs.amalgamation.run); the tables go to stdout as markdown. Seconds are not
 reported: the levers ran under different loads (several at once, one thread each); docs/performance.md
 measures speed.
 """
@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kalib.runs import run
-from kalib.branch import assemble, count_parameters, tolerant_branch_points
-from kalib.checkpoints import load_model
-from kalib.config import override
-from kalib.experiments import load_blocks, load_variant
-from kalib.parallel import run_parallel
-from kalib.presets import get_preset
-from kalib.teachers import evaluate, train_teacher
+from kalib.method.branch import tolerant_branch_points
+from kalib.method.targetnet import assemble, count_parameters
+from kalib.method.teachers import evaluate, train_teacher
+from kalib.runs.amalgamation import run
+from kalib.runs.checkpoints import load_model
+from kalib.runs.config import override
+from kalib.runs.experiments import load_blocks, load_variant
+from kalib.runs.parallel import run_parallel
+from kalib.runs.presets import get_preset
 
 PAPER_FINETUNE = ("finetune.epochs=1", "finetune.lr=0.01", "finetune_images=4000")   # the preset before
 GENERIC = ("student_init=generic", "branch_tolerance=0.0")
@@ -113,19 +114,23 @@ def tolerance_sweep(record: dict, student, filters, teachers, plan, tolerances=T
 
 
 def teacher_lr_sweep(bench, teachers_dir: Path, lrs) -> list[dict]:
-    """Teacher 1 of the quick preset trained from the generic checkpoint at each learning rate (the preset's
-    epochs and batch), scored on the validation split; run side by side in worker processes."""
+    """Both teachers of the quick preset trained from the generic checkpoint at each learning rate (the
+    preset's epochs, batch and seeds), scored on the validation split; run side by side in worker processes.
+    The preset's teacher learning rate is the one with the best mean validation mAP of the two."""
     base = get_preset("quick")
     generic = load_model(Path(teachers_dir) / f"generic-{base.arch}.pt")[0]
-    labels = base.groups[0]
-    idx = bench.label_indices(labels)
 
-    def job(lr):
+    def job(lr, n):
+        labels = base.groups[n - 1]
+        idx = bench.label_indices(labels)
         schedule = dataclasses.replace(base.teacher, lr=lr)
-        teacher = train_teacher(generic, bench, labels, schedule, base.seed + 1)
-        return {"lr": lr, "epochs": schedule.epochs,
-                "val mAP": round(evaluate(teacher, bench.val_images, bench.val_labels[:, idx], labels)["mAP"], 2)}
-    return run_parallel([lambda lr=lr: job(lr) for lr in lrs])
+        teacher = train_teacher(generic, bench.train_images, bench.train_labels[:, idx], schedule, base.seed + n)
+        return evaluate(teacher, bench.val_images, bench.val_labels[:, idx], labels)["mAP"]
+    jobs = [(lr, n) for lr in lrs for n in (1, 2)]
+    maps = run_parallel([lambda lr=lr, n=n: job(lr, n) for lr, n in jobs])
+    return [{"lr": lr, "epochs": base.teacher.epochs,
+             **{f"teacher {n} val mAP": round(m, 2) for (l2, n), m in zip(jobs, maps) if l2 == lr},
+             "val mAP": round(sum(m for (l2, _), m in zip(jobs, maps) if l2 == lr) / 2, 2)} for lr in lrs]
 
 
 def markdown(rows: dict[str, dict], sweep: list[dict], sweep_of: str) -> str:
@@ -156,13 +161,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/levers"))
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated names of LEVERS")
     parser.add_argument("--sweep", default="preset", help="lever whose losses the tolerance sweep uses")
-    parser.add_argument("--teacher-lrs", default="", help="also sweep teacher 1's learning rate, e.g. 0.1,0.2,0.3")
+    parser.add_argument("--teacher-lrs", default="", help="also sweep the teachers' learning rate, e.g. 0.2,0.3,0.4")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     base = get_preset("quick")
     bench = load_variant(base, "table1")
     rows, sweep = {}, []
-    for name in [n for n in LEVERS if n in args.levers.split(",")]:
+    for name in [n for n in LEVERS if n in args.levers.split(",")]:     # --levers "": none
         lever = LEVERS[name]
         preset = override(base, lever.sets)
         out = args.out / name
@@ -178,9 +183,10 @@ def main(argv=None) -> int:
     teacher_lrs = teacher_lr_sweep(bench, args.teachers, [float(v) for v in args.teacher_lrs.split(",")]) \
         if args.teacher_lrs else []
     if teacher_lrs:
-        print("\nTeacher 1 (" + ", ".join(base.groups[0]) + ") by learning rate, validation mAP:\n\n"
-              "| lr | epochs | validation mAP |\n|---:|---:|---:|\n"
-              + "\n".join(f"| {r['lr']} | {r['epochs']} | {r['val mAP']:.1f} |" for r in teacher_lrs), flush=True)
+        print("\nThe two teachers by learning rate, validation mAP:\n\n"
+              "| lr | epochs | teacher 1 | teacher 2 | mean |\n|---:|---:|---:|---:|---:|\n"
+              + "\n".join(f"| {r['lr']} | {r['epochs']} | {r['teacher 1 val mAP']:.1f} | {r['teacher 2 val mAP']:.1f} "
+                          f"| {r['val mAP']:.1f} |" for r in teacher_lrs), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"levers": rows, "tolerance_sweep": sweep, "teacher_lr": teacher_lrs}, indent=1))
     return 0

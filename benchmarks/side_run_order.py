@@ -1,7 +1,7 @@
 """The order in which a table's independent runs start, measured side by side in one run: Table 1's KD,
 Supervised, Target-3 and TargetDenseNet runs (notebook 05's first phase) on two single-thread workers,
 once with the side amalgamations started first (kalib before this benchmark) and once in kalib's order,
-baselines first (:func:`kalib.experiments.side_jobs`). Each order starts from a copy of the same finished
+baselines first (:func:`kalib.runs.experiments.side_jobs`). Each order starts from a copy of the same finished
 generic stage, teachers of set 2 and soft targets, and trains everything else from scratch.
 
     python benchmarks/side_run_order.py --teachers runs/quick/table1/teachers --work runs/side-order \\
@@ -20,10 +20,10 @@ import shutil
 import time
 from pathlib import Path
 
-from kalib import experiments
-from kalib.parallel import default_workers, run_parallel
-from kalib.presets import get_preset
-from kalib.runstate import teacher_files
+from kalib.runs import experiments
+from kalib.runs.parallel import default_workers, run_parallel
+from kalib.runs.presets import get_preset
+from kalib.runs.state import teacher_files
 
 ORDERS = {"side amalgamations first": lambda keys: sorted(keys, key=lambda k: k[1] in ("KD", "Supervised")),
           "baselines first (kalib)": list}

@@ -22,18 +22,19 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoints import CheckpointError, StorageError, storage_error
-from .config import check_preset, override
-from .data import MissingSourceError, UnknownTaskError
-from .locks import LockedError
-from .presets import PRESETS, TEACHER_SETS, get_preset
-from .student import INITS
-from .train import NonFiniteLossError
-
-
-class CommandError(RuntimeError):
-    """A command cannot run as asked (the message says why and what to do)."""
-
+from .errors import (
+    CheckpointError,
+    CommandError,
+    LockedError,
+    MissingSourceError,
+    NonFiniteLossError,
+    StorageError,
+    UnknownTaskError,
+)
+from .files import storage_error
+from .method.student import INITS
+from .runs.config import check_preset, override
+from .runs.presets import PRESETS, TEACHER_SETS, get_preset
 
 EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFiniteLossError, CommandError,
                    StorageError, LockedError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError)
@@ -98,7 +99,7 @@ def _seed(args, preset) -> int:
 
 def _pretrain(args) -> None:
     from .device import resolve_device
-    from .teachers import pretrain_set
+    from .runs.teachers import pretrain_set
     preset = _preset(args)
     names = _teacher_sets(args.teacher_sets)
     device = resolve_device(args.device)
@@ -116,11 +117,11 @@ def _pretrain(args) -> None:
 
 
 def _amalgamate(args) -> None:
-    from .checkpoints import read_meta
     from .device import resolve_device
-    from .filters import task_plan
-    from .runs import run
-    from .runstate import check_teachers, teacher_files
+    from .method.filters import task_plan
+    from .runs.amalgamation import run
+    from .runs.checkpoints import read_meta
+    from .runs.state import check_teachers, teacher_files
     preset = _preset(args)
     device = resolve_device(args.device)
     _out_dir(args.out)
@@ -160,10 +161,10 @@ def _evaluation_preset(args, meta: dict):
 
 
 def _evaluate(args) -> None:
-    from .checkpoints import load_model, read_meta
-    from .data import resolve_tasks
     from .device import resolve_device
+    from .labels import resolve_tasks
     from .metrics import ap_area, ap_voc07
+    from .runs.checkpoints import load_model, read_meta
     from .train import predict
     if args.out is not None:
         if args.out.is_dir():
@@ -174,7 +175,7 @@ def _evaluate(args) -> None:
     preset = _evaluation_preset(args, meta)
     device = resolve_device(args.device)
     if meta.get("kind") == "targetnet":
-        from .branch import load_target
+        from .runs.checkpoints import load_target
         model, meta = load_target(args.checkpoint)
         kind = "TargetNet"
     else:
@@ -220,7 +221,7 @@ def _evaluate(args) -> None:
 def _say_if_at_chance(preset, labels) -> None:
     """Under printed results of a preset that trains too briefly to learn (``smoke``), say that they are at
     chance level and what random scores give on the same labels."""
-    from .notebook import at_chance, chance_map, chance_note
+    from .report.notebook import at_chance, chance_map, chance_note
     if at_chance(preset.name):
         print(chance_note(preset.name, chance_map(labels)))
 
@@ -228,7 +229,7 @@ def _say_if_at_chance(preset, labels) -> None:
 def _label_owners(checkpoint: Path, tasks: str, names) -> list[str]:
     """For each label of ``tasks`` that ``checkpoint`` does not predict but a teacher beside it does:
     "'LABEL' (a label of PATH)"."""
-    from .checkpoints import read_meta
+    from .runs.checkpoints import read_meta
     wanted = [t.strip() for t in tasks.split(",") if t.strip() and t.strip() not in names]
     owners = []
     for other in sorted(Path(checkpoint).parent.glob("*.json")):
@@ -247,11 +248,11 @@ def _reproduce(args) -> None:
     from .device import resolve_device
     preset = _preset(args)                  # fail fast on an unknown preset or a bad --set
     device = resolve_device(args.device)
-    from . import pipeline
+    from .runs import pipeline
     out = _out_dir(args.out if args.out is not None else Path("runs") / args.preset)
     if args.seeds:      # first, so the notebooks find every run of the preset's own seed and show the spread
-        from .claims import write_seed_files
-        from .seeds import run_seeds
+        from .report.claims import write_seed_files
+        from .runs.seeds import run_seeds
         write_seed_files(run_seeds(preset, args.seeds, out, device=str(device)), Path(out) / "figures", preset.name)
     try:
         pipeline.reproduce(preset=args.preset, out_dir=out, seed=args.seed, data_root=args.data_root,

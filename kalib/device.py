@@ -12,9 +12,7 @@ import contextlib
 
 import torch
 
-
-class DeviceError(ValueError):
-    """An unknown device name, or a device that this machine does not have."""
+from .errors import DeviceError
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from .progress import progress_bar
 
 from .device import as_device, autocast
+from .errors import NonFiniteLossError
+from .progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,6 @@ class Schedule:
             raise ValueError(f"invalid schedule: {'; '.join(bad)}")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops instead of writing broken weights."""
-
-
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` canvases (or float images already in [0, 1]) → zero-centred float input,
     channels-last (about 1.5× faster convolutions on the CPU, measured in benchmarks/speed.py)."""
@@ -70,7 +67,8 @@ EPOCH_FORMAT = "kalib-epoch-checkpoint"
 
 
 def _load_epoch(path: Path, fingerprint: str, meta: dict) -> dict:
-    from .checkpoints import CheckpointError, ConfigMismatchError, load_state
+    from .errors import CheckpointError, ConfigMismatchError
+    from .runs.checkpoints import load_state
     state = load_state(path)
     if not isinstance(state, dict) or state.get("format") != EPOCH_FORMAT:
         raise CheckpointError(f"{path} is not a kalib epoch checkpoint; delete it or rerun with --restart")
@@ -89,7 +87,7 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
 
     ``checkpoint``: file for the per-epoch training state of ``state`` (the module that owns ``params``);
     an existing file is resumed from if its ``fingerprint``, schedule, ``n`` and ``seed`` match
-    (:class:`~kalib.checkpoints.ConfigMismatchError` otherwise). ``device``: where ``batch_loss`` runs
+    (:class:`~kalib.errors.ConfigMismatchError` otherwise). ``device``: where ``batch_loss`` runs
     (bfloat16 autocast on CUDA for the forward pass; nothing changes on the CPU).
     A NaN/inf loss raises :class:`NonFiniteLossError` before the step, so the last epoch checkpoint
     stays the last good state.
@@ -145,12 +143,12 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
 
 def _save_epoch(path: Path, fingerprint: str, meta: dict, history: list[float], state: nn.Module, opt,
                 sched, gen: torch.Generator, device: torch.device) -> None:
-    from .checkpoints import _atomic_write
+    from .files import atomic_write
     blob = {"format": EPOCH_FORMAT, "fingerprint": fingerprint, **meta, "history": list(history),
             "model": state.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "generator": gen.get_state(), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    _atomic_write(path, lambda p: torch.save(blob, p))
+    atomic_write(path, lambda p: torch.save(blob, p))
 
 
 def _batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device, augment=None) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kalib.data import load_benchmark
-from kalib.presets import get_preset
+from kalib.runs.presets import get_preset
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,7 +35,7 @@ def one_thread():
 def smoke_teachers(smoke_bench, tmp_path_factory):
     """The smoke preset's generic backbone and two teachers, pretrained once per session (read-only: copy
     the directory before changing anything in it)."""
-    from kalib.teachers import pretrain
+    from kalib.runs.teachers import pretrain
     preset = get_preset("smoke")
     out = tmp_path_factory.mktemp("smoke-teachers")
     threads = torch.get_num_threads()
@@ -51,7 +51,7 @@ def smoke_teachers(smoke_bench, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_target(smoke_bench, smoke_teachers, tmp_path_factory):
     """One uninterrupted smoke-preset amalgamation of ``smoke_teachers`` (C = A): ``(out_dir, record)``."""
-    from kalib.runs import run
+    from kalib.runs.amalgamation import run
     out = tmp_path_factory.mktemp("smoke-target")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Teacher alignment (kalib.alignment): per-block channel correlation against a hand computation."""
+"""Teacher alignment (kalib.report.alignment): per-block channel correlation against a hand computation."""
 
 import copy
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kalib.alignment import block_correlation, teacher_alignment
 from kalib.models import build_backbone
+from kalib.report.alignment import block_correlation, teacher_alignment
 from kalib.train import to_input
 
 

@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from kalib.amalgamate import (amalgamate, block_subset, branch_logits, entangled_predictions, epochs_per_block,
-                              filtered_loss, init_student, make_filters, soft_targets, split_pool, task_losses)
-from kalib.runs import run
-from kalib.checkpoints import save_model
 from kalib.data import Benchmark, BenchmarkSpec
-from kalib.filters import task_plan
+from kalib.method.blockwise import (
+    amalgamate,
+    branch_logits,
+    entangled_predictions,
+    filtered_loss,
+    soft_targets,
+    task_losses,
+)
+from kalib.method.filters import task_plan
+from kalib.method.pool import block_subset, epochs_per_block, split_pool
+from kalib.method.student import init_student, make_filters
 from kalib.models import build_backbone
-from kalib.presets import get_preset
+from kalib.runs.amalgamation import run
+from kalib.runs.checkpoints import save_model
+from kalib.runs.presets import get_preset
 from kalib.train import Schedule, to_input
 
 LABELS = [("a", "b", "c"), ("d", "e")]

@@ -102,10 +102,12 @@ def test_augmented_block_training_feeds_one_image_to_student_and_teachers():
     once per training batch and changes the result."""
     from test_amalgamate import TINY, pool, tiny_nets
 
-    from kalib.amalgamate import amalgamate, finetune, init_student
-    from kalib.branch import assemble
-    from kalib.filters import task_plan
     from kalib.augment import BatchAugment
+    from kalib.method.blockwise import amalgamate
+    from kalib.method.filters import task_plan
+    from kalib.method.finetune import finetune
+    from kalib.method.student import init_student
+    from kalib.method.targetnet import assemble
 
     calls = []
 
@@ -133,9 +135,9 @@ def test_augmented_block_training_feeds_one_image_to_student_and_teachers():
 
 
 def test_pretrain_with_augment_records_it_in_the_config(tmp_path, smoke_bench):
-    from kalib.checkpoints import read_meta
-    from kalib.presets import get_preset
-    from kalib.teachers import pretrain
+    from kalib.runs.checkpoints import read_meta
+    from kalib.runs.presets import get_preset
+    from kalib.runs.teachers import pretrain
     p = get_preset("smoke")
     one = dataclasses.replace(p.teacher, epochs=1)
     small = dataclasses.replace(smoke_bench, train_images=smoke_bench.train_images[:64],

@@ -8,14 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from kalib import baseline_runs, claims, seeds
-from kalib.amalgamate import freeze
-from kalib.baselines import TeacherEnsemble, kd_epochs
-from kalib.checkpoints import load_model
-from kalib.efficiency import count_macs, efficiency
-from kalib.filters import task_plan
-from kalib.presets import get_preset
-from kalib.runstate import teacher_files
+from kalib.method.baselines import TeacherEnsemble, kd_epochs
+from kalib.method.filters import task_plan
+from kalib.method.student import freeze
+from kalib.report import claims
+from kalib.report.efficiency import count_macs, efficiency
+from kalib.runs import baselines as baseline_runs
+from kalib.runs import seeds
+from kalib.runs.checkpoints import load_model
+from kalib.runs.presets import get_preset
+from kalib.runs.state import teacher_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,7 +138,8 @@ def test_a_seed_changes_canvases_and_training_but_not_the_label_split():
 
 def test_every_row_network_is_measured_and_the_compact_rows_are_smaller(smoke_bench, smoke_teachers, smoke_target,
                                                                         tmp_path):
-    from kalib import experiments, results
+    from kalib.report import results
+    from kalib.runs import experiments
     preset = get_preset("smoke")
     (tmp_path / "table1").mkdir()
     (tmp_path / "table1" / "teachers").symlink_to(smoke_teachers)
@@ -156,7 +159,8 @@ def test_every_row_network_is_measured_and_the_compact_rows_are_smaller(smoke_be
 
 
 def test_reproduce_seeds_writes_the_spread_and_the_claims_before_the_notebooks(tmp_path, monkeypatch):
-    from kalib import cli, pipeline
+    from kalib import cli
+    from kalib.runs import pipeline
     per_seed = {0: _summary(87.0, 86.0, 87.5, 85.0, 88.0, 20, 3, 1), 1: _summary(85.0, 86.0, 84.0, 86.5, 84.0, 17, 1, 2)}
     calls = []
     monkeypatch.setattr(seeds, "run_seed", lambda preset, seed, out, log=print, device=None: per_seed[seed])

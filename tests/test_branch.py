@@ -5,13 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from kalib.amalgamate import entangled_predictions, finetune, make_filters, soft_targets
-from kalib.branch import (TargetNet, assemble, branch_points, count_parameters, forced_branch_points,
-                          load_target, save_target, tolerant_branch_points)
-from kalib.checkpoints import CheckpointError, save_model
 from kalib.cli import main
-from kalib.filters import task_plan
+from kalib.errors import CheckpointError
+from kalib.method.blockwise import entangled_predictions, soft_targets
+from kalib.method.branch import branch_points, forced_branch_points, tolerant_branch_points
+from kalib.method.filters import task_plan
+from kalib.method.finetune import finetune
+from kalib.method.student import make_filters
+from kalib.method.targetnet import TargetNet, assemble, count_parameters
 from kalib.models import build_backbone
+from kalib.runs.checkpoints import load_target, save_model, save_target
 from kalib.train import Schedule, to_input
 
 LABELS = [("a", "b", "c"), ("d", "e")]

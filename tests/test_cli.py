@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from kalib.checkpoints import save_model
 from kalib.cli import main
 from kalib.models import build_backbone
+from kalib.runs.checkpoints import save_model
 
 
 def run(*args, env=None, cwd=None):
@@ -35,9 +35,9 @@ def test_help_lists_the_commands_and_their_shared_options(capsys):
 
 
 def test_reproduce_passes_its_options_to_the_pipeline(tmp_path, monkeypatch, capsys):
-    import kalib.pipeline
+    import kalib.runs.pipeline
     seen = {}
-    monkeypatch.setattr(kalib.pipeline, "reproduce", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(kalib.runs.pipeline, "reproduce", lambda **kwargs: seen.update(kwargs))
     code = main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--seed", "3", "--device", "cpu",
                  "--data-root", str(tmp_path / "data"), "--restart", "--set", "block_images=64",
                  "--figures", str(tmp_path / "figs")])
@@ -48,8 +48,8 @@ def test_reproduce_passes_its_options_to_the_pipeline(tmp_path, monkeypatch, cap
     assert "unknown field 'block_imagez'" in capsys.readouterr().err
 
     def fail(**kwargs):
-        raise kalib.pipeline.NotebookError("02_filters, cell 4: ValueError: boom (executed notebook: x.ipynb)")
-    monkeypatch.setattr(kalib.pipeline, "reproduce", fail)
+        raise kalib.errors.NotebookError("02_filters, cell 4: ValueError: boom (executed notebook: x.ipynb)")
+    monkeypatch.setattr(kalib.runs.pipeline, "reproduce", fail)
     code = main(["reproduce", "--preset", "smoke", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "kalib reproduce: error: 02_filters, cell 4: ValueError: boom (executed notebook: x.ipynb)"

@@ -6,7 +6,8 @@ import pytest
 import torch
 from fake_trees import write_coco
 
-from kalib.data import COCO_CATEGORIES, COCO_CLASSES, COCOMultiLabel, DataRootError, MissingSourceError
+from kalib.data import COCO_CATEGORIES, COCO_CLASSES, COCOMultiLabel
+from kalib.errors import DataRootError, MissingSourceError
 
 pytest.importorskip("pycocotools")
 

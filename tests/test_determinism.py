@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from kalib.runs import run
-from kalib.checkpoints import load_state
 from kalib.data.embedded import generate, labels_from_objects
-from kalib.presets import get_preset
-from kalib.teachers import pretrain
+from kalib.runs.amalgamation import run
+from kalib.runs.checkpoints import load_state
+from kalib.runs.presets import get_preset
+from kalib.runs.teachers import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kalib.device import DeviceError, as_device, autocast, resolve_device
+from kalib.device import as_device, autocast, resolve_device
+from kalib.errors import DeviceError
 from kalib.models import build_backbone
 from kalib.train import Schedule, fit, predict
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kalib.data import LABEL_NAMES, BenchmarkSpec, MissingSourceError, load_benchmark
-from kalib.data import embedded
+from kalib.data import LABEL_NAMES, BenchmarkSpec, embedded, load_benchmark
 from kalib.data.embedded import GlyphBank, generate, labels_from_objects
+from kalib.errors import MissingSourceError
 
 TINY = BenchmarkSpec(seed=3, n_train=40, n_pool=30, n_test=20, n_val=12, n_generic=25)
 

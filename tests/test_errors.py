@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kalib.checkpoints import save_model
 from kalib.cli import main
 from kalib.models import build_backbone
+from kalib.runs.checkpoints import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 T1, T2 = "set2-teacher1-resnet18_narrow.pt", "set2-teacher2-resnet18_narrow.pt"
@@ -218,8 +218,8 @@ def test_a_finished_teacher_set_is_reused_by_the_cli(capsys, teachers):
 
 
 def test_set_overrides_nested_preset_fields():
-    from kalib.config import override
-    from kalib.presets import get_preset
+    from kalib.runs.config import override
+    from kalib.runs.presets import get_preset
     base = get_preset("smoke")
     p = override(base, ["teacher.epochs=3", "block.lr=0.5", "arch_kwargs.width=16", "finetune_freeze_bn=false",
                         "data.n_pool=100", "data.objects=[2, 3]"])
@@ -229,18 +229,18 @@ def test_set_overrides_nested_preset_fields():
 
 
 def test_ctrl_c_and_unexpected_failures_are_one_line_too(capsys, teachers, monkeypatch):
-    import kalib.teachers
+    import kalib.runs.teachers
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(kalib.teachers, "pretrain", interrupted)
+    monkeypatch.setattr(kalib.runs.teachers, "pretrain", interrupted)
     code, _, err = cli(capsys, "pretrain", "--preset", "smoke", "--out", teachers)
     assert code == 130 and err == ("kalib pretrain: interrupted; finished epochs and blocks are saved, rerun the "
                                    "same command to resume")
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
-    monkeypatch.setattr(kalib.teachers, "pretrain", broken)
+    monkeypatch.setattr(kalib.runs.teachers, "pretrain", broken)
     code, _, err = cli(capsys, "pretrain", "--preset", "smoke", "--out", teachers)
     assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "unexpected RuntimeError: CUDA error: an illegal memory access" in err and "--debug" in err

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kalib.data import UnknownTaskError
-from kalib.filters import TeacherFilter, select_tasks, task_plan
+from kalib.errors import UnknownTaskError
+from kalib.method.filters import TeacherFilter, select_tasks, task_plan
 
 
 def test_filter_starts_as_identity():

@@ -2,9 +2,11 @@
 
 import pytest
 
-from kalib.data import LABEL_NAMES, UnknownTaskError, fig3_pairs, resolve_tasks, seeded_split
+from kalib.data import LABEL_NAMES, fig3_pairs, seeded_split
 from kalib.data.groups import GARMENTS, RELATED_PAIRS
-from kalib.presets import PRESETS, get_preset
+from kalib.errors import UnknownTaskError
+from kalib.labels import resolve_tasks
+from kalib.runs.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("sizes", [(10, 10), (7, 7, 6)])

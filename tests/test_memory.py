@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from kalib.checkpoints import read_meta
 from kalib.memory import PeakMemory
-from kalib.teachers import teacher_paths
+from kalib.runs.checkpoints import read_meta
+from kalib.runs.teachers import teacher_paths
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")
 

@@ -1,4 +1,4 @@
-"""The lesson notebooks' helpers (kalib.notebook): a misspelt papermill parameter stops a notebook at once,
+"""The lesson notebooks' helpers (kalib.report.notebook): a misspelt papermill parameter stops a notebook at once,
 naming itself and the valid ones; chance level and the presets whose numbers are asserted; figures keep
 showing after the first one in a notebook."""
 
@@ -12,8 +12,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from kalib.notebook import (PARAMETERS, UnknownParameterError, at_chance, chance_map, chance_note, check_parameters,
-                            meaningful)
+from kalib.errors import UnknownParameterError
+from kalib.report.notebook import PARAMETERS, at_chance, chance_map, chance_note, check_parameters, meaningful
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -71,7 +71,7 @@ def test_every_notebook_takes_the_checked_parameters_and_checks_them_first(name)
     assigned = [t.id for node in ast.parse(first).body if isinstance(node, ast.Assign) for t in node.targets]
     assert tuple(assigned) == PARAMETERS
     assert 'preset = os.environ.get("KALIB_PRESET", "lesson")' in first
-    assert second.startswith("from kalib.notebook import check_parameters\n\ncheck_parameters(globals())")
+    assert second.startswith("from kalib.report.notebook import check_parameters\n\ncheck_parameters(globals())")
 
 
 def test_a_misspelt_papermill_parameter_stops_the_notebook_before_any_work(tmp_path):
@@ -79,7 +79,7 @@ def test_a_misspelt_papermill_parameter_stops_the_notebook_before_any_work(tmp_p
     second cell refuses it instead, before anything is trained or written."""
     import papermill as pm
 
-    from kalib.pipeline import _kernel_name
+    from kalib.runs.pipeline import _kernel_name
     out = tmp_path / "run"
     t0 = time.perf_counter()
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -99,7 +99,7 @@ def test_progress_in_a_notebook_kernel_is_one_line_per_bar_without_a_widget_warn
     import nbformat
     import papermill as pm
 
-    from kalib.pipeline import _kernel_name
+    from kalib.runs.pipeline import _kernel_name
     source = ("import torch\nfrom kalib.train import Schedule, fit\n"
               "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))\n"
               "fit(model, torch.zeros(64, 3, 8, 8, dtype=torch.uint8), torch.zeros(64, 2), "
@@ -136,10 +136,10 @@ def test_only_smoke_is_at_chance_and_only_measured_presets_are_asserted():
 
 def test_every_figure_of_a_notebook_shows_not_only_the_first(monkeypatch):
     """Jupyter's inline backend turns interactive mode on while it draws the first figure; the style
-    context of kalib.plots must not switch it off again, or no later figure is displayed."""
+    context of kalib.report.plots must not switch it off again, or no later figure is displayed."""
     import matplotlib.pyplot as plt
 
-    from kalib import plots
+    from kalib.report import plots
     matplotlib.use("Agg")
     monkeypatch.setattr(plt, "subplots", _switching_on(plt.subplots))
     plt.ioff()

@@ -6,7 +6,7 @@ import json
 from test_paper_presets import voc_tree
 
 from kalib.data import VOC_CLASSES
-from kalib.pipeline import reproduce
+from kalib.runs.pipeline import reproduce
 
 TINY = ["data.image_size=32", "arch=resnet18_narrow", "arch_kwargs.width=8", "dense_arch=densenet_small",
         'dense_kwargs={"growth_rate": 6, "num_init_features": 12}', "teacher.epochs=1", "block.epochs=1",

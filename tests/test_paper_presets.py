@@ -12,14 +12,14 @@ import torchvision
 from fake_trees import cycling_coco_annotations, cycling_voc_split, write_coco, write_voc
 
 import kalib.data.paper as paper
-from kalib.runs import run
-from kalib.checkpoints import load_model, read_meta
-from kalib.data import (COCO_CLASSES, VOC_CLASSES, DataRootError, GenericStageError, PaperBenchmark, PaperSpec,
-                        load_dataset, seeded_split)
+from kalib.data import COCO_CLASSES, VOC_CLASSES, PaperBenchmark, PaperSpec, load_dataset, seeded_split
+from kalib.errors import DataRootError, GenericStageError, MissingWeightsError
 from kalib.models import build_backbone
-from kalib.models.pretrained import MissingWeightsError, imagenet_backbone, prepare_generic, weight_files
-from kalib.presets import COCO_SPLIT_SEED, VOC_SPLIT_SEED, get_preset
-from kalib.teachers import pretrain
+from kalib.models.pretrained import imagenet_backbone, weight_files
+from kalib.runs.amalgamation import run
+from kalib.runs.checkpoints import load_model, read_meta
+from kalib.runs.presets import COCO_SPLIT_SEED, VOC_SPLIT_SEED, get_preset
+from kalib.runs.teachers import prepare_generic, pretrain
 from kalib.train import Schedule
 
 PAPER = ("paper-voc07", "paper-voc12", "paper-coco")
@@ -97,7 +97,7 @@ def test_missing_weights_say_what_to_fetch(hub, tmp_path):
         imagenet_backbone("resnet18", 3, weights_path=tmp_path / "blocknet.pth")
     assert [n for n, _ in weight_files("densenet121")] == ["densenet121-a639ec97.pth"]
     assert "--set 'weights_paths.resnet50=\"/path/to/resnet50-0676ba61.pth\"'" in msg
-    from kalib.config import override                       # ... which the CLI's --set understands
+    from kalib.runs.config import override
     assert override(get_preset("paper-voc07"), ['weights_paths.resnet50="/x/r.pth"']).weights_paths == \
         {"resnet50": "/x/r.pth"}
 
@@ -266,7 +266,7 @@ def test_paper_backbones_train_teachers_on_a_fake_voc_tree(tmp_path, one_thread)
 
 def test_paper_voc07_end_to_end_on_a_fake_tree(tmp_path, one_thread):
     """paper-voc07 (a width-8 network instead of ResNet-50, 32 px): the 10/10 teachers, then the whole of
-    Alg. 1 with C = A through kalib.runs.run."""
+    Alg. 1 with C = A through kalib.runs.amalgamation.run."""
     preset = dataclasses.replace(tiny("paper-voc07"), **TINY_NET)
     bench = load_dataset(preset, voc_tree(tmp_path / "data"), workers=0, log=lambda s: None)
     paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers")

@@ -1,4 +1,4 @@
-"""kalib.parallel: independent jobs in single-thread worker processes, results in order."""
+"""kalib.runs.parallel: independent jobs in single-thread worker processes, results in order."""
 
 import json
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kalib import experiments, parallel
-from kalib.presets import get_preset
+from kalib.runs import experiments, parallel
+from kalib.runs.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 

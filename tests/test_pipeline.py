@@ -4,7 +4,8 @@ figures, the kernel's own log kept off the terminal, a dead kernel reported in o
 import nbformat
 import pytest
 
-from kalib.pipeline import NotebookError, render_lesson, reproduce
+from kalib.errors import NotebookError
+from kalib.runs.pipeline import render_lesson, reproduce
 
 NOISY_KERNEL = ("from ipykernel.kernelapp import IPKernelApp\n"
                 "IPKernelApp.instance().log.error('KeyboardInterrupt')   # what a shutdown's SIGINT logs")

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from kalib import plots  # noqa: E402
+from kalib.report import plots
 
 BLOCKS = ["b1_1", "b1_2", "b2_1", "b2_2", "b3_1", "b3_2", "b4_1", "b4_2"]
 GROUPS = {1: "pullover dress coat shirt bag zero one three six nine".split(),

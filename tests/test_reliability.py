@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import kalib.checkpoints
-import kalib.cli
-from kalib.checkpoints import load_state
 from test_errors import T1, T2, amalgamate, assert_one_line, cli, finished, snapshot, teachers  # noqa: F401
+
+import kalib.cli
+import kalib.files
+import kalib.runs.checkpoints
+from kalib.runs.checkpoints import load_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -48,12 +49,12 @@ def test_teachers_of_other_data_or_another_width_are_refused(capsys, teachers, f
 
 def test_teachers_of_the_run_architecture_config_pass_when_it_holds_tuples(tmp_path):
     """A DenseNet's block_config is a tuple in the preset and a list in the checkpoint's JSON: the same."""
-    from kalib.runstate import check_teachers
+    from kalib.runs.state import check_teachers
     kwargs = {"block_config": (2, 2, 2, 2), "growth_rate": 12}
     meta = {"role": "teacher", "labels": ["coat"], "config": {"arch": "densenet_small", "block_config": [2, 2, 2, 2],
                                                                "growth_rate": 12}}
     check_teachers([tmp_path / "t.pt"], [meta], "densenet_small", ["coat"], arch_kwargs=kwargs)
-    with pytest.raises(kalib.checkpoints.CheckpointError, match=r"block_config \[2, 2, 2, 2\], this run's \[2, 2, 4"):
+    with pytest.raises(kalib.errors.CheckpointError, match=r"block_config \[2, 2, 2, 2\], this run's \[2, 2, 4"):
         check_teachers([tmp_path / "t.pt"], [meta], "densenet_small", ["coat"],
                        arch_kwargs={**kwargs, "block_config": (2, 2, 4, 2)})
 
@@ -174,7 +175,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(capsys, teachers, t
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
                            "data/0: file write failed")
     monkeypatch.setattr(torch, "save", stream_writer_failed)
-    monkeypatch.setattr(kalib.checkpoints, "_disk_full", lambda directory: True)
+    monkeypatch.setattr(kalib.files, "_disk_full", lambda directory: True)
     code, _, err = cli(capsys, *amalgamate(teachers, tmp_path / "again"))
     assert_one_line(code, err, f"no space left writing {tmp_path / 'again' / 'blocks' / 'block01.partial.pt'}")
 
@@ -251,7 +252,7 @@ def test_evaluate_names_the_teacher_that_holds_a_label(capsys, teachers):
 
 def hold(directory: Path, name: str) -> subprocess.Popen:
     """A process that holds the lock ``directory/.NAME.lock`` until it is killed."""
-    code = ("import sys, time\nfrom kalib.locks import run_lock\nwith run_lock(sys.argv[1], sys.argv[2], "
+    code = ("import sys, time\nfrom kalib.runs.locks import run_lock\nwith run_lock(sys.argv[1], sys.argv[2], "
             "what='the test holder'):\n    print('held', flush=True)\n    time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(directory), name], stdout=subprocess.PIPE,
                               text=True, cwd=REPO)

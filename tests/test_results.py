@@ -1,4 +1,4 @@
-"""Tables, Fig. 3 data, results.json and the papermill pipeline (kalib.results, kalib.pipeline)."""
+"""Tables, Fig. 3 data, results.json and the papermill pipeline (kalib.report.results, kalib.runs.pipeline)."""
 
 import json
 import re
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from kalib import experiments, results
-from kalib.pipeline import NotebookError, reproduce
-from kalib.presets import get_preset
+from kalib.errors import NotebookError
+from kalib.report import results
+from kalib.runs import experiments
+from kalib.runs.pipeline import reproduce
+from kalib.runs.presets import get_preset
 
 BLOCKS = ["b1_1", "b1_2", "b2_1", "b2_2"]
 
@@ -107,15 +109,16 @@ def test_table2_teachers_start_from_table1s_generic_backbone_and_teachers(tmp_pa
     experiments.ensure_teachers(smoke, bench2, tmp_path, "table2", "2", log=lambda *_: None)
     assert [p.stat().st_mtime_ns for p in [copied, *paths]] == before     # re-used, not trained again
 
-    from kalib.checkpoints import load_model
-    from kalib.teachers import train_teacher
+    from kalib.method.teachers import train_teacher
+    from kalib.runs.checkpoints import load_model
     from kalib.train import Schedule
     start, meta = load_model(table1[0])
     generic = load_model(shared)[0]
-    same = train_teacher(generic, bench2, meta["labels"], Schedule(epochs=0), warm_start=start)
+    targets = bench2.train_labels[:, bench2.label_indices(meta["labels"])]
+    same = train_teacher(generic, bench2.train_images, targets, Schedule(epochs=0), warm_start=start)
     assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), start.state_dict().values()))
     with pytest.raises(ValueError, match="outputs"):
-        train_teacher(generic, bench2, meta["labels"][:3], Schedule(epochs=0), warm_start=start)
+        train_teacher(generic, bench2.train_images, targets[:, :3], Schedule(epochs=0), warm_start=start)
 
 
 def _notebook(path, source):

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_amalgamate import pool, tiny_nets, tiny_preset, write_teachers
 from torch import nn
 
-import kalib.amalgamate
-import kalib.teachers
-from kalib.runs import run
-from kalib.branch import load_target
-from kalib.checkpoints import ConfigMismatchError, load_state
+import kalib.method.blockwise
+import kalib.method.teachers
 from kalib.cli import main
-from kalib.teachers import pretrain
+from kalib.errors import ConfigMismatchError
+from kalib.runs.amalgamation import run
+from kalib.runs.checkpoints import load_state, load_target
+from kalib.runs.teachers import pretrain
 from kalib.train import Schedule, optimise
-from test_amalgamate import pool, tiny_nets, tiny_preset, write_teachers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_pretrain_resumes_a_teacher_from_its_last_epoch(small_bench, tmp_path, m
     reference = pretrain(small_bench, GROUPS, "resnet18_narrow", NET, ONE, TWO, tmp_path / "ref", log=lambda *_: None)
     out = tmp_path / "run"
     # 2 steps per epoch: the teacher dies at step 1 of its second epoch
-    monkeypatch.setattr(kalib.teachers, "teacher_loss", interrupt_after(2, kalib.teachers.teacher_loss))
+    monkeypatch.setattr(kalib.method.teachers, "teacher_loss", interrupt_after(2, kalib.method.teachers.teacher_loss))
     with pytest.raises(Interrupt):
         pretrain(small_bench, GROUPS, "resnet18_narrow", NET, ONE, TWO, out, log=lambda *_: None)
     monkeypatch.undo()
@@ -192,7 +192,7 @@ def test_amalgamation_resumes_inside_a_block_per_epoch(tmp_path, monkeypatch):
 
     out = tmp_path / "out"
     # 16 images per block, batch 8: 2 steps per epoch, 6 per block; die in block 2, epoch 3, step 1
-    monkeypatch.setattr(kalib.amalgamate, "filtered_loss", interrupt_after(10, kalib.amalgamate.filtered_loss))
+    monkeypatch.setattr(kalib.method.blockwise, "filtered_loss", interrupt_after(10, kalib.method.blockwise.filtered_loss))
     with pytest.raises(Interrupt):
         run(tiny_bench(), preset, tmp_path / "t", out, evaluate=False, log=lambda s: None)
     monkeypatch.undo()
@@ -323,7 +323,7 @@ def test_nan_loss_stops_names_block_and_step_and_keeps_the_last_good_state(smoke
     """Block 3 goes NaN in its second epoch: exit 2 with one line naming block and step; blocks 1-2 and
     block 3's first-epoch checkpoint stay on disk; nothing is written as finished after the NaN."""
     calls = {"n": 0}
-    original = kalib.amalgamate.entangled_predictions
+    original = kalib.method.blockwise.entangled_predictions
 
     def nan_in_block3(features, k, *args):
         out = original(features, k, *args)
@@ -332,7 +332,7 @@ def test_nan_loss_stops_names_block_and_step_and_keeps_the_last_good_state(smoke
             if calls["n"] > 3:                   # 96 images / batch 32 = 3 steps per epoch
                 return out * float("nan")
         return out
-    monkeypatch.setattr(kalib.amalgamate, "entangled_predictions", nan_in_block3)
+    monkeypatch.setattr(kalib.method.blockwise, "entangled_predictions", nan_in_block3)
     out = tmp_path / "run"
     code = main(["amalgamate", "--preset", "smoke", "--teachers", str(smoke_teachers), "--out", str(out),
                  "--device", "cpu", "--set", "block.epochs=2", "--set", "block_images=96"])
@@ -354,8 +354,8 @@ def test_a_finished_run_is_returned_as_it_is_and_side_runs_skip_the_branch_curve
                                                                                    smoke_target, tmp_path, one_thread):
     import shutil
 
-    from kalib.runs import run
-    from kalib.presets import get_preset
+    from kalib.runs.amalgamation import run
+    from kalib.runs.presets import get_preset
     out_dir, record = smoke_target
     copy_dir = tmp_path / "run"
     shutil.copytree(out_dir, copy_dir)

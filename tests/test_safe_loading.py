@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from kalib.amalgamate import Amalgamation
-from kalib.runstate import BlockStore
-from kalib.branch import assemble, load_target, save_target
-from kalib.checkpoints import CheckpointError, load_model, load_state, save_model
 from kalib.cli import main
-from kalib.filters import task_plan
+from kalib.errors import CheckpointError
+from kalib.method.blockwise import Amalgamation
+from kalib.method.filters import task_plan
+from kalib.method.targetnet import assemble
 from kalib.models import build_backbone
+from kalib.runs.checkpoints import load_model, load_state, load_target, save_model, save_target
+from kalib.runs.state import BlockStore
 from kalib.train import Schedule, optimise
 
 
@@ -59,7 +60,7 @@ def test_finished_checkpoints_and_targetnets_refuse_the_payload(tmp_path):
 
     teachers = [build_backbone("resnet18_narrow", 2, width=8).eval() for _ in range(2)]
     student = build_backbone("resnet18_narrow", 2, width=8).eval()
-    from kalib.amalgamate import make_filters
+    from kalib.method.student import make_filters
     filters = make_filters(student, teachers)
     target = assemble(student, filters, teachers, task_plan(None, [["a", "b"], ["c", "d"]]), [2, 2, 3, 3])
     tpath = poison(save_target(tmp_path / "targetnet.pt", target, role="targetnet"), marker)

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kalib.checkpoints import CheckpointError, load_model, save_model
+from kalib.errors import CheckpointError, NonFiniteLossError
+from kalib.method.teachers import evaluate, teacher_loss, train_generic, train_teacher
 from kalib.models import build_backbone
-from kalib.teachers import evaluate, pretrain, teacher_loss, train_generic, train_teacher
-from kalib.train import NonFiniteLossError, Schedule, batches, fit, to_input
+from kalib.runs.checkpoints import load_model, save_model
+from kalib.runs.teachers import pretrain
+from kalib.train import Schedule, batches, fit, to_input
 
 TINY_NET = {"width": 8}
 ONE_EPOCH = Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4)
@@ -56,13 +58,14 @@ def test_to_input_maps_uint8_to_a_centred_range():
 
 
 def test_teacher_starts_from_the_generic_backbone_and_keeps_it_unchanged(smoke_bench):
-    generic = train_generic(smoke_bench, "resnet18_narrow", TINY_NET, ONE_EPOCH)
+    generic = train_generic(smoke_bench.generic_images, smoke_bench.generic_labels, 20, "resnet18_narrow", TINY_NET,
+                            ONE_EPOCH)
     before = {k: v.clone() for k, v in generic.state_dict().items()}
-    labels = ("coat", "bag", "seven")
-    start = train_teacher(generic, smoke_bench, labels, Schedule(epochs=0))
+    targets = smoke_bench.train_labels[:, smoke_bench.label_indices(("coat", "bag", "seven"))]
+    start = train_teacher(generic, smoke_bench.train_images, targets, Schedule(epochs=0))
     for (k, v), (k2, v2) in zip(generic.blocks.state_dict().items(), start.blocks.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
-    teacher = train_teacher(generic, smoke_bench, labels, ONE_EPOCH)
+    teacher = train_teacher(generic, smoke_bench.train_images, targets, ONE_EPOCH)
     assert teacher.num_classes == 3
     assert any(not torch.equal(a, b) for a, b in zip(teacher.blocks.parameters(), generic.blocks.parameters()))
     assert all(torch.equal(v, before[k]) for k, v in generic.state_dict().items())

@@ -5,7 +5,8 @@ import pytest
 import torch
 from fake_trees import write_voc
 
-from kalib.data import VOC_CLASSES, DataRootError, MissingSourceError, VOCMultiLabel
+from kalib.data import VOC_CLASSES, VOCMultiLabel
+from kalib.errors import DataRootError, MissingSourceError
 from kalib.metrics import ap_voc07
 
 IMAGES = {

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .voc import DataRootError
+from ..errors import DataRootError
 
 # (category id, name) of the official instances_*2014/2017.json files, in id order
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (

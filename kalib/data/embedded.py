@@ -35,11 +35,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoints import _atomic_write
+from ..files import atomic_write
 from ..progress import progress_bar
-
-from .sources import (DIGIT_NAMES, FASHION_NAMES, cache_dir, check_fashion_dir, load_fashion_mnist,
-                      load_mnist_digits)
+from .sources import DIGIT_NAMES, FASHION_NAMES, cache_dir, check_fashion_dir, load_fashion_mnist, load_mnist_digits
 
 LABEL_NAMES: tuple[str, ...] = FASHION_NAMES + DIGIT_NAMES
 FORMAT_VERSION = 3      # 3: the validation split
@@ -103,7 +101,7 @@ class Benchmark:
     label_names: tuple[str, ...] = LABEL_NAMES
 
     def label_indices(self, names) -> list[int]:
-        from .groups import resolve_tasks
+        from ..labels import resolve_tasks
         return resolve_tasks(names, self.label_names)
 
 
@@ -296,7 +294,7 @@ def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
     arrays = _read_cache(path) if path.is_file() else None
     if arrays is None:
         arrays = generate(spec, allow_download, data_root)
-        _atomic_write(path, lambda tmp: _save_arrays(tmp, arrays))
+        atomic_write(path, lambda tmp: _save_arrays(tmp, arrays))
     return Benchmark(
         spec=spec,
         train_images=torch.from_numpy(arrays["train_images"]),

@@ -7,18 +7,13 @@ two teachers: one visually related pair, one visually unrelated pair.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 GARMENTS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 RELATED_PAIRS = (("shirt", "t-shirt"), ("coat", "pullover"), ("pullover", "shirt"), ("coat", "shirt"),
                  ("sandal", "sneaker"), ("sneaker", "boot"), ("three", "eight"), ("four", "nine"))
-
-
-class UnknownTaskError(ValueError):
-    """A task name that no teacher knows; the message lists the valid ones and the closest match."""
 
 
 def seeded_split(labels: Sequence[str], sizes: Sequence[int], seed: int) -> tuple[tuple[str, ...], ...]:
@@ -44,21 +39,3 @@ def fig3_pairs(groups: Sequence[Sequence[str]]) -> dict[str, tuple[str, str]]:
     return {"unrelated": (garment, digit), "related": related}
 
 
-def resolve_tasks(names: str | Iterable[str], valid: Sequence[str]) -> list[int]:
-    """Indices of task ``names`` (a list or a comma-separated string) in ``valid``, in the given order."""
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(names)
-    if not names:
-        raise UnknownTaskError("the customized task set C is empty: name at least one task, e.g. --tasks "
-                               + ",".join(valid[:2]))
-    out = []
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UnknownTaskError(f"unknown task '{name}'.{hint} Valid tasks: {', '.join(valid)}")
-        if valid.index(name) in out:
-            raise UnknownTaskError(f"task '{name}' is named twice")
-        out.append(valid.index(name))
-    return out

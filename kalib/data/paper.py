@@ -3,7 +3,7 @@
 :func:`load_dataset` gives, for any preset, an object with the interface of the embedded
 :class:`~kalib.data.Benchmark` (``train_images``/``pool_images``/``test_images`` as uint8 ``(N, 3, S, S)``
 tensors, float ``train_labels``/``test_labels``, ``label_names``, ``label_indices``, ``spec.key()``), so
-:func:`kalib.teachers.pretrain` and :func:`kalib.runs.run` run unchanged on the real datasets.
+:func:`kalib.runs.teachers.pretrain` and :func:`kalib.runs.amalgamation.run` run unchanged on the real datasets.
 
 Splits (paper §4.1: "We use the training set for pre-training the teachers. For TargetNet, we use the
 unlabeled images"):
@@ -16,7 +16,7 @@ paper-voc12 VOC2012 train (5,717)     the same images, unlabeled   VOC2012 val (
 paper-coco  COCO train2014 (82,783)   the same images, unlabeled   COCO val2014 (40,504)
 =========== ======================== ============================ ====================
 
-``pool_images`` *is* ``train_images`` (one array, no copy); :func:`kalib.runs.run` never reads a
+``pool_images`` *is* ``train_images`` (one array, no copy); :func:`kalib.runs.amalgamation.run` never reads a
 label. VOC2012's test labels are not public (the paper's Table 2 used the evaluation server), so
 paper-voc12 tests on val; COCO tests on val2014, as the paper does.
 
@@ -45,11 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from ..progress import progress_bar
 
+from ..errors import DataRootError, GenericStageError
+from ..progress import progress_bar
 from .coco import COCO_CLASSES, COCO_LAYOUT, COCOMultiLabel
-from .embedded import BenchmarkSpec, cache_dir, load_benchmark
-from .voc import VOC_CLASSES, VOC_LAYOUT, DataRootError, VOCMultiLabel, find_voc_dir
+from .embedded import BenchmarkSpec, load_benchmark
+from .sources import cache_dir
+from .voc import VOC_CLASSES, VOC_LAYOUT, VOCMultiLabel, find_voc_dir
 
 FORMAT_VERSION = 1
 # dataset -> (loader, VOC year, train split, test split)
@@ -58,10 +60,6 @@ PAPER_DATASETS = {
     "voc12": ("voc", "2012", "train", "val"),
     "coco": ("coco", None, "train2014", "val2014"),
 }
-
-
-class GenericStageError(ValueError):
-    """A paper preset has no generic stage to train: its shared initialisation is ImageNet."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ class PaperBenchmark:
     generic_labels = generic_images
 
     def label_indices(self, names) -> list[int]:
-        from .groups import resolve_tasks
+        from ..labels import resolve_tasks
         return resolve_tasks(names, self.label_names)
 
 

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MissingSourceError
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                  "sandal", "shirt", "sneaker", "bag", "boot")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-class MissingSourceError(RuntimeError):
-    """A glyph source is not installed; the message says how to install it."""
 
 
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

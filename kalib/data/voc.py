@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .sources import MissingSourceError
+from ..errors import DataRootError
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -32,11 +32,6 @@ VOC_YEARS = ("2007", "2012")
 VOC_LAYOUT = ("ROOT/VOCdevkit/VOC{year}/JPEGImages/*.jpg, ROOT/VOCdevkit/VOC{year}/Annotations/*.xml and "
               "ROOT/VOCdevkit/VOC{year}/ImageSets/Main/{image_set}.txt (the layout of the official VOC tar "
               "files; the VOC2007 test images come in the separate VOCtest_06-Nov-2007.tar)")
-
-
-class DataRootError(MissingSourceError):
-    """A dataset tree or annotation file is missing or malformed; the message names the path and the
-    expected layout."""
 
 
 def find_voc_dir(root: str | Path, year: str) -> Path:

@@ -18,13 +18,12 @@ fresh head, and the checkpoint's config says ``weights: None`` so that loading i
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torchvision
 
-from ..data.sources import MissingSourceError
+from ..errors import MissingWeightsError
 from .blocknet import BlockNet, build_backbone
 
 # torchvision weight enums per arch, preferred first (V1: the classic weights, closest to the paper's)
@@ -35,10 +34,6 @@ _WEIGHT_ENUMS = {
 }
 PRETRAINED_ARCHS = tuple(_WEIGHT_ENUMS)
 INITS = ("imagenet", "random")
-
-
-class MissingWeightsError(MissingSourceError):
-    """No ImageNet weights for an architecture were found; the message says how to get them."""
 
 
 def weight_files(arch: str) -> list[tuple[str, str]]:
@@ -170,34 +165,3 @@ def imagenet_backbone(arch: str, num_classes: int, weights_path: str | Path | No
     state, source = imagenet_state(arch, weights_path, allow_download)
     torch.manual_seed(seed)
     return load_imagenet(build_backbone(arch, num_classes), state, source), source
-
-
-def prepare_generic(out_dir: str | Path, arch: str, label_names: Sequence[str], *, init: str = "imagenet",
-                    arch_kwargs: dict | None = None, weights_path: str | Path | None = None,
-                    allow_download: bool = False, seed: int = 0, log=print) -> Path:
-    """Write ``out_dir/generic-{arch}.pt``, the shared start of every teacher and of the student, for a paper
-    preset: ImageNet weights (``init="imagenet"``) or a seeded random init (``init="random"``).
-
-    :func:`kalib.teachers.pretrain` then re-uses it instead of training a generic stage, and
-    :func:`kalib.runs.run` starts the student from it (``--init generic``). An existing file made with
-    the same ``init`` is kept; one made with another raises ``FileExistsError``."""
-    from ..checkpoints import read_meta, save_model
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r} for a paper preset; valid: {', '.join(INITS)}")
-    path = Path(out_dir) / f"generic-{arch}.pt"
-    if path.is_file():
-        made = read_meta(path).get("init")
-        if made != init:
-            raise FileExistsError(f"{path} was made with init {made!r}, not {init!r}; choose another --out "
-                                  "directory or delete it")
-        return path
-    if init == "imagenet":
-        if arch_kwargs:
-            raise ValueError(f"ImageNet weights need the standard {arch}; the preset gives arch_kwargs {arch_kwargs}")
-        model, source = imagenet_backbone(arch, len(label_names), weights_path, allow_download, seed)
-    else:
-        torch.manual_seed(seed)
-        model, source = build_backbone(arch, len(label_names), **(arch_kwargs or {})), None
-    save_model(path, model, role="generic", labels=list(label_names), init=init, weights=source)
-    log(f"generic {arch}: {init} initialisation" + (f" from {source}" if source else "") + f" -> {path}")
-    return path

@@ -1,4 +1,4 @@
-"""Alg. 1 line 14: fine-tune the assembled TargetNet (Eq. 10, :mod:`kalib.branch`) with the loss of Eq. 7
+"""Alg. 1 line 14: fine-tune the assembled TargetNet (Eq. 10, :mod:`kalib.method.branch`) with the loss of Eq. 7
 against the teachers' predictions on unlabeled pool images."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .amalgamate import filtered_loss, task_losses, teacher_logits
-from .device import as_device
+from ..device import as_device
+from ..models.blocknet import BlockNet
+from ..train import Schedule, fit, optimise, predict, to_input
+from .blockwise import filtered_loss, task_losses, teacher_logits
 from .filters import TaskPlan
-from .models import BlockNet
 from .student import CL
-from .train import Schedule, fit, optimise, predict, to_input
 
 
 class _FrozenBatchNorm(nn.Module):

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .device import as_device
-from .models import BlockNet
-from .train import batches, to_input
+from ..device import as_device
+from ..models.blocknet import BlockNet
+from ..train import batches, to_input
 
 
 @torch.no_grad()

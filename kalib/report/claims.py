@@ -1,4 +1,4 @@
-"""The paper's claims, checked on every seed of ``seeds.json`` (:mod:`kalib.seeds`) and written as
+"""The paper's claims, checked on every seed of ``seeds.json`` (:mod:`kalib.runs.seeds`) and written as
 ``claims.md``. Each claim holds or does not on each seed; the numbers behind every verdict are printed."""
 
 from __future__ import annotations
@@ -91,5 +91,5 @@ def write_seed_files(seeds: dict, figures: str | Path, preset_name: str) -> list
     paths[1].write_text(seeds_markdown(seeds, f"Table 1's main rows over seeds {', '.join(map(str, seeds['seeds']))} "
                                               f"(preset {preset_name}, test mAP %)"))
     paths[2].write_text(claims_markdown(checked, f"The paper's claims on every seed (preset {preset_name}; "
-                                                 "computed by kalib.claims from seeds.json)"))
+                                                 "computed by kalib.report.claims from seeds.json)"))
     return paths

@@ -17,15 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
-from .results import write_results
+from ..errors import NotebookError
+from ..report.results import write_results
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
 KERNEL = "kalib"
-
-
-class NotebookError(RuntimeError):
-    """A notebook cell raised; the message names the notebook, the cell and the error."""
 
 
 def _logging_kernel_manager(log):

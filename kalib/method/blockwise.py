@@ -8,9 +8,9 @@ soft cross-entropy against teacher n's own predictions on the same image, averag
 Only student block k and the filters f_n^k are updated. No label is used: the API takes images only.
 (Eq. 5, a feature distance, is the loss the paper sets aside for Eq. 6–7; kalib follows the paper.)
 
-Where the rest of Alg. 1 lives: line 1 (student start, filters) in :mod:`kalib.student`; lines 12–13
-(Eq. 9 branch-out, Eq. 10 TargetNet) in :mod:`kalib.branch`; line 14 (fine-tuning) in
-:mod:`kalib.finetune`; the whole run for the CLI (caching, resume, records) in :mod:`kalib.runs`.
+Where the rest of Alg. 1 lives: line 1 (student start, filters) in :mod:`kalib.method.student`; lines 12–13
+(Eq. 9 branch-out, Eq. 10 TargetNet) in :mod:`kalib.method.branch`; line 14 (fine-tuning) in
+:mod:`kalib.method.finetune`; the whole run for the CLI (caching, resume, records) in :mod:`kalib.runs.amalgamation`.
 
 Speed (CPU): the teachers' soft targets are computed once per pool image, and the frozen prefix
 F_u^{k-1} once per block; each block trains on a seeded subset of the pool (``images_per_block``), and
@@ -32,17 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import as_device, autocast
+from ..device import as_device, autocast
+from ..models.blocknet import BlockNet
+from ..train import Schedule, batches, optimise, predict, to_input
 from .filters import TaskPlan, select_tasks
-from .models import BlockNet
 from .pool import block_inputs, block_subset, epochs_per_block, prefix_features, split_pool
-from .student import CL, INITS, freeze, init_student, make_filters
-from .train import Schedule, batches, optimise, predict, to_input
-
-__all__ = ["INITS", "Amalgamation", "amalgamate", "block_subset", "branch_logits", "entangled_predictions",
-           "epochs_per_block", "filtered_loss", "finetune", "freeze", "heldout_loss", "init_student",
-           "make_filters", "soft_targets", "split_pool", "task_losses", "teacher_logits"]
-
+from .student import CL, freeze, make_filters
 
 # ------------------------------------------------------------------------------------ Eq. 6–8 pieces
 
@@ -258,12 +253,3 @@ def branch_logits(student: BlockNet, filters, teachers: Sequence[BlockNet], plan
                 h = student.blocks[k - 1](h)
                 out[k - 1, idx] = entangled_predictions(h, k, filters[k - 1], teachers, plan).float().cpu()
     return out
-
-
-def __getattr__(name: str):
-    """``finetune`` and ``heldout_loss`` (Alg. 1 line 14) live in :mod:`kalib.finetune`, which builds on
-    Eq. 7 above; they are importable from here too."""
-    if name in ("finetune", "heldout_loss"):
-        from . import finetune
-        return getattr(finetune, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,20 +21,22 @@ from pathlib import Path
 
 import torch
 
-from .baseline_runs import ensemble_run, kd_run, supervised_run
-from .baselines import TeacherEnsemble
-from .branch import assemble, forced_branch_points, load_target
-from .checkpoints import load_model, load_state
-from .data import BenchmarkSpec, load_benchmark, load_dataset
-from .filters import task_plan
+from ..data.embedded import BenchmarkSpec, load_benchmark
+from ..data.paper import load_dataset
+from ..method.baselines import TeacherEnsemble
+from ..method.branch import forced_branch_points
+from ..method.filters import task_plan
+from ..method.student import init_student, make_filters
+from ..method.targetnet import assemble
+from ..report.results import deep_row
+from ..train import predict
+from .amalgamation import run
+from .baselines import ensemble_run, kd_run, supervised_run
+from .checkpoints import load_model, load_state, load_target
 from .parallel import run_parallel
 from .presets import TEACHER_SETS, Preset
-from .results import deep_row
-from .runs import run
-from .runstate import load_teachers, teacher_files
-from .student import init_student, make_filters
+from .state import load_teachers, teacher_files
 from .teachers import pretrain_set
-from .train import predict
 
 VARIANTS = ("table1", "table2")
 ROW_OF_SET = {"2": "Target", "3": "Target-3", "dense": "TargetDenseNet"}
@@ -152,7 +154,7 @@ def baselines_dir(out_dir: str | Path, variant: str = "table1") -> Path:
 
 def baseline_jobs(preset: Preset, bench, out_dir: str | Path, variant: str = "table1", seed: int | None = None,
                   log=print, device=None) -> dict[str, Callable[[], dict]]:
-    """The KD and Supervised baselines of one table (:mod:`kalib.baseline_runs`) as independent jobs; their
+    """The KD and Supervised baselines of one table (:mod:`kalib.runs.baselines`) as independent jobs; their
     teachers must exist. Table 2's supervised network starts from Table 1's (as its teachers do)."""
     seed = preset.seed if seed is None else seed
     run_preset = for_run(preset, variant, "2")
@@ -198,7 +200,7 @@ def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int 
     """Every run of Tables 1 and 2: (variant, teacher set) -> amalgamation run record, and (variant, row) ->
     baseline record for the rows ``KD``, ``Supervised`` and ``Ensemble``. The main run first (it is notebook
     02's), then Table 1's baselines and side runs side by side (:func:`side_jobs`), then Table 2's (its
-    teachers start from Table 1's); independent runs share the CPU cores (:func:`kalib.parallel.run_parallel`)."""
+    teachers start from Table 1's); independent runs share the CPU cores (:func:`kalib.runs.parallel.run_parallel`)."""
     runs = {("table1", "2"): ensure_amalgamation(preset, benches["table1"], out_dir, "table1", "2", seed, log, device)}
     for variant in variants(preset):
         ensure_teachers(preset, benches[variant], out_dir, variant, "2", seed, log, device)
@@ -251,7 +253,7 @@ def target_scores(out_dir: str | Path, images: torch.Tensor, variant: str = "tab
 
 
 def row_networks(preset: Preset, out_dir: str | Path) -> dict[str, torch.nn.Module]:
-    """The network behind every row of Table 1 that has one, for :func:`kalib.efficiency.efficiency`: each
+    """The network behind every row of Table 1 that has one, for :func:`kalib.report.efficiency.efficiency`: each
     teacher, the Ensemble, KD, Supervised, Target b1…b4 (every task branching at the end of stage k, Eq. 10),
     the Eq. 9 Target (and kalib's tolerance TargetNet where the preset has one), Target-3 and
     TargetDenseNet. Rows whose runs are missing are left out."""

@@ -14,23 +14,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amalgamate import Amalgamation, amalgamate, branch_logits
-from .augment import BatchAugment
-from .branch import (assemble, branch_points, count_parameters, forced_branch_points, load_target, save_target,
-                     tolerant_branch_points)
-from .checkpoints import _atomic_write, file_sha, load_model, read_meta
+from ..augment import BatchAugment
+from ..device import as_device
+from ..files import atomic_write, file_sha
+from ..memory import PeakMemory
+from ..method.blockwise import Amalgamation, amalgamate, branch_logits
+from ..method.branch import branch_points, forced_branch_points, tolerant_branch_points
+from ..method.filters import TaskPlan, select_tasks, task_plan
+from ..method.finetune import finetune, heldout_loss
+from ..method.pool import block_subset, split_pool
+from ..method.student import init_student, make_filters
+from ..method.targetnet import assemble, count_parameters
+from ..metrics import ap_voc07
+from ..train import predict
+from .checkpoints import load_model, load_target, read_meta, save_target
 from .config import check_preset, digest, file_digest
-from .device import as_device
-from .filters import TaskPlan, select_tasks, task_plan
-from .finetune import finetune, heldout_loss
 from .locks import run_lock
-from .memory import PeakMemory
-from .metrics import ap_voc07
 from .parallel import run_parallel
-from .pool import block_subset, split_pool
-from .runstate import BlockStore, check_teachers, load_teachers, pool_soft_targets, teacher_files
-from .student import init_student, make_filters
-from .train import predict
+from .state import BlockStore, check_teachers, load_teachers, pool_soft_targets, teacher_files
 
 
 def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -48,7 +49,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
     -> TargetNet (Eq. 10) -> fine-tuning. The student starts as ``init`` (:func:`init_student`; default
     ``preset.student_init``). Branch-out follows ``preset.branch_tolerance``
-    (:func:`~kalib.branch.tolerant_branch_points`; 0 is Eq. 9); where that rule differs from Eq. 9, the
+    (:func:`~kalib.method.branch.tolerant_branch_points`; 0 is Eq. 9); where that rule differs from Eq. 9, the
     record's ``eq9`` entry holds the paper's own TargetNet, fine-tuned the same way. Training reads only
     ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
     the ``eval_split`` (``test``, or ``val`` when choosing settings) gives the APs of teachers and TargetNet,
@@ -59,10 +60,10 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
 
     Resumable: finished blocks (and the epochs of the block or fine-tuning in progress) in
     ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
-    :class:`~kalib.checkpoints.ConfigMismatchError` unless ``restart``, which deletes the finished record,
+    :class:`~kalib.errors.ConfigMismatchError` unless ``restart``, which deletes the finished record,
     the TargetNets and ``out_dir/blocks`` first (the teachers are never touched). Settings that cannot run
     and foreign teachers are refused before any work; one process at a time works in ``out_dir``
-    (:func:`kalib.locks.run_lock`). ``device``: where the networks run (default CPU).
+    (:func:`kalib.runs.locks.run_lock`). ``device``: where the networks run (default CPU).
     """
     check_preset(preset)
     seed = preset.seed if seed is None else seed
@@ -228,7 +229,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
         record["seconds"] = {k: round(v, 1) for k, v in times.items()}
         record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
         record["files"] = {p.name: file_sha(p) for name in variants for p in _target_files(out_dir, name)}
-        _atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+        atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
         for partial in partials.values():
             partial.unlink(missing_ok=True)
         return record

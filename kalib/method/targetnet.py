@@ -1,90 +1,28 @@
-"""Branch-out (paper §3.5, Eq. 9) and the assembled task-customized TargetNet (Eq. 10).
-
-After the B blocks of the student have been trained with Eq. 7, every task i of C has a converged loss
-L_i^k per block k. Eq. 9 picks its branch-out block S_i = argmin_k L_i^k (:func:`branch_points`; kalib's
-named alternative :func:`tolerant_branch_points` takes the deepest block within a loss tolerance of the
-minimum); Eq. 10 assembles
+"""The assembled task-customized TargetNet (paper §3.5, Eq. 10).
 
     T_i = [T^1 .. T^{S_i}  (the shared student trunk),  f_n^{S_i},  A_n^{S_i+1} .. A_n^B,  F_n^i]
 
 i.e. the student blocks up to max_i S_i (later ones are dropped), and per task a branch made of the
-filter of its teacher n at S_i, a *copy* of teacher n's blocks S_i+1..B and the head row of task i.
+filter of its teacher n at S_i (Eq. 4), a *copy* of teacher n's blocks S_i+1..B and the head row of task i.
 Tasks with the same (teacher, S_i) share one branch. Branches of one teacher at different blocks also
 share one copy of that teacher's blocks (kalib's choice; the paper replicates per task): a branch at S
 enters the copy at block S+1, so every task computes exactly what Eq. 10 says, and a teacher is never
-copied twice. :class:`TargetNet` is that network as one module.
+copied twice. :class:`TargetNet` is that network as one module; the branch blocks S_i come from
+:mod:`kalib.method.branch` (Eq. 9).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import FORMAT, VERSION, CheckpointError, _atomic_write, load_state, read_meta
+from ..models import BlockNet, build_backbone
 from .filters import TaskPlan, TeacherFilter
-from .models import BlockNet, build_backbone
-
-
-def branch_points(losses) -> list[int]:
-    """Eq. 9: S_i = argmin_k L_i^k for every task i.
-
-    ``losses`` is ``(B, |C|)`` (row k-1 = block k); returns 1-based block indices, one per task. Exact
-    ties go to the earliest block (``numpy.argmin``).
-    """
-    return [int(k) + 1 for k in _checked(losses).argmin(axis=0)]
-
-
-def tolerant_branch_points(losses, tolerance: float) -> list[int]:
-    """Beyond the paper: S_i = the deepest block k with L_i^k <= min_k L_i^k + ``tolerance``.
-
-    Eq. 9's argmin lets a loss that rises by a hair with depth keep every task at the first block, and so
-    keeps the whole of every teacher. Trading a stated loss margin (in the units of Eq. 7, nats of binary
-    cross-entropy per task) for a deeper shared trunk is what makes the TargetNet compact. ``tolerance``
-    0 is Eq. 9 (:func:`branch_points`).
-    """
-    if not tolerance >= 0:
-        raise ValueError(f"branch tolerance must be >= 0, got {tolerance}")
-    if tolerance == 0:
-        return branch_points(losses)
-    losses = _checked(losses)
-    within = losses <= losses.min(axis=0) + tolerance
-    return [int(np.flatnonzero(within[:, i]).max()) + 1 for i in range(losses.shape[1])]
-
-
-def _checked(losses) -> np.ndarray:
-    losses = np.asarray(losses, dtype=np.float64)
-    if losses.ndim != 2 or losses.shape[0] < 1:
-        raise ValueError(f"losses must be (blocks, tasks), got shape {losses.shape}")
-    if not np.isfinite(losses).all():
-        raise ValueError("converged losses contain NaN or inf; cannot choose branch-out blocks")
-    return losses
-
-
-def forced_branch_points(student: BlockNet, where: str | int, num_tasks: int) -> list[int]:
-    """Every task branches at one block (the "Target b1..b4" rows of Table 1).
-
-    ``where``: a stage name ("b1".."b4": its last block, ``stage_ends``), a block name ("b2_1") or a
-    1-based block index.
-    """
-    if isinstance(where, int) or (isinstance(where, str) and where.isdigit()):
-        k = int(where)
-        if not 1 <= k <= student.num_blocks:
-            raise ValueError(f"branch block must be in 1..{student.num_blocks}, got {k}")
-    elif where in student.stage_ends:
-        k = student.stage_ends[where]
-    elif where in student.block_names:
-        k = student.block_index(where)
-    else:
-        raise ValueError(f"unknown branch block {where!r}; valid: stages {', '.join(student.stage_ends)} "
-                         f"or blocks {', '.join(student.block_names)}")
-    return [k] * num_tasks
 
 
 def _head_rows(fc: nn.Linear, rows: Sequence[int]) -> nn.Sequential:
@@ -209,35 +147,3 @@ def assemble(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: Tas
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def save_target(path: str | Path, net: TargetNet, **meta) -> Path:
-    """Write the TargetNet's weights to ``path`` (``.pt``) and its spec plus ``meta`` to ``path.json``.
-
-    The JSON's ``config`` names the pseudo-arch ``targetnet`` so that tools expecting a plain backbone
-    fail with a clear "unknown arch" message instead of loading the wrong network.
-    """
-    path = Path(path).with_suffix(".pt")
-    _atomic_write(path, lambda p: torch.save(net.state_dict(), p))
-    info = {"format": FORMAT, "version": VERSION, "kind": "targetnet",
-            "config": {"arch": "targetnet", "num_classes": len(net.tasks)},
-            "labels": list(net.tasks), "targetnet": net.spec, **meta}
-    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
-    return path
-
-
-def load_target(path: str | Path) -> tuple[TargetNet, dict]:
-    """Rebuild a TargetNet saved by :func:`save_target` (weights loaded with ``weights_only=True``)."""
-    meta = read_meta(path)
-    if meta.get("kind") != "targetnet" or "targetnet" not in meta:
-        raise CheckpointError(f"{path} is not a TargetNet checkpoint")
-    if meta["targetnet"].get("teacher_copies") != "one per teacher":
-        raise CheckpointError(f"{path} was written by an older kalib that copied a teacher's blocks once per "
-                              "branch; rerun `python -m kalib amalgamate` with --restart to rebuild it")
-    net = TargetNet.from_spec(meta["targetnet"])
-    try:
-        net.load_state_dict(load_state(path))
-    except RuntimeError as err:
-        raise CheckpointError(f"{Path(path).with_suffix('.pt')} does not match its TargetNet spec: "
-                              f"{str(err).splitlines()[0]}") from None
-    return net.eval(), meta

@@ -148,7 +148,7 @@ def block_losses(block_train_loss: dict[str, list[float]], path=None):
 
 @_styled
 def fig3(data: dict[str, dict], blocks, path=None, titles=None):
-    """Fig. 3: per pair of tasks (one per teacher; ``data`` as :func:`kalib.results.fig3_data`), AP (%)
+    """Fig. 3: per pair of tasks (one per teacher; ``data`` as :func:`kalib.report.results.fig3_data`), AP (%)
     when branching out after each block, the teachers' AP as dashed lines, Eq. 9's choice as a star and
     the AP-best block as a ring; the legend, below each panel, has one column per task."""
     pairs = list(data)
@@ -233,7 +233,7 @@ def targetnet_drawing(record: dict, path=None):
 
 @_styled
 def alignment(table: dict[str, dict[str, float]], path=None):
-    """Teacher alignment per block (:func:`kalib.alignment.teacher_alignment`): the mean channel
+    """Teacher alignment per block (:func:`kalib.report.alignment.teacher_alignment`): the mean channel
     correlation between two teachers, and between each teacher and the shared start."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for name, values in table.items():

@@ -89,7 +89,7 @@ def check_preset(preset):
     """``preset`` if its amalgamation settings can run; ``ValueError`` listing every value that would only
     fail deep inside a run (a held-out slice of 0 images, a negative image count, an unknown student start),
     so that ``--set`` mistakes are refused before any work. Schedules and data check themselves."""
-    from .student import INITS
+    from ..method.student import INITS
     bad = [] if preset.loss_slice >= 1 else [f"loss_slice must be >= 1 (held-out pool images), got {preset.loss_slice}"]
     bad += [f"{name} must be >= 0, got {getattr(preset, name)}"
             for name in ("pool_images", "block_images", "finetune_images", "pair_block_images", "seed")

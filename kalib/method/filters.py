@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import UnknownTaskError, resolve_tasks
+from ..errors import UnknownTaskError
+from ..labels import resolve_tasks
 
 
 class TeacherFilter(nn.Module):

@@ -6,98 +6,27 @@ a write that fails (disk full, no permission) is one :class:`StorageError` namin
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from .models import BlockNet, build_backbone
+from ..errors import CheckpointError
+from ..files import atomic_write, file_sha
+from ..method.targetnet import TargetNet
+from ..models.blocknet import BlockNet, build_backbone
 
 FORMAT = "kalib-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, truncated, foreign or incompatible."""
-
-
-class ConfigMismatchError(CheckpointError):
-    """Saved training state (a finished checkpoint, an epoch checkpoint, block states) belongs to another
-    configuration; resuming from it would mix two runs. The message offers ``--restart``."""
-
-
-class StorageError(RuntimeError):
-    """A file could not be written: no space left, no permission, a read-only file system."""
-
-
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def storage_error(err: OSError, path: str | Path | None = None) -> StorageError | None:
-    """The one-line :class:`StorageError` for an ``OSError`` of a full disk or a missing permission
-    (``None`` for other errors)."""
-    path = path or err.filename
-    if err.errno in NO_SPACE:
-        return StorageError(f"no space left writing {path}; free some disk space and rerun the same command "
-                            "to resume (finished epochs and blocks are kept)")
-    if err.errno in NO_PERMISSION:
-        return StorageError(f"cannot write {path} ({err.strerror}); choose an --out directory you can write "
-                            "to, or make this one writable")
-    return None
-
-
-def _disk_full(directory: Path) -> bool:
-    try:
-        stat = os.statvfs(directory)
-    except (OSError, AttributeError):
-        return False
-    return stat.f_bavail * stat.f_frsize < 1 << 20
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``; the temporary file
-    is removed when the write fails, and a full disk or a missing permission becomes a StorageError."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except RuntimeError as err:   # torch.save reports a failed write as "... file write failed"
-            if "write failed" not in str(err) or not _disk_full(path.parent):
-                raise
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    except OSError as err:
-        mapped = storage_error(err, path)
-        if mapped is None:
-            raise
-        raise mapped from None
-
-
-def file_sha(path: str | Path) -> str:
-    """SHA-256 (first 16 hex digits) of a file's bytes: what a record keeps to tell a damaged file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def save_model(path: str | Path, model: BlockNet, **meta) -> Path:
     """Write ``model``'s weights to ``path`` (``.pt``) and its config, the weights' digest and ``meta``
     to ``path.json``."""
     path = Path(path).with_suffix(".pt")
-    _atomic_write(path, lambda p: torch.save(model.state_dict(), p))
+    atomic_write(path, lambda p: torch.save(model.state_dict(), p))
     info = {"format": FORMAT, "version": VERSION, "config": model.config, "weights_sha256": file_sha(path), **meta}
-    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+    atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
     return path
 
 
@@ -145,3 +74,35 @@ def load_model(path: str | Path) -> tuple[BlockNet, dict]:
         raise CheckpointError(f"{Path(path).with_suffix('.pt')} does not match its architecture "
                               f"{meta['config'].get('arch')}: {str(err).splitlines()[0]}") from None
     return model, meta
+
+
+def save_target(path: str | Path, net: TargetNet, **meta) -> Path:
+    """Write the TargetNet's weights to ``path`` (``.pt``) and its spec plus ``meta`` to ``path.json``.
+
+    The JSON's ``config`` names the pseudo-arch ``targetnet`` so that tools expecting a plain backbone
+    fail with a clear "unknown arch" message instead of loading the wrong network.
+    """
+    path = Path(path).with_suffix(".pt")
+    atomic_write(path, lambda p: torch.save(net.state_dict(), p))
+    info = {"format": FORMAT, "version": VERSION, "kind": "targetnet",
+            "config": {"arch": "targetnet", "num_classes": len(net.tasks)},
+            "labels": list(net.tasks), "targetnet": net.spec, **meta}
+    atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+    return path
+
+
+def load_target(path: str | Path) -> tuple[TargetNet, dict]:
+    """Rebuild a TargetNet saved by :func:`save_target` (weights loaded with ``weights_only=True``)."""
+    meta = read_meta(path)
+    if meta.get("kind") != "targetnet" or "targetnet" not in meta:
+        raise CheckpointError(f"{path} is not a TargetNet checkpoint")
+    if meta["targetnet"].get("teacher_copies") != "one per teacher":
+        raise CheckpointError(f"{path} was written by an older kalib that copied a teacher's blocks once per "
+                              "branch; rerun `python -m kalib amalgamate` with --restart to rebuild it")
+    net = TargetNet.from_spec(meta["targetnet"])
+    try:
+        net.load_state_dict(load_state(path))
+    except RuntimeError as err:
+        raise CheckpointError(f"{Path(path).with_suffix('.pt')} does not match its TargetNet spec: "
+                              f"{str(err).splitlines()[0]}") from None
+    return net.eval(), meta

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .amalgamate import epochs_per_block, filtered_loss
+from ..models.blocknet import BlockNet
+from ..train import Schedule, fit
+from .blockwise import filtered_loss
 from .filters import TaskPlan, select_tasks
-from .models.blocknet import BlockNet
+from .pool import epochs_per_block
 from .teachers import teacher_loss
-from .train import Schedule, fit
 
 ROWS = ("Ensemble", "KD", "Supervised")
 

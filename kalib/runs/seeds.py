@@ -14,10 +14,10 @@ import json
 import statistics
 from pathlib import Path
 
+from ..report.results import deep_row, table_rows
 from . import experiments
 from .config import digest
 from .presets import Preset
-from .results import deep_row, table_rows
 
 MAIN_ROWS = ("Teacher", "Ensemble", "KD", "Supervised", "Target b1", "Target b2", "Target b3", "Target b4",
              "Target", "Target-3")

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .device import as_device
+from ..device import as_device
+from ..models.blocknet import BlockNet, build_backbone
 from .filters import TeacherFilter
-from .models import BlockNet, build_backbone
 
 INITS = ("generic", "random", "teacher1", "teacher-mean")
 CL = torch.channels_last        # as kalib.train: ~1.5x faster convolutions on the CPU

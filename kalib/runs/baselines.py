@@ -1,4 +1,4 @@
-"""The baseline runs of Tables 1 and 2 (:mod:`kalib.baselines`) on disk: trained once, checkpointed per
+"""The baseline runs of Tables 1 and 2 (:mod:`kalib.method.baselines`) on disk: trained once, checkpointed per
 epoch, re-used while their settings and inputs are unchanged. Each writes ``DIR/<row>.pt`` (+ JSON with its
 settings key, schedule, seconds and APs on the validation and test splits).
 """
@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 
-from .amalgamate import init_student
-from .baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
-from .checkpoints import CheckpointError, load_model, read_meta, save_model
+from ..errors import CheckpointError
+from ..memory import PeakMemory
+from ..method.baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
+from ..method.filters import task_plan
+from ..method.pool import split_pool
+from ..method.student import init_student
+from ..method.teachers import evaluate
+from .checkpoints import load_model, read_meta, save_model
 from .config import digest, file_digest
-from .filters import task_plan
-from .memory import PeakMemory
-from .pool import split_pool
-from .runstate import load_teachers, pool_soft_targets, teacher_files
-from .teachers import evaluate
+from .state import load_teachers, pool_soft_targets, teacher_files
 
 
 def _teachers(preset, teachers_dir: Path):
@@ -69,7 +70,7 @@ def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable
 
 def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,
            log=print) -> dict:
-    """The KD baseline (:func:`kalib.baselines.train_kd`) on the preset's amalgamation pool (its training
+    """The KD baseline (:func:`kalib.method.baselines.train_kd`) on the preset's amalgamation pool (its training
     part; the held-out slice of Eq. 9 is left out as for the student), from the student's start."""
     teachers, plan, paths, generic_path = _teachers(preset, teachers_dir)
     pool = bench.pool_images[:preset.pool_images or None]
@@ -90,7 +91,7 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
 
 def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,
                    log=print, warm_start: Path | None = None) -> dict:
-    """The supervised baseline (:func:`kalib.baselines.train_supervised`) on the train split's labels of every
+    """The supervised baseline (:func:`kalib.method.baselines.train_supervised`) on the train split's labels of every
     task of C, from the generic start (or from ``warm_start``, Table 1's supervised network, for Table 2 as its
     teachers start from Table 1's), for as many epochs as all teachers together."""
     _, plan, paths, generic_path = _teachers(preset, teachers_dir)
@@ -109,7 +110,7 @@ def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, 
 
 
 def ensemble_run(preset, bench, teachers_dir: Path, device=None) -> dict:
-    """The teachers side by side, evaluated as one network (:class:`kalib.baselines.TeacherEnsemble`)."""
+    """The teachers side by side, evaluated as one network (:class:`kalib.method.baselines.TeacherEnsemble`)."""
     teachers, plan, _, _ = _teachers(preset, teachers_dir)
     ensemble = TeacherEnsemble(teachers, plan)
     return {"row": "Ensemble", **_evaluated(ensemble, bench, plan.tasks, device)}

@@ -1,4 +1,4 @@
-"""The files of an amalgamation run (:mod:`kalib.runs`): the teacher checkpoints it reads and checks, and
+"""The files of an amalgamation run (:mod:`kalib.runs.amalgamation`): the teacher checkpoints it reads and checks, and
 the per-block state in ``OUT/blocks`` that lets an interrupted run resume after its last finished block."""
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amalgamate import Amalgamation, soft_targets
-from .checkpoints import CheckpointError, ConfigMismatchError, _atomic_write, file_sha, load_model, load_state
+from ..errors import CheckpointError, ConfigMismatchError
+from ..files import atomic_write, file_sha
+from ..method.blockwise import Amalgamation, soft_targets
+from ..method.student import freeze
+from .checkpoints import load_model, load_state
 from .config import changed_keys, digest, file_digest
-from .student import freeze
 from .teachers import teacher_paths
 
 
 def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> tuple[str, list[Path], Path]:
     """(arch, teacher checkpoint paths, generic checkpoint path) of a teacher set in ``teachers_dir``
-    (:func:`kalib.teachers.teacher_paths`: old checkpoint names are found too)."""
+    (:func:`kalib.runs.teachers.teacher_paths`: old checkpoint names are found too)."""
     groups, arch, _ = preset.teacher_set(teacher_set)
     d = Path(teachers_dir)
     paths = teacher_paths(d, arch, len(groups))
@@ -107,7 +109,7 @@ class BlockStore:
                     "over, or choose another --out directory")
         else:
             info = {"fingerprint": self.fingerprint, "settings": settings}
-            _atomic_write(config, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
+            atomic_write(config, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
         for stale in self.dir.glob(".*.tmp*"):     # temporary files of a killed run
             stale.unlink(missing_ok=True)
 
@@ -116,10 +118,10 @@ class BlockStore:
 
     def save(self, k: int, result: Amalgamation) -> None:
         state = {"student": result.student.state_dict(), "filters": result.filters.state_dict()}
-        _atomic_write(self._pt(k), lambda p: torch.save(state, p))
+        atomic_write(self._pt(k), lambda p: torch.save(state, p))
         info = {"fingerprint": self.fingerprint, "block": k, "losses": result.losses[:k].tolist(),
                 "train_loss": result.train_loss[:k], "seconds": result.seconds[:k], "sha256": file_sha(self._pt(k))}
-        _atomic_write(self._json(k), lambda p: p.write_text(json.dumps(info)))
+        atomic_write(self._json(k), lambda p: p.write_text(json.dumps(info)))
 
     def _pt(self, k: int) -> Path:
         return self.dir / f"block{k:02d}.pt"
@@ -161,7 +163,7 @@ def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tens
         except Exception:
             pass
     value = compute()
-    _atomic_write(path, lambda p: torch.save(value, p))
+    atomic_write(path, lambda p: torch.save(value, p))
     return value
 
 

@@ -1,79 +1,34 @@
-"""Teacher pretraining (paper §3.3, Eq. 2) and the shared generic "ImageNet" stage (docs/design.md §1).
-
-Every teacher — and later the student — starts from one generic backbone, pretrained as a 20-way
-softmax classifier on single-glyph canvases. The shared start keeps the teachers' block-k features
-aligned channel by channel, which is what lets the paper's channel filters (Eq. 4) work.
+"""Teacher pretraining on disk (:mod:`kalib.method.teachers` is the training itself, Eq. 2).
 
 Resume (:func:`pretrain`): each stage writes its training state after every epoch to
 ``OUT/partial/NAME.pt`` and a rerun continues from there; a finished ``NAME.pt`` carries the hash of the
 configuration that made it (``config_hash`` in ``NAME.json``) and is re-used when the hash matches.
+Paper presets write their ImageNet start as the generic checkpoint (:func:`prepare_generic`).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .augment import BatchAugment
-from .checkpoints import ConfigMismatchError, file_sha, load_model, read_meta, save_model
+from ..augment import BatchAugment
+from ..data import Benchmark
+from ..errors import ConfigMismatchError
+from ..files import file_sha
+from ..labels import resolve_tasks
+from ..memory import PeakMemory
+from ..method.teachers import evaluate, train_generic, train_teacher
+from ..models import BlockNet, build_backbone
+from ..models.pretrained import INITS, imagenet_backbone
+from ..train import Schedule
+from .checkpoints import load_model, read_meta, save_model
 from .config import digest, file_digest
-from .data import Benchmark, resolve_tasks
 from .locks import run_lock
-from .memory import PeakMemory
-from .metrics import ap_voc07
-from .models import BlockNet, build_backbone
 from .parallel import run_parallel
-from .train import Schedule, fit, predict
-
-
-def teacher_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: l_n = 1/T_n Σ_i ℓ(a_n^i, a_n^{i*}), ℓ the binary cross-entropy of task i (also averaged
-    over the batch)."""
-    return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def train_generic(bench: Benchmark, arch: str, arch_kwargs: dict, schedule: Schedule,
-                  seed: int = 0, *, checkpoint: str | Path | None = None, fingerprint: str = "",
-                  device=None) -> BlockNet:
-    """The shared initialisation: a 20-way softmax classifier on single-glyph train canvases.
-    ``checkpoint``/``fingerprint``: per-epoch resume (:func:`kalib.train.optimise`)."""
-    torch.manual_seed(seed)
-    model = build_backbone(arch, num_classes=len(bench.label_names), **arch_kwargs)
-    fit(model, bench.generic_images, bench.generic_labels, F.cross_entropy, schedule, seed,
-        desc=f"generic {arch}", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
-    return model.eval()
-
-
-def train_teacher(generic: BlockNet, bench: Benchmark, labels: Sequence[str], schedule: Schedule,
-                  seed: int = 0, *, checkpoint: str | Path | None = None, fingerprint: str = "",
-                  device=None, augment=None, warm_start: BlockNet | None = None) -> BlockNet:
-    """Teacher A_n for the label group ``labels``: the generic backbone with a new head (or a copy of
-    ``warm_start``, a teacher for the same labels), trained with Eq. 2 on the labeled train split.
-    ``checkpoint``/``fingerprint``: per-epoch resume."""
-    idx = resolve_tasks(labels, bench.label_names)
-    torch.manual_seed(seed)
-    if warm_start is not None and warm_start.num_classes != len(idx):
-        raise ValueError(f"warm_start has {warm_start.num_classes} outputs, the label group {len(idx)}")
-    model = copy.deepcopy(warm_start) if warm_start is not None else generic.with_new_head(len(idx))
-    fit(model, bench.train_images, bench.train_labels[:, idx], teacher_loss, schedule, seed,
-        desc=f"teacher[{labels[0]}…]", checkpoint=checkpoint, fingerprint=fingerprint, device=device,
-        augment=augment)
-    return model.eval()
-
-
-def evaluate(model: BlockNet, images: torch.Tensor, targets: torch.Tensor,
-             names: Sequence[str], device=None) -> dict[str, float]:
-    """Per-label 11-point AP (percent, VOC2007) of ``model`` and their mean under key ``"mAP"``."""
-    ap = ap_voc07(predict(model, images, device=device).numpy(), targets.numpy())
-    out = {n: float(a) for n, a in zip(names, ap)}
-    out["mAP"] = float(ap.mean())
-    return out
 
 
 def teacher_paths(out_dir: str | Path, arch: str, count: int) -> list[Path]:
@@ -130,14 +85,14 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
 
     Resumable: every epoch of every stage is saved to ``out_dir/partial/`` and a rerun continues from the
     last finished epoch (with the same final weights). A finished checkpoint or epoch state of another
-    configuration raises :class:`~kalib.checkpoints.ConfigMismatchError`; ``restart`` removes those and
+    configuration raises :class:`~kalib.errors.ConfigMismatchError`; ``restart`` removes those and
     the epoch states of this call's stages (finished checkpoints of this configuration are still
     re-used). ``device``: where training runs (default CPU). ``augment``: teachers train on random resized
     crops and flips (:class:`kalib.augment.BatchAugment`; the paper presets). ``generic_bench``: the
     benchmark whose generic canvases train the generic stage (default ``bench``). ``warm_start``: one
     teacher checkpoint per group, for the same labels, that teacher n starts from instead of the generic
-    backbone (Table 2's teachers start from Table 1's, ``kalib.experiments``). One process at a time
-    pretrains teachers of one architecture in ``out_dir``; a second waits for it (:func:`kalib.locks.run_lock`)
+    backbone (Table 2's teachers start from Table 1's, ``kalib.runs.experiments``). One process at a time
+    pretrains teachers of one architecture in ``out_dir``; a second waits for it (:func:`kalib.runs.locks.run_lock`)
     and then re-uses what it finished: the side runs of one reproduce share their teachers' directories."""
     out_dir = Path(out_dir)
     with run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in {out_dir}", wait=True):
@@ -154,7 +109,9 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             t0, peak = time.perf_counter(), PeakMemory()
             if partial.is_file():
                 log(f"generic {arch}: resuming from {partial}")
-            generic = train_generic(generic_bench, arch, arch_kwargs, generic_schedule, seed, checkpoint=partial,
+            generic = train_generic(generic_bench.generic_images, generic_bench.generic_labels,
+                                    len(generic_bench.label_names), arch, arch_kwargs, generic_schedule, seed,
+                                    checkpoint=partial,
                                     fingerprint=generic_hash, device=device)
             save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
                        data=generic_bench.spec.key(), config_hash=generic_hash,
@@ -202,11 +159,12 @@ def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Sched
     """Train one teacher (resumable through ``partial``), evaluate it on the test split (and on the
     validation split where the data has one), save it to ``path``; returns the line to log."""
     t0, peak = time.perf_counter(), PeakMemory()
-    teacher = train_teacher(generic, bench, labels, schedule, seed, checkpoint=partial, fingerprint=config_hash,
+    idx = resolve_tasks(labels, bench.label_names)
+    teacher = train_teacher(generic, bench.train_images, bench.train_labels[:, idx], schedule, seed,
+                            desc=f"teacher[{labels[0]}…]", checkpoint=partial, fingerprint=config_hash,
                             device=device, augment=BatchAugment(seed) if augment else None,
                             warm_start=None if start is None else load_model(start)[0])
     seconds = time.perf_counter() - t0
-    idx = resolve_tasks(labels, bench.label_names)
     ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
     val = getattr(bench, "val_images", None)
     val_ap = (evaluate(teacher, val, bench.val_labels[:, idx], labels, device=device) if val is not None else None)
@@ -222,13 +180,42 @@ def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path
                  generic_bench: Benchmark | None = None, warm_start: Sequence[Path] | None = None) -> list[Path]:
     """:func:`pretrain` for one of the preset's teacher sets (``Preset.teacher_set``). Presets that start
     from ImageNet weights (``init != "generic"``: the paper presets) first write those as the generic
-    checkpoint (:func:`kalib.models.pretrained.prepare_generic`) instead of training a generic stage."""
+    checkpoint (:func:`prepare_generic`) instead of training a generic stage."""
     groups, arch, kwargs = preset.teacher_set(teacher_set)
     if preset.init != "generic":
-        from .models.pretrained import prepare_generic
         prepare_generic(out_dir, arch, bench.label_names, init=preset.init, arch_kwargs=kwargs,
                         weights_path=preset.weights_paths.get(arch), allow_download=allow_download,
                         seed=seed, log=log)
     return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, out_dir, seed=seed, log=log,
                     device=device, restart=restart, augment=preset.augment, generic_bench=generic_bench,
                     warm_start=warm_start)
+
+
+def prepare_generic(out_dir: str | Path, arch: str, label_names: Sequence[str], *, init: str = "imagenet",
+                    arch_kwargs: dict | None = None, weights_path: str | Path | None = None,
+                    allow_download: bool = False, seed: int = 0, log=print) -> Path:
+    """Write ``out_dir/generic-{arch}.pt``, the shared start of every teacher and of the student, for a paper
+    preset: ImageNet weights (``init="imagenet"``) or a seeded random init (``init="random"``).
+
+    :func:`kalib.runs.teachers.pretrain` then re-uses it instead of training a generic stage, and
+    :func:`kalib.runs.amalgamation.run` starts the student from it (``--init generic``). An existing file made with
+    the same ``init`` is kept; one made with another raises ``FileExistsError``."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r} for a paper preset; valid: {', '.join(INITS)}")
+    path = Path(out_dir) / f"generic-{arch}.pt"
+    if path.is_file():
+        made = read_meta(path).get("init")
+        if made != init:
+            raise FileExistsError(f"{path} was made with init {made!r}, not {init!r}; choose another --out "
+                                  "directory or delete it")
+        return path
+    if init == "imagenet":
+        if arch_kwargs:
+            raise ValueError(f"ImageNet weights need the standard {arch}; the preset gives arch_kwargs {arch_kwargs}")
+        model, source = imagenet_backbone(arch, len(label_names), weights_path, allow_download, seed)
+    else:
+        torch.manual_seed(seed)
+        model, source = build_backbone(arch, len(label_names), **(arch_kwargs or {})), None
+    save_model(path, model, role="generic", labels=list(label_names), init=init, weights=source)
+    log(f"generic {arch}: {init} initialisation" + (f" from {source}" if source else "") + f" -> {path}")
+    return path

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .metrics import ap_voc07
+from ..errors import UnknownParameterError
+from ..metrics import ap_voc07
 
 # the names the parameters cell of every notebook defines (papermill's -p NAME VALUE)
 PARAMETERS = ("preset", "seed", "out_dir", "data_root", "device", "overrides")
@@ -29,10 +30,6 @@ CHANCE_PRESETS = ("smoke",)
 MEANINGFUL_PRESETS = ("lesson", "quick")
 _CHECKED = "_kalib_parameters_checked"
 _IMPORTS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)   # imported, not parameters
-
-
-class UnknownParameterError(ValueError):
-    """A notebook was given a parameter it does not take (a typo in papermill's ``-p NAME VALUE``)."""
 
 
 def _ipython_hidden() -> Iterable[str]:

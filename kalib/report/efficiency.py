@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .branch import count_parameters
-from .train import to_input
+from ..method.targetnet import count_parameters
+from ..train import to_input
 
 
 @torch.no_grad()

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .data import COCO_CLASSES, LABEL_NAMES, VOC_CLASSES, BenchmarkSpec, PaperSpec, fig3_pairs, seeded_split
-from .train import Schedule
+from ..data.coco import COCO_CLASSES
+from ..data.embedded import LABEL_NAMES, BenchmarkSpec
+from ..data.groups import fig3_pairs, seeded_split
+from ..data.paper import PaperSpec
+from ..data.voc import VOC_CLASSES
+from ..train import Schedule
 
 SPLIT_SEED = 0   # the seeded 10/10 and 7/7/6 label splits, fixed like the paper's random VOC split
 GROUPS_2 = seeded_split(LABEL_NAMES, (10, 10), SPLIT_SEED)
@@ -42,19 +46,19 @@ class Preset:
     pool_images: int = 0                    # the first N pool canvases form the amalgamation pool (0 = all)
     block_images: int = 0                   # pool images per block (0 = the whole training part)
     block_epochs: tuple[int, ...] = ()      # epochs of each block k (overrides block.epochs; () = block.epochs)
-    # the student's start (kalib.amalgamate.init_student): "generic" is the paper's (the weights the teachers
+    # the student's start (kalib.method.student.init_student): "generic" is the paper's (the weights the teachers
     # started from); "teacher-mean" (beyond the paper) averages the teachers' weights
     student_init: str = "generic"
     loss_slice: int = 500                   # held-out pool images for L_i^k (never trained on)
     finetune: Schedule = Schedule(epochs=1, lr=0.01, batch_size=32, weight_decay=5e-4)
     finetune_images: int = 0                # pool images for fine-tuning (0 = the whole training part)
     finetune_freeze_bn: bool = True         # keep BatchNorm statistics (the teachers') while fine-tuning
-    # the KD baseline (kalib.baselines): the student trained end to end against the teachers' soft targets;
+    # the KD baseline (kalib.method.baselines): the student trained end to end against the teachers' soft targets;
     # epochs 0 = as many image passes as block-wise training and fine-tuning together (kd_epochs)
     kd: Schedule = Schedule(epochs=0, lr=0.1, batch_size=64, weight_decay=5e-4)
     filter_reduction: int = 4               # Eq. 4 filter: hidden width = channels / reduction
     # branch-out: 0 is Eq. 9 (argmin of L_i^k); > 0 (beyond the paper) takes the deepest block whose loss is
-    # within this many nats of the minimum (kalib.branch.tolerant_branch_points), and Table 1 then shows
+    # within this many nats of the minimum (kalib.method.branch.tolerant_branch_points), and Table 1 then shows
     # the Eq. 9 TargetNet as a row of its own
     branch_tolerance: float = 0.0
     amalgamation_cache: str = "float32"     # dtype of the cached frozen-prefix features F_u^{k-1}
@@ -116,7 +120,7 @@ PRESETS = {
         # 77.0 validation mAP instead of 74.1 (issue #3 note); 20,000 kept `make reproduce` near 30 minutes before the baselines
         data=BenchmarkSpec(seed=0, max_overlap=0.0, n_generic=20000),
         # Table 2's variant: its generic backbone and the starting points of its teachers are Table 1's
-        # (kalib.experiments.ensure_teachers), so it renders no generic canvases of its own and keeps Table 1's
+        # (kalib.runs.experiments.ensure_teachers), so it renders no generic canvases of its own and keeps Table 1's
         # glyph split (no glyph those networks trained on is in its test canvases); other canvases (seed 1)
         hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=1500, n_pool=1500, n_test=1000, n_val=500, n_generic=0,
                                 objects=(2, 5), clutter=6, max_overlap=0.0),

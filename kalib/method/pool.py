@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .device import as_device, autocast
-from .models import BlockNet
+from ..device import as_device, autocast
+from ..models.blocknet import BlockNet
+from ..train import batches, to_input
 from .student import CL
-from .train import batches, to_input
 
 
 def split_pool(n: int, heldout: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,16 +10,13 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .checkpoints import storage_error
+from ..errors import LockedError
+from ..files import storage_error
 
 try:
     import fcntl
 except ImportError:             # not on POSIX: runs are not locked
     fcntl = None
-
-
-class LockedError(RuntimeError):
-    """Another process is writing into the same run directory."""
 
 
 @contextmanager

@@ -6,7 +6,7 @@ out at the end of stage k, AP measured during block-wise training, i.e. before f
 paper), ``Target`` (Eq. 9 branch-out, fine-tuned), ``Target (tolerance t)`` (kalib's deeper branch-out
 where the preset names one, fine-tuned), ``Target-3`` (three teachers), ``TargetDenseNet``.
 ``Teacher-3`` and ``TeacherDenseNet`` give the teachers those two rows learned from. Beyond the paper,
-the baselines ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.baselines`).
+the baselines ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.method.baselines`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import topk_metrics
+from ..metrics import topk_metrics
 
 TABLE3_KEYS = {"CP": "C-P", "CR": "C-R", "CF1": "C-F1", "OP": "O-P", "OR": "O-R", "OF1": "O-F1"}
 
@@ -58,7 +58,7 @@ def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = No
 
     ``run2`` is the two-teacher C = A run; ``run3`` and ``run_dense`` (optional) add Target-3 and
     TargetDenseNet with the teachers they learned from; ``baselines`` (optional, row -> record with
-    ``test_ap``) adds the rows ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.baselines`)."""
+    ``test_ap``) adds the rows ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.method.baselines`)."""
     labels = run2["tasks"]
     rows = {"Teacher": _ap_row(run2["teacher_ap"], labels)}
     for name in ("Ensemble", "KD", "Supervised"):
