@@ -4,10 +4,11 @@ Paper §4.1: "We adopt the poly learning rate policy ... the power to 0.9" — i
 ``torch.optim.lr_scheduler.PolynomialLR`` stepped once per iteration. Canvases stay uint8 in memory and
 are normalised batch by batch (:func:`to_input`), which is far faster than a per-item ``DataLoader``.
 
-Resume: with ``checkpoint=PATH``, :func:`optimise` writes the complete training state after every epoch
-(weights and BatchNorm statistics, SGD momentum, scheduler, shuffling generator and torch RNG) atomically
-to ``PATH`` and, when ``PATH`` exists, continues from it, so an interrupted run ends with exactly the
-weights of an uninterrupted one (on the CPU). The caller deletes ``PATH`` once its own result is saved.
+Resume: :func:`optimise` hands the complete training state (weights and BatchNorm statistics, SGD momentum,
+scheduler, shuffling generator and torch RNG) to an :class:`EpochStore` after every epoch and continues
+from the state the store gives back, so an interrupted run ends with exactly the weights of an
+uninterrupted one (on the CPU). Where the state is kept (a file, atomically written) is the run layer's
+business (:class:`kalib.runs.checkpoints.EpochFile`); the loop itself writes no file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -63,39 +64,35 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
         yield order[start:start + batch_size]
 
 
-EPOCH_FORMAT = "kalib-epoch-checkpoint"
+class EpochStore(Protocol):
+    """Where :func:`optimise` keeps its training state between epochs, so that a killed run resumes; the run
+    layer keeps it in a file (:class:`kalib.runs.checkpoints.EpochFile`). ``load(meta)`` returns the state
+    saved by a run with this ``meta`` (schedule, number of images, seed), or ``None`` to start afresh;
+    ``save(state)`` keeps the state after an epoch."""
 
+    def load(self, meta: dict) -> dict | None: ...
 
-def _load_epoch(path: Path, fingerprint: str, meta: dict) -> dict:
-    from .errors import CheckpointError, ConfigMismatchError
-    from .runs.checkpoints import load_state
-    state = load_state(path)
-    if not isinstance(state, dict) or state.get("format") != EPOCH_FORMAT:
-        raise CheckpointError(f"{path} is not a kalib epoch checkpoint; delete it or rerun with --restart")
-    stored = {k: state.get(k) for k in meta}
-    if state.get("fingerprint") != fingerprint or stored != meta:
-        raise ConfigMismatchError(f"{path} holds the training state of another configuration; rerun with "
-                                  "--restart to discard it and start over")
-    return state
+    def save(self, state: dict) -> None: ...
 
 
 def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], schedule: Schedule,
-             seed: int = 0, desc: str = "train", *, checkpoint: str | Path | None = None,
-             state: nn.Module | None = None, fingerprint: str = "", device=None) -> list[float]:
+             seed: int = 0, desc: str = "train", *, module: nn.Module | None = None,
+             store: EpochStore | None = None, device=None) -> list[float]:
     """SGD + poly lr over ``params`` for ``schedule.epochs`` shuffled passes over ``range(n)``;
     ``batch_loss(idx)`` gives the loss of one batch of indices. Returns the mean loss of each epoch.
 
-    ``checkpoint``: file for the per-epoch training state of ``state`` (the module that owns ``params``);
-    an existing file is resumed from if its ``fingerprint``, schedule, ``n`` and ``seed`` match
-    (:class:`~kalib.errors.ConfigMismatchError` otherwise). ``device``: where ``batch_loss`` runs
-    (bfloat16 autocast on CUDA for the forward pass; nothing changes on the CPU).
-    A NaN/inf loss raises :class:`NonFiniteLossError` before the step, so the last epoch checkpoint
-    stays the last good state.
+    ``store``: after every epoch the complete training state (the weights and BatchNorm statistics of
+    ``module``, the module that owns ``params``; SGD momentum, scheduler, shuffling generator, torch RNG)
+    goes to ``store.save``, and a state that ``store.load`` returns is resumed from, so an interrupted run
+    ends with exactly the weights of an uninterrupted one (on the CPU). ``device``: where ``batch_loss``
+    runs (bfloat16 autocast on CUDA for the forward pass; nothing changes on the CPU). A NaN/inf loss
+    raises :class:`~kalib.errors.NonFiniteLossError` before the step, so the last saved state stays the last
+    good one.
     """
     if schedule.epochs == 0:
         return []
-    if checkpoint is not None and state is None:
-        raise ValueError("optimise(checkpoint=...) needs state=, the module whose weights it saves")
+    if store is not None and module is None:
+        raise TypeError("optimise(store=...) needs module=, the module whose weights it saves")
     device = as_device(device)
     params = list(params)
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
@@ -104,19 +101,9 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=schedule.epochs * steps,
                                                   power=schedule.power)
     gen = torch.Generator().manual_seed(seed)
-    history: list[float] = []
     meta = {"schedule": dataclasses.asdict(schedule), "n": n, "seed": seed}
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and checkpoint.is_file():
-        saved = _load_epoch(checkpoint, fingerprint, meta)
-        state.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        history = list(saved["history"])
+    saved = store.load(meta) if store is not None else None
+    history = _restore(saved, module, opt, sched, gen, device) if saved is not None else []
     for epoch in range(len(history), schedule.epochs):
         total, seen = 0.0, 0
         bar = progress_bar(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
@@ -125,8 +112,7 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
             with autocast(device):
                 loss = batch_loss(idx)
             if not torch.isfinite(loss):
-                kept = f"; the last good epoch checkpoint {checkpoint} is kept" if (
-                    checkpoint is not None and checkpoint.is_file()) else ""
+                kept = f"; the last good epoch checkpoint {store} is kept" if store is not None and epoch else ""
                 raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, "
                                          f"step {step + 1}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
@@ -136,19 +122,24 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
             total, seen = total + loss.item() * len(idx), seen + len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         history.append(total / max(seen, 1))
-        if checkpoint is not None:
-            _save_epoch(checkpoint, fingerprint, meta, history, state, opt, sched, gen, device)
+        if store is not None:
+            store.save({**meta, "history": list(history), "model": module.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(), "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
     return history
 
 
-def _save_epoch(path: Path, fingerprint: str, meta: dict, history: list[float], state: nn.Module, opt,
-                sched, gen: torch.Generator, device: torch.device) -> None:
-    from .files import atomic_write
-    blob = {"format": EPOCH_FORMAT, "fingerprint": fingerprint, **meta, "history": list(history),
-            "model": state.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "generator": gen.get_state(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    atomic_write(path, lambda p: torch.save(blob, p))
+def _restore(saved: dict, module: nn.Module, opt, sched, gen: torch.Generator, device: torch.device) -> list[float]:
+    """Put a saved training state back (weights, optimiser, scheduler, generators); its loss history."""
+    module.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["rng"])
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    return list(saved["history"])
 
 
 def _batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device, augment=None) -> torch.Tensor:
@@ -159,12 +150,12 @@ def _batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device, augmen
 
 def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
-        seed: int = 0, desc: str = "train", params=None, *, checkpoint: str | Path | None = None,
-        fingerprint: str = "", device=None, augment=None) -> list[float]:
+        seed: int = 0, desc: str = "train", params=None, *, store: EpochStore | None = None, device=None,
+        augment=None) -> list[float]:
     """Train ``model`` on ``(images, targets)`` with SGD + poly lr; return the mean loss of each epoch.
 
-    ``params`` restricts the optimised parameters (default: all that require grad). ``checkpoint``:
-    per-epoch resume file (see :func:`optimise`). ``device``: the model moves there; ``images`` and
+    ``params`` restricts the optimised parameters (default: all that require grad). ``store``: per-epoch
+    resume (see :func:`optimise`). ``device``: the model moves there; ``images`` and
     ``targets`` stay where they are and each batch is moved on its own. ``augment(batch, idx)``: a batch
     augmentation (:class:`kalib.augment.BatchAugment`, paper presets), applied on the device.
     """
@@ -174,8 +165,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     return optimise(params, len(images),
                     lambda idx: loss_fn(model(to_input(_batch(images, idx, device, augment))),
                                         targets[idx].to(device, non_blocking=True)),
-                    schedule, seed, desc, checkpoint=checkpoint, state=model, fingerprint=fingerprint,
-                    device=device)
+                    schedule, seed, desc, module=model, store=store, device=device)
 
 
 @torch.no_grad()

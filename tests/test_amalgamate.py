@@ -8,6 +8,7 @@ import torch
 
 from kalib.data import Benchmark, BenchmarkSpec
 from kalib.method.blockwise import (
+    BlockHooks,
     amalgamate,
     branch_logits,
     entangled_predictions,
@@ -123,7 +124,8 @@ def test_blockwise_training_invariants():
     student = init_student("generic", teachers, generic)
     snapshots = []
     result = amalgamate(student, teachers, plan, pool(), TINY, images_per_block=24, heldout=8,
-                        on_block_end=lambda k, r: snapshots.append((state(r.student.blocks), state(r.filters))))
+                        hooks=BlockHooks(on_block_end=lambda k, r: snapshots.append((state(r.student.blocks),
+                                                                                      state(r.filters)))))
     for t, b in zip(teachers, before):
         assert same(state(t), b), "a teacher's weights or buffers changed"
         assert not t.training and not any(p.requires_grad for p in t.parameters())

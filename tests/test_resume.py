@@ -23,7 +23,7 @@ import kalib.method.teachers
 from kalib.cli import main
 from kalib.errors import ConfigMismatchError
 from kalib.runs.amalgamation import run
-from kalib.runs.checkpoints import load_state, load_target
+from kalib.runs.checkpoints import EpochFile, load_state, load_target
 from kalib.runs.teachers import pretrain
 from kalib.train import Schedule, optimise
 
@@ -70,8 +70,8 @@ def small_problem(seed=0):
 
 def train_small(model, x, y, schedule, checkpoint=None, loss=None):
     loss = loss or (lambda idx: ((model(x[idx]) - y[idx]) ** 2).mean())
-    return optimise(model.parameters(), len(x), loss, schedule, seed=3, checkpoint=checkpoint, state=model,
-                    fingerprint="test")
+    store = EpochFile(checkpoint, "test") if checkpoint is not None else None
+    return optimise(model.parameters(), len(x), loss, schedule, seed=3, module=model, store=store)
 
 
 def test_optimise_resumes_to_the_same_weights_after_an_interruption(tmp_path):

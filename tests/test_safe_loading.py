@@ -17,7 +17,7 @@ from kalib.method.blockwise import Amalgamation
 from kalib.method.filters import task_plan
 from kalib.method.targetnet import assemble
 from kalib.models import build_backbone
-from kalib.runs.checkpoints import load_model, load_state, load_target, save_model, save_target
+from kalib.runs.checkpoints import EpochFile, load_model, load_state, load_target, save_model, save_target
 from kalib.runs.state import BlockStore
 from kalib.train import Schedule, optimise
 
@@ -76,7 +76,7 @@ def test_epoch_checkpoints_and_block_states_refuse_the_payload(tmp_path):
     x = torch.randn(8, 3)
     with pytest.raises(CheckpointError):
         optimise(model.parameters(), 8, lambda idx: model(x[idx]).pow(2).mean(), Schedule(epochs=1, batch_size=4),
-                 checkpoint=ckpt, state=model)
+                 module=model, store=EpochFile(ckpt))
 
     store = BlockStore(tmp_path / "run", "fp")
     store.dir.mkdir(parents=True)

@@ -1,6 +1,5 @@
 """Teacher pretraining (Eq. 2), the shared generic stage, the poly schedule and checkpoints."""
 
-import copy
 import json
 
 import pytest

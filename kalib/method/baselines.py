@@ -47,7 +47,7 @@ def train_kd(student: BlockNet, images: torch.Tensor, soft: torch.Tensor, schedu
              **fit_kwargs) -> list[float]:
     """The KD student: ``student`` (with a head of |C| outputs) fitted to the teachers' logits ``soft``
     (``(len(images), |C|)``, C's order) on unlabeled ``images`` with the loss of Eq. 7. Returns the mean loss
-    per epoch (``fit_kwargs``: ``checkpoint``, ``fingerprint``, ``device`` of :func:`kalib.train.fit`)."""
+    per epoch (``fit_kwargs``: ``store``, ``device`` of :func:`kalib.train.fit`)."""
     if student.num_classes != soft.shape[1]:
         raise ValueError(f"the KD student has {student.num_classes} outputs, the soft targets {soft.shape[1]} tasks")
     return fit(student, images, soft, lambda pred, target: filtered_loss(pred, target)[0], schedule, seed,

@@ -25,7 +25,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..device import as_device, autocast
 from ..models.blocknet import BlockNet
-from ..train import Schedule, batches, optimise, predict, to_input
+from ..train import EpochStore, Schedule, batches, optimise, predict, to_input
 from .filters import TaskPlan, select_tasks
 from .pool import block_inputs, block_subset, epochs_per_block, prefix_features, split_pool
 from .student import CL, freeze, make_filters
@@ -94,35 +93,120 @@ def entangled_predictions(features: torch.Tensor, k: int, filters_k: Sequence[nn
     return torch.cat(outs, dim=1)[:, np.argsort(positions)]
 
 
-@torch.no_grad()
-def _heldout_block(block: nn.Module, filters_k, teachers, plan, feats, images, soft, k,
-                   dtype: torch.dtype = torch.float32, batch_size: int = 250,
-                   device=None) -> tuple[np.ndarray, torch.Tensor]:
-    """Per-task loss of block k on the held-out slice (eval mode, mean over the slice), and F_u^k."""
-    device = as_device(device)
-    block.eval()
-    total = torch.zeros(len(plan.tasks), dtype=torch.float64)
-    out = []
-    for idx in batches(len(images), batch_size):
-        with autocast(device):
-            h = block(block_inputs(feats, images, idx, device))
-            out.append(h.to(dtype).cpu())
-            losses = task_losses(entangled_predictions(h, k, filters_k, teachers, plan),
-                                 soft[idx].to(device, non_blocking=True))
-        total += losses.double().cpu() * len(idx)
-    return (total / max(len(images), 1)).numpy(), torch.cat(out)
-
-
 @dataclass
 class Amalgamation:
     """Result of block-wise training: the student, the filters ``filters[k-1][n]``, the converged held-out
-    loss ``losses[k-1, i]`` = L_i^k, the mean training loss of every epoch of every block, and seconds."""
+    loss ``losses[k-1, i]`` = L_i^k (NaN for blocks not trained yet), the mean training loss of every epoch
+    of every block, and seconds per block."""
     student: BlockNet
     filters: nn.ModuleList
     plan: TaskPlan
     losses: np.ndarray
     train_loss: list[list[float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BlockHooks:
+    """How a caller follows and keeps block-wise training without the algorithm writing files:
+    ``epoch_store(k)`` gives the :class:`~kalib.train.EpochStore` of block k's epochs (resume inside a
+    block), ``on_block_end(k, result)`` runs after block k has finished (keep it), ``log`` gets one line
+    per block. The run layer fills these in (:mod:`kalib.runs.amalgamation`)."""
+    epoch_store: Callable[[int], EpochStore | None] = lambda k: None
+    on_block_end: Callable[[int, Amalgamation], None] | None = None
+    log: Callable[[str], None] | None = None
+
+
+def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, images: torch.Tensor,
+               schedule: Schedule, *, images_per_block: int | None = None, block_epochs: Sequence[int] = (),
+               heldout: int = 500, seed: int = 0, reduction: int = 4, soft: torch.Tensor | None = None,
+               filters: nn.ModuleList | None = None, start_block: int = 1, previous: Amalgamation | None = None,
+               last_block: int | None = None, cache_dtype: torch.dtype = torch.float32, augment=None,
+               device=None, hooks: BlockHooks | None = None) -> Amalgamation:
+    """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
+
+    ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only used
+    to measure the converged losses L_i^k. Block k trains on a seeded subset of ``images_per_block`` of the
+    others (:func:`~kalib.method.pool.block_subset`) for ``schedule.epochs`` passes, or ``block_epochs[k-1]``
+    where given (a depth profile: :func:`~kalib.method.pool.epochs_per_block`). ``soft`` are cached teacher
+    logits for ``images`` (computed here if not given). ``start_block``/``previous``/``filters`` continue
+    after finished blocks; ``last_block`` stops early (the losses of later blocks stay NaN). ``augment``
+    (:class:`kalib.augment.BatchAugment`, paper presets): every training batch is augmented once and the
+    same augmented images reach the frozen student prefix and the teachers, so features and targets are
+    recomputed per batch instead of cached (the held-out losses stay on the plain images). ``device``: where
+    the networks run (default CPU); images, soft targets and cached features stay on the CPU. ``hooks``:
+    per-epoch resume and per-block callbacks (:class:`BlockHooks`). The teachers are frozen (eval mode, no
+    gradients) and never modified.
+    """
+    device = as_device(device)
+    hooks = hooks or BlockHooks()
+    freeze(teachers, device)
+    student.to(device=device, memory_format=CL)
+    num_blocks = student.num_blocks
+    last_block = num_blocks if last_block is None else last_block
+    epochs = epochs_per_block(block_epochs, num_blocks) if block_epochs else [schedule.epochs] * num_blocks
+    filters = (filters if filters is not None else make_filters(student, teachers, reduction)).to(device)
+    soft = soft_targets(teachers, images, plan, device=device) if soft is None else soft
+    if soft.shape != (len(images), len(plan.tasks)):
+        raise ValueError(f"soft targets {tuple(soft.shape)} do not match {len(images)} images x "
+                         f"{len(plan.tasks)} tasks")
+    train_idx, held_idx = split_pool(len(images), heldout)
+    result = previous or Amalgamation(student, filters, plan, np.full((num_blocks, len(plan.tasks)), np.nan))
+    result.student, result.filters = student, filters
+    held_feats = (prefix_features(student, images[held_idx], start_block - 1, cache_dtype, device=device)
+                  if start_block <= last_block else None)
+    for k in range(start_block, last_block + 1):
+        t0 = time.perf_counter()
+        idx = block_subset(train_idx, k, images_per_block, seed)
+        history = train_block(student, filters[k - 1], teachers, plan, images[idx], soft[idx], k,
+                              dataclasses.replace(schedule, epochs=epochs[k - 1]), seed=seed * 7919 + k,
+                              cache_dtype=cache_dtype, augment=augment, device=device, store=hooks.epoch_store(k))
+        result.losses[k - 1], held_feats = converged_losses(student.blocks[k - 1], filters[k - 1], teachers, plan,
+                                                            held_feats, images[held_idx], soft[held_idx], k,
+                                                            cache_dtype, device=device)
+        result.train_loss = result.train_loss[:k - 1] + [history]
+        result.seconds = result.seconds[:k - 1] + [time.perf_counter() - t0]
+        if hooks.log:
+            hooks.log(f"block {student.block_names[k - 1]} ({k}/{num_blocks}): train loss "
+                      f"{history[-1] if history else float('nan'):.4f}, held-out loss "
+                      f"{result.losses[k - 1].mean():.4f} in {result.seconds[-1]:.0f} s")
+        if hooks.on_block_end:
+            hooks.on_block_end(k, result)
+    return result
+
+
+def train_block(student: BlockNet, filters_k: Sequence[nn.Module], teachers: Sequence[BlockNet], plan: TaskPlan,
+                images: torch.Tensor, soft: torch.Tensor, k: int, schedule: Schedule, *, seed: int = 0,
+                cache_dtype: torch.dtype = torch.float32, augment=None, device=None,
+                store: EpochStore | None = None) -> list[float]:
+    """One block of Alg. 1 (lines 5–9): student block k and the filters f_n^k of the teachers with tasks in C
+    learn to minimise Eq. 7 on ``images`` (uint8 pool canvases, targets ``soft``: the teachers' logits for
+    C); every other weight stays frozen. Per batch: F_u^{k-1} from the frozen student blocks 1..k-1
+    (computed once for all ``images`` and kept on the CPU, :func:`~kalib.method.pool.prefix_features`),
+    F_u^k = student block k, then Eq. 6 (:func:`entangled_predictions`) and Eq. 7 (:func:`filtered_loss`).
+    Returns the mean training loss of each epoch; block and filters are left frozen, in eval mode."""
+    device = as_device(device)
+    feats = prefix_features(student, images, k - 1, cache_dtype, device=device) if augment is None else None
+    block = student.blocks[k - 1]
+    active = [filters_k[n] for n in plan.active_teachers]
+    student.requires_grad_(False).eval()
+    for part in (block, *active):
+        part.requires_grad_(True).train()
+
+    def batch_loss(b: torch.Tensor) -> torch.Tensor:
+        if augment is None:
+            h, target = block_inputs(feats, images, b, device), soft[b].to(device, non_blocking=True)
+        else:                              # the same augmented batch reaches the student prefix and the teachers
+            x = to_input(augment(images[b].to(device, non_blocking=True), b))
+            h, target = _augmented_inputs(student, teachers, plan, x, k, device)
+        return filtered_loss(entangled_predictions(block(h), k, filters_k, teachers, plan), target)[0]
+
+    history = optimise([p for part in (block, *active) for p in part.parameters()], len(images), batch_loss,
+                       schedule, seed, desc=f"block {student.block_names[k - 1]} ({k}/{student.num_blocks})",
+                       module=nn.ModuleList([block, *active]), store=store, device=device)
+    for part in (block, *active):
+        part.requires_grad_(False).eval()
+    return history
 
 
 @torch.no_grad()
@@ -135,104 +219,24 @@ def _augmented_inputs(student: BlockNet, teachers: Sequence[BlockNet], plan: Tas
     return h.float().contiguous(memory_format=CL), teacher_logits(teachers, plan, x, device)
 
 
-def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, images: torch.Tensor,
-               schedule: Schedule, *, images_per_block: int | None = None, heldout: int = 500,
-               seed: int = 0, reduction: int = 4, soft: torch.Tensor | None = None,
-               filters: nn.ModuleList | None = None, start_block: int = 1,
-               previous: Amalgamation | None = None, cache_dtype: torch.dtype = torch.float32,
-               on_block_end: Callable[[int, Amalgamation], None] | None = None,
-               last_block: int | None = None, log: Callable[[str], None] | None = None,
-               device=None, state_dir: str | Path | None = None, fingerprint: str = "",
-               augment=None, block_epochs: Sequence[int] | None = None) -> Amalgamation:
-    """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
-
-    ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only
-    used to measure the converged losses L_i^k. ``schedule`` is the per-block SGD + poly schedule
-    (``epochs`` passes over the block's subset of ``images_per_block`` pool images; ``block_epochs[k-1]``
-    instead for block k where given: deep blocks, where the teachers drift furthest apart, need more). ``soft`` are
-    cached teacher logits for ``images`` (computed here if not given). ``start_block``/``previous``/
-    ``filters`` continue an interrupted run; ``on_block_end(k, result)`` is called after each block;
-    ``last_block`` stops early (losses of later blocks stay NaN). ``state_dir``: block k's training state
-    is saved there after every epoch (``blockKK.partial.pt``, tagged with ``fingerprint``) and resumed
-    from; it is deleted once the block is finished (after ``on_block_end``). ``device``: where the
-    networks run (default CPU); images, soft targets and cached features stay on the CPU. ``augment``
-    (:class:`kalib.augment.BatchAugment`, paper presets): every training batch is augmented once and the
-    same augmented images reach the frozen student prefix and the teachers, so features and targets are
-    recomputed per batch instead of cached (the held-out losses L_i^k stay on the plain images).
-    The teachers are put in eval mode with frozen weights and are never modified.
-    """
+@torch.no_grad()
+def converged_losses(block: nn.Module, filters_k, teachers, plan, feats, images, soft, k,
+                     dtype: torch.dtype = torch.float32, batch_size: int = 250,
+                     device=None) -> tuple[np.ndarray, torch.Tensor]:
+    """L_i^k of Eq. 9's input: the per-task loss of the trained block k on the held-out ``images`` (eval
+    mode, mean over the slice), and the slice's F_u^k for the next block."""
     device = as_device(device)
-    freeze(teachers, device)
-    student.to(device=device, memory_format=CL)
-    num_blocks = student.num_blocks
-    last_block = num_blocks if last_block is None else last_block
-    block_epochs = epochs_per_block(block_epochs, num_blocks) if block_epochs else None
-    filters = filters if filters is not None else make_filters(student, teachers, reduction)
-    filters.to(device)
-    if soft is None:
-        soft = soft_targets(teachers, images, plan, device=device)
-    if len(soft) != len(images) or soft.shape[1] != len(plan.tasks):
-        raise ValueError(f"soft targets {tuple(soft.shape)} do not match {len(images)} images x "
-                         f"{len(plan.tasks)} tasks")
-    train_idx, held_idx = split_pool(len(images), heldout)
-    held_images, held_soft = images[held_idx], soft[held_idx]
-    result = previous or Amalgamation(student, filters, plan, np.full((num_blocks, len(plan.tasks)), np.nan))
-    result.student, result.filters = student, filters
-    held_feats = (prefix_features(student, held_images, start_block - 1, cache_dtype, device=device)
-                  if start_block <= last_block else None)
-    if state_dir is not None:           # epoch states of finished blocks (a kill right after the block was saved)
-        for k in range(1, start_block):
-            (Path(state_dir) / f"block{k:02d}.partial.pt").unlink(missing_ok=True)
-    for k in range(start_block, last_block + 1):
-        t0 = time.perf_counter()
-        name = student.block_names[k - 1]
-        idx = block_subset(train_idx, k, images_per_block, seed)
-        block_images, block_soft = images[idx], soft[idx]
-        feats = (prefix_features(student, block_images, k - 1, cache_dtype, device=device)   # F_u^{k-1}, per block
-                 if augment is None else None)
-        block = student.blocks[k - 1]
-        filters_k = filters[k - 1]
-        student.requires_grad_(False).eval()
-        block.requires_grad_(True).train()
-        active = [filters_k[n] for n in plan.active_teachers]
-        for f in active:
-            f.requires_grad_(True).train()
-        params = list(block.parameters()) + [p for f in active for p in f.parameters()]
-        partial = Path(state_dir) / f"block{k:02d}.partial.pt" if state_dir is not None else None
-        if partial is not None and partial.is_file() and log:
-            log(f"block {name} ({k}/{num_blocks}): resuming from {partial}")
-        def batch_loss(b, k=k, block=block, filters_k=filters_k, feats=feats, block_images=block_images,
-                       block_soft=block_soft):
-            if augment is None:
-                h = block_inputs(feats, block_images, b, device)
-                target = block_soft[b].to(device, non_blocking=True)
-            else:
-                x = to_input(augment(block_images[b].to(device, non_blocking=True), b))
-                h, target = _augmented_inputs(student, teachers, plan, x, k, device)
-            return filtered_loss(entangled_predictions(block(h), k, filters_k, teachers, plan), target)[0]
-
-        history = optimise(
-            params, len(idx), batch_loss,
-            dataclasses.replace(schedule, epochs=block_epochs[k - 1]) if block_epochs else schedule,
-            seed * 7919 + k, desc=f"block {name} ({k}/{num_blocks})", checkpoint=partial,
-            state=nn.ModuleList([block, *active]), fingerprint=f"{fingerprint}:block{k}", device=device)
-        del feats
-        block.requires_grad_(False)
-        for f in active:
-            f.requires_grad_(False).eval()
-        result.losses[k - 1], held_feats = _heldout_block(block, filters_k, teachers, plan, held_feats,
-                                                          held_images, held_soft, k, cache_dtype, device=device)
-        student.eval()
-        result.train_loss = result.train_loss[:k - 1] + [history]
-        result.seconds = result.seconds[:k - 1] + [time.perf_counter() - t0]
-        if log:
-            log(f"block {name} ({k}/{num_blocks}): train loss {history[-1] if history else float('nan'):.4f}, "
-                f"held-out loss {result.losses[k - 1].mean():.4f} in {result.seconds[-1]:.0f} s")
-        if on_block_end:
-            on_block_end(k, result)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-    return result
+    block.eval()
+    total = torch.zeros(len(plan.tasks), dtype=torch.float64)
+    out = []
+    for idx in batches(len(images), batch_size):
+        with autocast(device):
+            h = block(block_inputs(feats, images, idx, device))
+            out.append(h.to(dtype).cpu())
+            losses = task_losses(entangled_predictions(h, k, filters_k, teachers, plan),
+                                 soft[idx].to(device, non_blocking=True))
+        total += losses.double().cpu() * len(idx)
+    return (total / max(len(images), 1)).numpy(), torch.cat(out)
 
 
 @torch.no_grad()

@@ -4,7 +4,6 @@ against the teachers' predictions on unlabeled pool images."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from ..device import as_device
 from ..models.blocknet import BlockNet
-from ..train import Schedule, fit, optimise, predict, to_input
+from ..train import EpochStore, Schedule, fit, optimise, predict, to_input
 from .blockwise import filtered_loss, task_losses, teacher_logits
 from .filters import TaskPlan
 from .student import CL
@@ -38,13 +37,12 @@ class _FrozenBatchNorm(nn.Module):
 
 
 def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule,
-             seed: int = 0, freeze_bn: bool = False, *, device=None, checkpoint: str | Path | None = None,
-             fingerprint: str = "", augment=None, teachers: Sequence[BlockNet] = (),
+             seed: int = 0, freeze_bn: bool = False, *, device=None, store: EpochStore | None = None, augment=None, teachers: Sequence[BlockNet] = (),
              plan: TaskPlan | None = None) -> list[float]:
     """Alg. 1 line 14: fine-tune the whole assembled TargetNet against the teachers' soft predictions
     (``soft``, logits in C's order) on unlabeled ``images`` with the loss of Eq. 7 and the poly schedule.
     ``freeze_bn`` keeps the BatchNorm statistics (those of the teachers in the copied branches).
-    ``checkpoint``: per-epoch resume file (:func:`kalib.train.optimise`).
+    ``store``: per-epoch resume (:func:`kalib.train.optimise`).
     Every weight of ``target`` is trained: its parts are copies, and the copies of frozen parts (teacher
     blocks, student blocks and filters after their block) would otherwise stay frozen, and whether a part
     had been frozen would depend on whether its block was trained in this process or loaded on resume.
@@ -54,7 +52,7 @@ def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedu
     model = _FrozenBatchNorm(target) if freeze_bn else target
     if augment is None:
         history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t)[0], schedule, seed,
-                      desc="finetune", checkpoint=checkpoint, fingerprint=fingerprint, device=device)
+                      desc="finetune", store=store, device=device)
     else:
         device = as_device(device)
         model.to(device=device, memory_format=CL).train()
@@ -64,8 +62,7 @@ def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedu
             return filtered_loss(model(x), teacher_logits(teachers, plan, x, device))[0]
 
         history = optimise([p for p in target.parameters()], len(images), batch_loss, schedule, seed,
-                           desc="finetune", checkpoint=checkpoint, state=model, fingerprint=fingerprint,
-                           device=device)
+                           desc="finetune", module=model, store=store, device=device)
     target.eval()
     return history
 

@@ -27,7 +27,7 @@ from ..method.student import init_student, make_filters
 from ..method.targetnet import assemble, count_parameters
 from ..metrics import ap_voc07
 from ..train import predict
-from .checkpoints import load_model, load_target, read_meta, save_target
+from .checkpoints import EpochFile, load_model, load_target, read_meta, save_target
 from .config import check_preset, digest, file_digest
 from .locks import run_lock
 from .parallel import run_parallel
@@ -130,10 +130,9 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
             store.load(done, result)
             log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
         result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
-                            heldout=preset.loss_slice, seed=seed, soft=soft, filters=filters,
-                            start_block=done + 1, previous=result, cache_dtype=cache_dtype,
-                            on_block_end=store.save, log=log, device=device, state_dir=store.dir,
-                            fingerprint=store.fingerprint, augment=augment, block_epochs=preset.block_epochs)
+                            block_epochs=preset.block_epochs, heldout=preset.loss_slice, seed=seed, soft=soft,
+                            filters=filters, start_block=done + 1, previous=result, cache_dtype=cache_dtype,
+                            augment=augment, device=device, hooks=store.hooks(done, student.block_names, log))
         times["blocks"] = time.perf_counter() - t0
         names = student.block_names
 
@@ -177,8 +176,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
             pre_finetune = predict(target, eval_images, device=device) if evaluate else None
             held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
             losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
-                              freeze_bn=preset.finetune_freeze_bn, device=device, checkpoint=partials[name],
-                              fingerprint=keys[name], augment=augment, teachers=teachers, plan=plan)
+                              freeze_bn=preset.finetune_freeze_bn, device=device,
+                              store=EpochFile(partials[name], keys[name]), augment=augment, teachers=teachers, plan=plan)
             held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
             entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
                      "params": {"targetnet": count_parameters(target), "teachers": teachers_params,

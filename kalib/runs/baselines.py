@@ -20,7 +20,7 @@ from ..method.filters import task_plan
 from ..method.pool import split_pool
 from ..method.student import init_student
 from ..method.teachers import evaluate
-from .checkpoints import load_model, read_meta, save_model
+from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .state import load_teachers, pool_soft_targets, teacher_files
 
@@ -60,7 +60,7 @@ def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable
         log(f"re-using {path}")
         return done
     t0, peak = time.perf_counter(), PeakMemory()
-    history = train(checkpoint=path.with_suffix(".partial.pt"), fingerprint=key, device=device)
+    history = train(store=EpochFile(path.with_suffix(".partial.pt"), key), device=device)
     record = {**settings, "loss": [round(v, 5) for v in history], "seconds": round(time.perf_counter() - t0, 1),
               **_evaluated(model.eval(), bench, tasks, device), "peak_rss_mb": peak.mib()}
     save_model(path, model, role=path.stem.lower(), key=key, record=record)

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigMismatchError
 from ..files import atomic_write, file_sha
 from ..method.targetnet import TargetNet
 from ..models.blocknet import BlockNet, build_backbone
 
 FORMAT = "kalib-checkpoint"
 VERSION = 1
+EPOCH_FORMAT = "kalib-epoch-checkpoint"
 
 
 def save_model(path: str | Path, model: BlockNet, **meta) -> Path:
@@ -106,3 +107,38 @@ def load_target(path: str | Path) -> tuple[TargetNet, dict]:
         raise CheckpointError(f"{Path(path).with_suffix('.pt')} does not match its TargetNet spec: "
                               f"{str(err).splitlines()[0]}") from None
     return net.eval(), meta
+
+
+class EpochFile:
+    """The per-epoch training state of one unit of work (a teacher, a block, a fine-tuning) in one file,
+    tagged with the ``fingerprint`` of the settings that made it: the :class:`kalib.train.EpochStore` of
+    the run layer. A file of other settings is refused (:class:`~kalib.errors.ConfigMismatchError`)
+    rather than resumed; :meth:`remove` deletes it once the unit's own result is saved."""
+
+    def __init__(self, path: str | Path, fingerprint: str = ""):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self, meta: dict) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = load_state(self.path)
+        if not isinstance(state, dict) or state.get("format") != EPOCH_FORMAT:
+            raise CheckpointError(f"{self.path} is not a kalib epoch checkpoint; delete it or rerun with --restart")
+        if state.get("fingerprint") != self.fingerprint or {k: state.get(k) for k in meta} != meta:
+            raise ConfigMismatchError(f"{self.path} holds the training state of another configuration; rerun "
+                                      "with --restart to discard it and start over")
+        return state
+
+    def save(self, state: dict) -> None:
+        blob = {"format": EPOCH_FORMAT, "fingerprint": self.fingerprint, **state}
+        atomic_write(self.path, lambda p: torch.save(blob, p))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

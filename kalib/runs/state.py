@@ -13,9 +13,9 @@ import torch
 
 from ..errors import CheckpointError, ConfigMismatchError
 from ..files import atomic_write, file_sha
-from ..method.blockwise import Amalgamation, soft_targets
+from ..method.blockwise import Amalgamation, BlockHooks, soft_targets
 from ..method.student import freeze
-from .checkpoints import load_model, load_state
+from .checkpoints import EpochFile, load_model, load_state
 from .config import changed_keys, digest, file_digest
 from .teachers import teacher_paths
 
@@ -112,6 +112,28 @@ class BlockStore:
             atomic_write(config, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
         for stale in self.dir.glob(".*.tmp*"):     # temporary files of a killed run
             stale.unlink(missing_ok=True)
+
+    def hooks(self, done: int, names: Sequence[str], log: Callable[[str], None] | None = None) -> BlockHooks:
+        """The hooks of block-wise training (:class:`kalib.method.blockwise.BlockHooks`): block k's epochs in
+        ``blockKK.partial.pt`` (resumed from where one is left), every finished block kept (:meth:`save`) and
+        its epoch file removed. Epoch files of the ``done`` blocks already finished are removed first (left
+        by a kill right after the block was saved)."""
+        for k in range(1, done + 1):
+            self._partial(k).remove()
+
+        def epoch_store(k: int) -> EpochFile:
+            partial = self._partial(k)
+            if partial.exists() and log:
+                log(f"block {names[k - 1]} ({k}/{len(names)}): resuming from {partial}")
+            return partial
+
+        def on_block_end(k: int, result: Amalgamation) -> None:
+            self.save(k, result)
+            self._partial(k).remove()
+        return BlockHooks(epoch_store=epoch_store, on_block_end=on_block_end, log=log)
+
+    def _partial(self, k: int) -> EpochFile:
+        return EpochFile(self.dir / f"block{k:02d}.partial.pt", f"{self.fingerprint}:block{k}")
 
     def _json(self, k: int) -> Path:
         return self.dir / f"block{k:02d}.json"

@@ -25,7 +25,7 @@ from ..method.teachers import evaluate, train_generic, train_teacher
 from ..models import BlockNet, build_backbone
 from ..models.pretrained import INITS, imagenet_backbone
 from ..train import Schedule
-from .checkpoints import load_model, read_meta, save_model
+from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .locks import run_lock
 from .parallel import run_parallel
@@ -111,8 +111,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                 log(f"generic {arch}: resuming from {partial}")
             generic = train_generic(generic_bench.generic_images, generic_bench.generic_labels,
                                     len(generic_bench.label_names), arch, arch_kwargs, generic_schedule, seed,
-                                    checkpoint=partial,
-                                    fingerprint=generic_hash, device=device)
+                                    store=EpochFile(partial, generic_hash), device=device)
             save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
                        data=generic_bench.spec.key(), config_hash=generic_hash,
                        seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=peak.mib())
@@ -161,7 +160,7 @@ def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Sched
     t0, peak = time.perf_counter(), PeakMemory()
     idx = resolve_tasks(labels, bench.label_names)
     teacher = train_teacher(generic, bench.train_images, bench.train_labels[:, idx], schedule, seed,
-                            desc=f"teacher[{labels[0]}…]", checkpoint=partial, fingerprint=config_hash,
+                            desc=f"teacher[{labels[0]}…]", store=EpochFile(partial, config_hash),
                             device=device, augment=BatchAugment(seed) if augment else None,
                             warm_start=None if start is None else load_model(start)[0])
     seconds = time.perf_counter() - t0
