@@ -7,7 +7,7 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 PRESET ?= quick
 OUT    ?= runs/$(PRESET)
 
-.PHONY: install data reproduce test clean-cache
+.PHONY: install data browser reproduce test clean-cache
 
 # The virtual environment with kalib (editable), its test extras and a Jupyter kernel named "kalib".
 $(STAMP): pyproject.toml
@@ -27,7 +27,19 @@ data:
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist > /dev/null; }; \
 	else echo "Fashion-MNIST not found: set KALIB_FASHION_MNIST_DIR to a folder with its IDX files" >&2; exit 1; fi
 
-install: $(STAMP) data
+# Headless Chromium for tests/test_lesson_html.py (the lessons' maths, opened with the network off): Debian's
+# chromium. KALIB_CHROMIUM names another binary; KALIB_SKIP_BROWSER=1 skips both the install and that test.
+browser:
+	@if command -v chromium > /dev/null || command -v chromium-browser > /dev/null || [ -n "$$KALIB_CHROMIUM" ] || \
+	  [ "$$KALIB_SKIP_BROWSER" = 1 ]; then :; \
+	elif command -v apt-get > /dev/null; then \
+	  echo "installing Debian package chromium (for make test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }; \
+	else echo "chromium not found and no apt-get: install Chromium for make test, or set KALIB_SKIP_BROWSER=1" >&2; fi
+
+install: $(STAMP) data browser
 
 # The five notebooks through papermill; the quick preset's figures, tables and results.json go to figures/.
 reproduce: install

@@ -34,7 +34,8 @@ def test_lessons_are_rendered_and_copied_and_the_kernel_log_stays_off_the_termin
     reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, figures=tmp_path / "figs",
               log=lines.append)
     html = (tmp_path / "out" / "lessons" / "a.html").read_text()
-    assert "<h1" in html and "Filters" in html and "$f_n^k$" in html         # markdown, math for MathJax
+    assert "<h1" in html and "Filters" in html and "<msubsup>" in html        # markdown, math as MathML
+    assert "$f_n^k$" not in html                                              # (tests/test_lesson_html.py)
     assert "written to out" in html and str(tmp_path) not in html, "paths relative to the working directory"
     assert (tmp_path / "figs" / "lessons" / "a.html").read_text() == html
     assert len(html) < 600_000, "a page without outputs is mostly the template's CSS"

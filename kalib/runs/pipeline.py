@@ -39,14 +39,18 @@ def _logging_kernel_manager(log):
 
 def render_lesson(executed: Path, html: Path, root: Path | None = None) -> None:
     """An executed notebook as a stand-alone HTML page (nbconvert's lab template, as JupyterLab shows it;
-    widget state, which no kalib notebook needs, is left out to keep the page small). Paths under ``root``
-    (default: the working directory) are shown relative to it, so the page names no machine's folders."""
+    widget state, which no kalib notebook needs, is left out to keep the page small). The page loads
+    nothing from the network: the markdown cells' formulas are written as MathML, not left to MathJax
+    from a CDN (:mod:`kalib.report.html`; a formula it cannot convert raises ``MathConversionError``).
+    Paths under ``root`` (default: the working directory) are shown relative to it, so the page names
+    no machine's folders."""
     import nbformat
-    from nbconvert import HTMLExporter
+
+    from ..report.html import lesson_exporter
 
     nb = nbformat.read(executed, as_version=4)
     nb.metadata.pop("widgets", None)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    body, _ = lesson_exporter().from_notebook_node(nb)
     root = (Path.cwd() if root is None else Path(root)).resolve()
     if root != root.parent:                                     # not the file system's root
         body = body.replace(f"{root}{os.sep}", "")
