@@ -16,7 +16,7 @@ take turns at 2 steps each, so that another job on a shared machine slows them a
   - floor: the trainable path alone on one ready float channels-last F^{k-1} and ready targets: block k,
     f_n^k, the teachers' frozen blocks k+1..B and heads forward, backward, SGD step;
   - step: what ``kalib.method.blockwise.amalgamate`` does per batch: ``kalib.train.optimise`` over a
-    ``batch_loss`` that gathers rows of the cached F^{k-1} (``prefix_features``, ``preset.amalgamation_cache``
+    ``batch_loss`` that gathers rows of the cached F^{k-1} (``prefix_features``, ``preset.student.amalgamation_cache``
     dtype) with ``block_inputs`` and the cached soft targets by index; the cache is built in its setup and its
     speed is reported on its own (``cache build``: kalib builds it once per block, so per trained image it
     costs 1/epochs of a prefix forward; the soft targets are computed once per pool for all blocks and
@@ -160,11 +160,11 @@ def build(preset: Preset, arch_kwargs: dict, size: int, pool: int) -> Bench:
     """Generic backbone, two frozen teachers (copies with 10-way heads), student and filters as kalib
     starts them; ``pool`` random canvases and the teachers' soft targets on them."""
     torch.manual_seed(0)
-    generic = build_backbone(preset.arch, 10, **arch_kwargs)
+    generic = build_backbone(preset.nets.arch, 10, **arch_kwargs)
     teachers = freeze([generic.with_new_head(10) for _ in range(2)])
     plan = task_plan(None, [[f"t{n}_{i}" for i in range(10)] for n in (1, 2)])
     student = init_student("generic", teachers, generic).to(memory_format=CL)
-    filters = make_filters(student, teachers, preset.filter_reduction)
+    filters = make_filters(student, teachers, preset.student.filter_reduction)
     images = torch.randint(0, 256, (pool, 3, size, size), dtype=torch.uint8)
     labels = torch.randint(0, 2, (pool, 10)).float()
     return Bench(preset, generic, teachers, student, filters, plan, images, labels,
@@ -181,7 +181,7 @@ def one_epoch(schedule: Schedule) -> Schedule:
 def teacher_run(bench: Bench):
     """n steps of kalib.train.fit on a fresh copy of the generic backbone with a 10-way head."""
     model = bench.generic.with_new_head(10)
-    schedule = one_epoch(bench.preset.teacher)
+    schedule = one_epoch(bench.preset.pretraining.teacher)
 
     def run(n):
         size = n * schedule.batch_size
@@ -206,7 +206,7 @@ def block_loss(bench: Bench, k: int, h: torch.Tensor, target: torch.Tensor) -> t
 
 def floor_run(bench: Bench, k: int):
     """n steps on one ready float channels-last F^{k-1} and ready targets (no gathering)."""
-    schedule = bench.preset.block
+    schedule = bench.preset.student.block
     with torch.no_grad():
         h = bench.student.eval().prefix(to_input(bench.images[:schedule.batch_size]), k - 1)
     h, target = h.float().contiguous(memory_format=CL), bench.soft[:schedule.batch_size]
@@ -228,9 +228,9 @@ def step_run(bench: Bench, k: int, record: dict, pool: int):
     ``block_images`` canvases (the pool here is smaller)."""
     images = bench.images[:pool]
     t0 = time.perf_counter()
-    feats = prefix_features(bench.student, images, k - 1, getattr(torch, bench.preset.amalgamation_cache))
+    feats = prefix_features(bench.student, images, k - 1, getattr(torch, bench.preset.student.amalgamation_cache))
     record["cache_images_per_s"] = round(pool / (time.perf_counter() - t0), 1) if k > 1 else None
-    record["cache_mib_per_block"] = (round(feats[0].numel() * feats.element_size() * bench.preset.block_images / 2**20)
+    record["cache_mib_per_block"] = (round(feats[0].numel() * feats.element_size() * bench.preset.student.block_images / 2**20)
                                      if k > 1 else None)
     params = block_params(bench, k)
 
@@ -251,7 +251,7 @@ def naive_run(bench: Bench, k: int):
 
 
 def _optimise_run(bench: Bench, params, batch_loss, desc: str):
-    schedule = one_epoch(bench.preset.block)
+    schedule = one_epoch(bench.preset.student.block)
 
     def run(n):
         optimise(params, n * schedule.batch_size, batch_loss, schedule, desc=desc, device=CPU)
@@ -261,12 +261,12 @@ def _optimise_run(bench: Bench, params, batch_loss, desc: str):
 def finetune_run(bench: Bench, k: int):
     """n steps of kalib's finetune of a TargetNet with every task branching at block k."""
     target = assemble(bench.student, bench.filters, bench.teachers, bench.plan, [k] * len(bench.plan.tasks))
-    schedule = one_epoch(bench.preset.finetune)
+    schedule = one_epoch(bench.preset.student.finetune)
 
     def run(n):
         size = n * schedule.batch_size
         finetune(target, bench.images[:size], bench.soft[:size], schedule,
-                 freeze_bn=bench.preset.finetune_freeze_bn, device=CPU)
+                 freeze_bn=bench.preset.student.finetune_freeze_bn, device=CPU)
     return target, run
 
 
@@ -274,11 +274,11 @@ def finetune_run(bench: Bench, k: int):
 
 def block_record(bench: Bench, k: int, steps: int, warmup: int) -> dict:
     """Floor, step and naive of block k, with the ratios of time per image."""
-    batch, pool = bench.preset.block.batch_size, max(steps, warmup) * bench.preset.block.batch_size
+    batch, pool = bench.preset.student.block.batch_size, max(steps, warmup) * bench.preset.student.block.batch_size
     timed = measure({"floor": lambda r: floor_run(bench, k), "step": lambda r: step_run(bench, k, r, pool),
                      "naive": lambda r: naive_run(bench, k)}, batch, steps, warmup)
     floor, step, naive = timed["floor"], timed["step"], timed["naive"]
-    epochs = bench.preset.block_epochs[k - 1] if bench.preset.block_epochs else bench.preset.block.epochs
+    epochs = bench.preset.student.block_epochs[k - 1] if bench.preset.student.block_epochs else bench.preset.student.block.epochs
     with_cache = step["images_per_s"]
     if step["cache_images_per_s"]:
         with_cache = 1 / (1 / step["images_per_s"] + 1 / (epochs * step["cache_images_per_s"]))
@@ -307,17 +307,17 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     preset = get_preset("quick")
-    arch_kwargs = {**preset.arch_kwargs, "width": 8} if args.smoke else dict(preset.arch_kwargs)
+    arch_kwargs = {**preset.nets.arch_kwargs, "width": 8} if args.smoke else dict(preset.nets.arch_kwargs)
     size = 32 if args.smoke else 64
-    batches = {"teacher": preset.teacher.batch_size, "block": preset.block.batch_size,
-               "finetune": preset.finetune.batch_size}
+    batches = {"teacher": preset.pretraining.teacher.batch_size, "block": preset.student.block.batch_size,
+               "finetune": preset.student.finetune.batch_size}
     bench = build(preset, arch_kwargs, size, max(args.steps, args.warmup) * max(batches.values()))
     names = bench.student.block_names if args.blocks == "all" else args.blocks.split(",")
     ks = [bench.student.block_index(name) for name in names]
     results = {"torch": torch.__version__, "threads": args.threads, "cpus": os.cpu_count(),
-               "loadavg_start": [round(v, 2) for v in os.getloadavg()], "arch": preset.arch,
+               "loadavg_start": [round(v, 2) for v in os.getloadavg()], "arch": preset.nets.arch,
                "arch_kwargs": arch_kwargs, "size": size, "batch": batches, "steps": args.steps,
-               "warmup": args.warmup, "cache_dtype": preset.amalgamation_cache}
+               "warmup": args.warmup, "cache_dtype": preset.student.amalgamation_cache}
     t0 = time.perf_counter()
     teacher = measure({"teacher": lambda r: teacher_run(bench)}, batches["teacher"], args.steps,
                       args.warmup)["teacher"]

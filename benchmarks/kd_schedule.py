@@ -30,7 +30,7 @@ def main() -> None:
     preset = get_preset(args.preset)
     bench = load_benchmark(preset.data)
     lrs = [float(v) for v in args.lrs.split(",")]
-    jobs = [lambda lr=lr: kd_run(dataclasses.replace(preset, kd=dataclasses.replace(preset.kd, lr=lr)), bench,
+    jobs = [lambda lr=lr: kd_run(dataclasses.replace(preset, kd=dataclasses.replace(preset.baselines.kd, lr=lr)), bench,
                                  Path(args.teachers), Path(args.out) / f"lr{lr:g}", preset.seed, log=print)
             for lr in lrs]
     records = run_parallel(jobs)

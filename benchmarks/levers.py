@@ -118,17 +118,17 @@ def teacher_lr_sweep(bench, teachers_dir: Path, lrs) -> list[dict]:
     preset's epochs, batch and seeds), scored on the validation split; run side by side in worker processes.
     The preset's teacher learning rate is the one with the best mean validation mAP of the two."""
     base = get_preset("quick")
-    generic = load_model(Path(teachers_dir) / f"generic-{base.arch}.pt")[0]
+    generic = load_model(Path(teachers_dir) / f"generic-{base.nets.arch}.pt")[0]
 
     def job(lr, n):
-        labels = base.groups[n - 1]
+        labels = base.labels.groups[n - 1]
         idx = bench.label_indices(labels)
-        schedule = dataclasses.replace(base.teacher, lr=lr)
+        schedule = dataclasses.replace(base.pretraining.teacher, lr=lr)
         teacher = train_teacher(generic, bench.train_images, bench.train_labels[:, idx], schedule, base.seed + n)
         return evaluate(teacher, bench.val_images, bench.val_labels[:, idx], labels)["mAP"]
     jobs = [(lr, n) for lr in lrs for n in (1, 2)]
     maps = run_parallel([lambda lr=lr, n=n: job(lr, n) for lr, n in jobs])
-    return [{"lr": lr, "epochs": base.teacher.epochs,
+    return [{"lr": lr, "epochs": base.pretraining.teacher.epochs,
              **{f"teacher {n} val mAP": round(m, 2) for (l2, n), m in zip(jobs, maps) if l2 == lr},
              "val mAP": round(sum(m for (l2, _), m in zip(jobs, maps) if l2 == lr) / 2, 2)} for lr in lrs]
 

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .files import storage_error
 from .method.student import INITS
-from .runs.config import check_preset, override
+from .runs.config import override
 from .runs.presets import PRESETS, TEACHER_SETS, get_preset
 
 EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFiniteLossError, CommandError,
@@ -44,7 +44,7 @@ EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFin
 
 def _preset(args):
     """The preset named by ``--preset`` with the ``--set`` overrides applied (validated)."""
-    return check_preset(override(get_preset(args.preset), getattr(args, "set", None)))
+    return override(get_preset(args.preset), getattr(args, "set", None))
 
 
 def _writable(path: Path, option: str = "--out") -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .device import as_device, autocast
-from .errors import NonFiniteLossError
+from .errors import ConfigError, NonFiniteLossError
 from .progress import progress_bar
 
 
@@ -45,7 +45,7 @@ class Schedule:
                   ("power", 0 <= self.power < math.inf, ">= 0 and finite")]
         bad = [f"{name} must be {rule}, got {getattr(self, name)}" for name, ok, rule in checks if not ok]
         if bad:
-            raise ValueError(f"invalid schedule: {'; '.join(bad)}")
+            raise ConfigError(f"invalid schedule: {'; '.join(bad)}")
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:

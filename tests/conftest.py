@@ -41,7 +41,7 @@ def smoke_teachers(smoke_bench, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pretrain(smoke_bench, preset.groups, preset.arch, preset.arch_kwargs, preset.generic, preset.teacher,
+        pretrain(smoke_bench, preset.labels.groups, preset.nets.arch, preset.nets.arch_kwargs, preset.pretraining.generic, preset.pretraining.teacher,
                  out, seed=preset.seed, log=lambda *_: None)
     finally:
         torch.set_num_threads(threads)

@@ -226,8 +226,8 @@ def write_teachers(directory, generic, teachers):
 
 
 def tiny_preset():
-    return dataclasses.replace(get_preset("smoke"), name="tiny", arch_kwargs={"width": 8}, block=TINY,
-                               block_images=16, loss_slice=8, finetune=TINY, finetune_images=16)
+    return get_preset("smoke").replace(name="tiny", arch_kwargs={"width": 8}, block=TINY, block_images=16,
+                                       loss_slice=8, finetune=TINY, finetune_images=16)
 
 
 def test_run_never_reads_labels_and_resumes(tmp_path):
@@ -318,7 +318,7 @@ def test_a_branch_tolerance_builds_a_deeper_targetnet_and_keeps_the_eq9_one(tmp_
                       test_images=Untouchable(), test_labels=Untouchable(), generic_images=None,
                       generic_labels=None, label_names=("a", "b", "c", "d", "e"),
                       val_images=pool(12, seed=3), val_labels=val_labels)
-    preset = dataclasses.replace(tiny_preset(), branch_tolerance=10.0)      # every task at the last block
+    preset = tiny_preset().replace(branch_tolerance=10.0)      # every task at the last block
     record = run(bench, preset, tmp_path / "t", tmp_path / "out", eval_split="val", log=lambda s: None)
     assert set(record["branch_block"].values()) == {"b4_2"} and record["evaluated_on"] == "val"
     for task, losses in record["converged_loss"].items():                 # Eq. 9 is still recorded

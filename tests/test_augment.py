@@ -139,11 +139,11 @@ def test_pretrain_with_augment_records_it_in_the_config(tmp_path, smoke_bench):
     from kalib.runs.presets import get_preset
     from kalib.runs.teachers import pretrain
     p = get_preset("smoke")
-    one = dataclasses.replace(p.teacher, epochs=1)
+    one = dataclasses.replace(p.pretraining.teacher, epochs=1)
     small = dataclasses.replace(smoke_bench, train_images=smoke_bench.train_images[:64],
                                 train_labels=smoke_bench.train_labels[:64])
-    plain = pretrain(small, p.groups[:1], p.arch, p.arch_kwargs, one, one, tmp_path / "a", log=lambda m: None)
-    aug = pretrain(small, p.groups[:1], p.arch, p.arch_kwargs, one, one, tmp_path / "b", log=lambda m: None,
+    plain = pretrain(small, p.labels.groups[:1], p.nets.arch, p.nets.arch_kwargs, one, one, tmp_path / "a", log=lambda m: None)
+    aug = pretrain(small, p.labels.groups[:1], p.nets.arch, p.nets.arch_kwargs, one, one, tmp_path / "b", log=lambda m: None,
                    augment=True)
     assert read_meta(plain[0])["config_hash"] != read_meta(aug[0])["config_hash"]
     assert read_meta(plain[0])["test_ap"] != read_meta(aug[0])["test_ap"]

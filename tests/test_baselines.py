@@ -38,19 +38,19 @@ def test_kd_epochs_match_the_image_passes_of_block_training_and_finetuning():
     quick = get_preset("quick")
     # (1+1+2+2+4+4+8+8) epochs x 7,000 images + 3 x 7,000 fine-tuning = 231,000 passes over 15,500 images
     assert kd_epochs(quick, 8, 15500) == 15
-    assert kd_epochs(dataclasses.replace(quick, kd=dataclasses.replace(quick.kd, epochs=4)), 8, 15500) == 4
+    assert kd_epochs(quick.replace(kd=dataclasses.replace(quick.baselines.kd, epochs=4)), 8, 15500) == 4
     smoke = get_preset("smoke")      # 1 epoch per block over all 448 training images, 1 fine-tuning epoch
     assert kd_epochs(smoke, 8, 448) == 9
 
 
 def test_kd_reads_no_labels_and_is_reused_then_retrained_when_corrupt(smoke_bench, smoke_teachers, tmp_path):
     preset = get_preset("smoke")
-    fast = dataclasses.replace(preset, kd=dataclasses.replace(preset.kd, epochs=1))
+    fast = preset.replace(kd=dataclasses.replace(preset.baselines.kd, epochs=1))
     bench = Guarded(smoke_bench, ["train_labels", "pool_labels", "train_images"])
     logs = []
     record = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
     assert record["row"] == "KD" and record["schedule"]["epochs"] == 1 and len(record["loss"]) == 1
-    assert record["images"] == len(smoke_bench.pool_images) - preset.loss_slice
+    assert record["images"] == len(smoke_bench.pool_images) - preset.student.loss_slice
     assert set(record["test_ap"]) == set(smoke_bench.label_names) | {"mAP"}
     weights = (tmp_path / "KD.pt").read_bytes()
     again = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
@@ -67,7 +67,7 @@ def test_supervised_reads_only_the_train_split(smoke_bench, smoke_teachers, tmp_
     bench = Guarded(smoke_bench, ["pool_images", "pool_labels"])
     record = baseline_runs.supervised_run(preset, bench, smoke_teachers, tmp_path, seed=0, log=lambda *_: None)
     assert record["images"] == len(smoke_bench.train_images)
-    assert record["schedule"]["epochs"] == preset.teacher.epochs * 2     # as long as both teachers together
+    assert record["schedule"]["epochs"] == preset.pretraining.teacher.epochs * 2     # as long as both teachers together
     net, meta = load_model(tmp_path / "Supervised.pt")
     assert net.num_classes == len(smoke_bench.label_names) and meta["record"]["seconds"] == record["seconds"]
     assert record["peak_rss_mb"] > 100                                   # its own peak resident memory, MiB
@@ -131,7 +131,7 @@ def test_a_seed_changes_canvases_and_training_but_not_the_label_split():
     assert seeds.seed_preset(quick, quick.seed) is quick
     other = seeds.seed_preset(quick, 1)
     assert other.seed == 1 and other.data.seed == 1 and other.data.key() != quick.data.key()
-    assert other.groups == quick.groups and other.pairs == quick.pairs
+    assert other.labels == quick.labels
     assert seeds.seed_dir("OUT", quick, 0).as_posix() == "OUT"
     assert seeds.seed_dir("OUT", quick, 2).as_posix() == "OUT/seeds/seed-2"
 

@@ -23,7 +23,7 @@ def test_same_seed_same_results_twice_on_the_cpu(smoke_bench, smoke_teachers, sm
     assert np.array_equal(labels_from_objects(arrays["train_objects"]), smoke_bench.train_labels.numpy())
     assert np.array_equal(labels_from_objects(arrays["test_objects"]), smoke_bench.test_labels.numpy())
 
-    paths = pretrain(smoke_bench, preset.groups, preset.arch, preset.arch_kwargs, preset.generic, preset.teacher,
+    paths = pretrain(smoke_bench, preset.labels.groups, preset.nets.arch, preset.nets.arch_kwargs, preset.pretraining.generic, preset.pretraining.teacher,
                      tmp_path / "teachers", seed=preset.seed, log=lambda *_: None)
     for path in [tmp_path / "teachers" / "generic-resnet18_narrow.pt", *paths]:
         a, b = load_state(path), load_state(smoke_teachers / path.name)

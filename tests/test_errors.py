@@ -223,9 +223,9 @@ def test_set_overrides_nested_preset_fields():
     base = get_preset("smoke")
     p = override(base, ["teacher.epochs=3", "block.lr=0.5", "arch_kwargs.width=16", "finetune_freeze_bn=false",
                         "data.n_pool=100", "data.objects=[2, 3]"])
-    assert (p.teacher.epochs, p.block.lr, p.arch_kwargs, p.finetune_freeze_bn) == (3, 0.5, {"width": 16}, False)
+    assert (p.pretraining.teacher.epochs, p.student.block.lr, p.nets.arch_kwargs, p.student.finetune_freeze_bn) == (3, 0.5, {"width": 16}, False)
     assert p.data.n_pool == 100 and p.data.objects == (2, 3) and p.data.key() != base.data.key()
-    assert base.teacher.epochs == 1 and base.arch_kwargs == {"width": 8}       # the preset itself is unchanged
+    assert base.pretraining.teacher.epochs == 1 and base.nets.arch_kwargs == {"width": 8}       # the preset itself is unchanged
 
 
 def test_ctrl_c_and_unexpected_failures_are_one_line_too(capsys, teachers, monkeypatch):

@@ -26,10 +26,10 @@ def test_seeded_split_rejects_sizes_that_do_not_add_up():
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if PRESETS[n].dataset == "embedded"))
 def test_presets_name_groups_and_fig3_pairs_across_teachers(name):   # paper presets: test_paper_presets.py
     preset = get_preset(name)
-    assert [len(g) for g in preset.groups] == [10, 10] and [len(g) for g in preset.groups3] == [7, 7, 6]
-    (a, b), (c, d) = preset.pairs["related"], preset.pairs["unrelated"]
-    assert a in preset.groups[0] and b in preset.groups[1]
-    assert c in preset.groups[0] and d in preset.groups[1]
+    assert [len(g) for g in preset.labels.groups] == [10, 10] and [len(g) for g in preset.labels.groups3] == [7, 7, 6]
+    (a, b), (c, d) = preset.labels.pairs["related"], preset.labels.pairs["unrelated"]
+    assert a in preset.labels.groups[0] and b in preset.labels.groups[1]
+    assert c in preset.labels.groups[0] and d in preset.labels.groups[1]
     assert (a, b) in RELATED_PAIRS or (b, a) in RELATED_PAIRS
     assert (c in GARMENTS) != (d in GARMENTS)
 

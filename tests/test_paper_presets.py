@@ -31,20 +31,20 @@ ONE = Schedule(epochs=1)     # the paper's optimiser (lr 0.01, poly 0.9, wd 5e-3
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_schedule_backbones_and_init(name):
     p = get_preset(name)
-    for s in (p.teacher, p.block, p.finetune):
+    for s in (p.pretraining.teacher, p.student.block, p.student.finetune):
         assert (s.lr, s.power, s.weight_decay, s.batch_size, s.momentum) == (0.01, 0.9, 5e-3, 16, 0.9)
         assert s.epochs >= 1
-    assert (p.arch, p.dense_arch, p.arch_kwargs, p.dense_kwargs) == ("resnet50", "densenet121", {}, {})
-    assert p.init == "imagenet" and isinstance(p.data, PaperSpec) and p.data.image_size == 224
+    assert (p.nets.arch, p.nets.dense_arch, p.nets.arch_kwargs, p.nets.dense_kwargs) == ("resnet50", "densenet121", {}, {})
+    assert p.nets.init == "imagenet" and isinstance(p.data, PaperSpec) and p.data.image_size == 224
     assert p.dataset == {"paper-voc07": "voc07", "paper-voc12": "voc12", "paper-coco": "coco"}[name]
-    assert p.generic.epochs == 0                          # no generic stage: ImageNet weights instead
+    assert p.pretraining.generic.epochs == 0                          # no generic stage: ImageNet weights instead
 
 
 def test_embedded_presets_keep_their_generic_stage():
     for name in ("smoke", "quick"):
         p = get_preset(name)
-        assert p.dataset == "embedded" and p.init == "generic" and p.weights_paths == {}
-        assert p.generic.epochs >= 1
+        assert p.dataset == "embedded" and p.nets.init == "generic" and p.nets.weights_paths == {}
+        assert p.pretraining.generic.epochs >= 1
 
 
 def _side(groups, name):
@@ -56,19 +56,19 @@ def _side(groups, name):
 def test_label_groups_are_seeded_and_keep_the_fig3_pairs_apart(name, labels, seed, dining):
     p = get_preset(name)
     half = len(labels) // 2
-    assert [len(g) for g in p.groups] == [half, half]
-    assert sorted(sum(p.groups, ())) == sorted(labels) and sorted(sum(p.groups3, ())) == sorted(labels)
-    assert [len(g) for g in p.groups3] == ([7, 7, 6] if len(labels) == 20 else [27, 27, 26])
-    assert p.groups == seeded_split(labels, (half, half), seed)
-    assert p.pairs == {"unrelated": ("bus", dining), "related": ("dog", "horse")}
+    assert [len(g) for g in p.labels.groups] == [half, half]
+    assert sorted(sum(p.labels.groups, ())) == sorted(labels) and sorted(sum(p.labels.groups3, ())) == sorted(labels)
+    assert [len(g) for g in p.labels.groups3] == ([7, 7, 6] if len(labels) == 20 else [27, 27, 26])
+    assert p.labels.groups == seeded_split(labels, (half, half), seed)
+    assert p.labels.pairs == {"unrelated": ("bus", dining), "related": ("dog", "horse")}
     # Fig. 3 (paper §4.2): 'bus' and 'dog' from teacher 1, 'diningtable' and 'horse' from teacher 2
-    assert [_side(p.groups, t) for t in ("bus", "dog", dining, "horse")] == [0, 0, 1, 1]
-    for a, b in p.pairs.values():                           # and on different teachers of the 3-way split
-        assert _side(p.groups3, a) != _side(p.groups3, b)
+    assert [_side(p.labels.groups, t) for t in ("bus", "dog", dining, "horse")] == [0, 0, 1, 1]
+    for a, b in p.labels.pairs.values():                           # and on different teachers of the 3-way split
+        assert _side(p.labels.groups3, a) != _side(p.labels.groups3, b)
     for smaller in range(seed):                             # the documented rule: the first seed that qualifies
         g = seeded_split(labels, (half, half), smaller)
         assert [_side(g, t) for t in ("bus", "dog", dining, "horse")] != [0, 0, 1, 1]
-    assert get_preset("paper-voc12").groups == get_preset("paper-voc07").groups
+    assert get_preset("paper-voc12").labels.groups == get_preset("paper-voc07").labels.groups
 
 
 # ------------------------------------------------------------------------------------ ImageNet init
@@ -98,7 +98,7 @@ def test_missing_weights_say_what_to_fetch(hub, tmp_path):
     assert [n for n, _ in weight_files("densenet121")] == ["densenet121-a639ec97.pth"]
     assert "--set 'weights_paths.resnet50=\"/path/to/resnet50-0676ba61.pth\"'" in msg
     from kalib.runs.config import override
-    assert override(get_preset("paper-voc07"), ['weights_paths.resnet50="/x/r.pth"']).weights_paths == \
+    assert override(get_preset("paper-voc07"), ['weights_paths.resnet50="/x/r.pth"']).nets.weights_paths == \
         {"resnet50": "/x/r.pth"}
 
 
@@ -157,8 +157,8 @@ def coco_tree(root, n_train=24):
 
 def tiny(name, size=32):
     p = get_preset(name)
-    return dataclasses.replace(p, data=dataclasses.replace(p.data, image_size=size), teacher=ONE, block=ONE,
-                               finetune=ONE, loss_slice=8, block_images=0)
+    return p.replace(data=dataclasses.replace(p.data, image_size=size), teacher=ONE, block=ONE, finetune=ONE,
+                     loss_slice=8, block_images=0)
 
 
 def test_voc_arrays_splits_labels_and_cache(tmp_path):
@@ -241,12 +241,12 @@ TINY_NET = {"arch": "resnet18_narrow", "arch_kwargs": {"width": 8}}   # keeps th
 
 def _pretrain_like_the_cli(preset, bench, out, teacher_set="2", init="random"):
     """What `kalib pretrain` does for a paper preset: the shared generic start, then Eq. 2 teachers."""
-    groups, arch, kwargs = {"2": (preset.groups, preset.arch, preset.arch_kwargs),
-                            "3": (preset.groups3, preset.arch, preset.arch_kwargs),
-                            "dense": (preset.groups, preset.dense_arch, preset.dense_kwargs)}[teacher_set]
+    groups, arch, kwargs = {"2": (preset.labels.groups, preset.nets.arch, preset.nets.arch_kwargs),
+                            "3": (preset.labels.groups3, preset.nets.arch, preset.nets.arch_kwargs),
+                            "dense": (preset.labels.groups, preset.nets.dense_arch, preset.nets.dense_kwargs)}[teacher_set]
     prepare_generic(out, arch, bench.label_names, init=init, arch_kwargs=kwargs, seed=preset.seed,
                     log=lambda s: None)
-    return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, out, seed=preset.seed,
+    return pretrain(bench, groups, arch, kwargs, preset.pretraining.generic, preset.pretraining.teacher, out, seed=preset.seed,
                     log=lambda s: None)
 
 
@@ -257,7 +257,7 @@ def test_paper_backbones_train_teachers_on_a_fake_voc_tree(tmp_path, one_thread)
     for teacher_set, arch in (("2", "resnet50"), ("dense", "densenet121")):
         paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers", teacher_set)
         assert [p.name for p in paths] == [f"set2-teacher1-{arch}.pt", f"set2-teacher2-{arch}.pt"]
-        for path, labels in zip(paths, preset.groups):
+        for path, labels in zip(paths, preset.labels.groups):
             meta = read_meta(path)
             assert meta["labels"] == list(labels) and meta["config"]["arch"] == arch
             assert math.isfinite(meta["test_ap"]["mAP"])
@@ -267,10 +267,10 @@ def test_paper_backbones_train_teachers_on_a_fake_voc_tree(tmp_path, one_thread)
 def test_paper_voc07_end_to_end_on_a_fake_tree(tmp_path, one_thread):
     """paper-voc07 (a width-8 network instead of ResNet-50, 32 px): the 10/10 teachers, then the whole of
     Alg. 1 with C = A through kalib.runs.amalgamation.run."""
-    preset = dataclasses.replace(tiny("paper-voc07"), **TINY_NET)
+    preset = tiny("paper-voc07").replace(**TINY_NET)
     bench = load_dataset(preset, voc_tree(tmp_path / "data"), workers=0, log=lambda s: None)
     paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers")
-    assert [read_meta(p)["labels"] for p in paths] == [list(g) for g in preset.groups]
+    assert [read_meta(p)["labels"] for p in paths] == [list(g) for g in preset.labels.groups]
     assert all(math.isfinite(read_meta(p)["test_ap"]["mAP"]) for p in paths)
     record = run(bench, preset, tmp_path / "teachers", tmp_path / "target", log=lambda s: None)
     assert len(record["blocks"]) == 8 and set(record["chosen_block"]) == set(VOC_CLASSES)
@@ -282,7 +282,7 @@ def test_paper_voc07_end_to_end_on_a_fake_tree(tmp_path, one_thread):
 
 def test_paper_coco_end_to_end_on_a_fake_tree(tmp_path, one_thread):
     """paper-coco (width-8 network, 32 px): 40/40 teachers; the student for the pair bus / dining table."""
-    preset = dataclasses.replace(tiny("paper-coco"), **TINY_NET)
+    preset = tiny("paper-coco").replace(**TINY_NET)
     bench = load_dataset(preset, coco_tree(tmp_path / "data"), workers=0, log=lambda s: None)
     _pretrain_like_the_cli(preset, bench, tmp_path / "teachers")
     record = run(bench, preset, tmp_path / "teachers", tmp_path / "target", tasks="bus,dining table",

@@ -82,12 +82,14 @@ def test_side_runs_use_the_cheaper_schedule():
     quick = get_preset("quick")
     assert experiments.for_run(quick, "table1", "2") is quick
     side = experiments.for_run(quick, "table2", "2")
-    assert side.teacher == quick.side_teacher
-    assert side.pool_images - quick.loss_slice == quick.side_pool_images   # trains on all of side_pool_images
-    assert side.block_images == side.finetune_images == 0          # all of the smaller pool's training part
-    assert quick.branch_tolerance > 0 and side.branch_tolerance == 0   # side runs branch out by Eq. 9
-    assert side.generic == quick.generic
-    assert experiments.for_run(quick, "table1", "dense").generic.epochs == quick.side_teacher.epochs
+    assert side.pretraining.teacher == quick.side.teacher
+    assert side.student.pool_images - quick.student.loss_slice == quick.side.pool_images   # all of side.pool_images
+    assert side.student.block_images == side.student.finetune_images == 0     # all of the smaller pool's training part
+    assert side.student.branch_tolerance == quick.side.branch_tolerance       # the side runs' own branch-out rule
+    assert side.pretraining.generic == quick.pretraining.generic
+    assert experiments.for_run(quick, "table1", "dense").pretraining.generic.epochs == quick.side.teacher.epochs
+    said = experiments.side_run_changes(quick, "table2", "2")
+    assert "pretraining.teacher" in said and "student.pool_images 0 -> 1500" in said
     assert experiments.variants(quick) == ("table1", "table2")
     with pytest.raises(ValueError, match="unknown table variant"):
         experiments.variant_data(quick, "table9")

@@ -187,7 +187,7 @@ def tiny_bench():
 def test_amalgamation_resumes_inside_a_block_per_epoch(tmp_path, monkeypatch):
     generic, teachers = tiny_nets()
     write_teachers(tmp_path / "t", generic, teachers)
-    preset = dataclasses.replace(tiny_preset(), block=Schedule(epochs=3, lr=0.05, batch_size=8, weight_decay=5e-4))
+    preset = tiny_preset().replace(block=Schedule(epochs=3, lr=0.05, batch_size=8, weight_decay=5e-4))
     reference = run(tiny_bench(), preset, tmp_path / "t", tmp_path / "ref", evaluate=False, log=lambda s: None)
 
     out = tmp_path / "out"

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
 from ..files import atomic_write
 from ..progress import progress_bar
 from .sources import DIGIT_NAMES, FASHION_NAMES, cache_dir, check_fashion_dir, load_fashion_mnist, load_mnist_digits
@@ -74,9 +75,9 @@ class BenchmarkSpec:
         if not 0 <= self.max_overlap <= 1:
             bad.append(f"max_overlap must be in [0, 1], got {self.max_overlap}")
         if bad:
-            raise ValueError(f"invalid data: {'; '.join(bad)}")
+            raise ConfigError(f"invalid data: {'; '.join(bad)}")
         if not self.scale[1] <= min(self.size, self.generic_size):
-            raise ValueError(f"glyphs up to {self.scale[1]} px do not fit canvases of {self.size} px and generic "
+            raise ConfigError(f"glyphs up to {self.scale[1]} px do not fit canvases of {self.size} px and generic "
                              f"canvases of {self.generic_size} px; raise size/generic_size or lower scale")
 
     def key(self) -> str:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 GARMENTS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 RELATED_PAIRS = (("shirt", "t-shirt"), ("coat", "pullover"), ("pullover", "shirt"), ("coat", "shirt"),
                  ("sandal", "sneaker"), ("sneaker", "boot"), ("three", "eight"), ("four", "nine"))
@@ -19,7 +21,7 @@ RELATED_PAIRS = (("shirt", "t-shirt"), ("coat", "pullover"), ("pullover", "shirt
 def seeded_split(labels: Sequence[str], sizes: Sequence[int], seed: int) -> tuple[tuple[str, ...], ...]:
     """Split ``labels`` into groups of ``sizes`` by a seeded permutation (order inside a group kept)."""
     if sum(sizes) != len(labels):
-        raise ValueError(f"group sizes {list(sizes)} do not add up to {len(labels)} labels")
+        raise ConfigError(f"group sizes {list(sizes)} do not add up to {len(labels)} labels")
     order = np.random.default_rng(seed).permutation(len(labels))
     groups, start = [], 0
     for n in sizes:

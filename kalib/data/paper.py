@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataRootError, GenericStageError
+from ..errors import ConfigError, DataRootError, GenericStageError
 from ..progress import progress_bar
 from .coco import COCO_CLASSES, COCO_LAYOUT, COCOMultiLabel
 from .embedded import BenchmarkSpec, load_benchmark
@@ -73,9 +73,9 @@ class PaperSpec:
 
     def __post_init__(self):
         if self.dataset not in PAPER_DATASETS:
-            raise ValueError(f"unknown paper dataset {self.dataset!r}; valid: {', '.join(PAPER_DATASETS)}")
+            raise ConfigError(f"unknown paper dataset {self.dataset!r}; valid: {', '.join(PAPER_DATASETS)}")
         if self.image_size < 16:
-            raise ValueError(f"image_size must be at least 16 px, got {self.image_size}")
+            raise ConfigError(f"image_size must be at least 16 px, got {self.image_size}")
 
     @property
     def label_names(self) -> tuple[str, ...]:

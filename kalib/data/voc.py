@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import DataRootError
+from ..errors import ConfigError, DataRootError
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -89,7 +89,7 @@ class VOCMultiLabel(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, year: str = "2007", image_set: str = "trainval", transform=None):
         year = str(year)
         if year not in VOC_YEARS:
-            raise ValueError(f"unknown VOC year {year!r}; valid: {', '.join(VOC_YEARS)}")
+            raise ConfigError(f"unknown VOC year {year!r}; valid: {', '.join(VOC_YEARS)}")
         self.year, self.image_set, self.transform = year, image_set, transform
         self.dir = find_voc_dir(root, year)
         split_file = self.dir / "ImageSets" / "Main" / f"{image_set}.txt"

@@ -31,14 +31,14 @@ ROWS = ("Ensemble", "KD", "Supervised")
 
 def kd_epochs(preset, num_blocks: int, train_images: int) -> int:
     """Epochs of the KD baseline over ``train_images`` pool images: at least the image passes of block-wise
-    training (``preset.block_epochs`` or ``preset.block.epochs`` per block over ``preset.block_images``) plus
-    fine-tuning, so KD never gets less training than the student. ``preset.kd.epochs > 0`` overrides."""
-    if preset.kd.epochs > 0:
-        return preset.kd.epochs
-    per_block = min(preset.block_images or train_images, train_images)
-    profile = epochs_per_block(preset.block_epochs, num_blocks) if preset.block_epochs else \
-        [preset.block.epochs] * num_blocks
-    passes = sum(profile) * per_block + preset.finetune.epochs * min(preset.finetune_images or train_images,
+    training (``preset.student.block_epochs`` or ``preset.student.block.epochs`` per block over ``preset.student.block_images``) plus
+    fine-tuning, so KD never gets less training than the student. ``preset.baselines.kd.epochs > 0`` overrides."""
+    if preset.baselines.kd.epochs > 0:
+        return preset.baselines.kd.epochs
+    per_block = min(preset.student.block_images or train_images, train_images)
+    profile = epochs_per_block(preset.student.block_epochs, num_blocks) if preset.student.block_epochs else \
+        [preset.student.block.epochs] * num_blocks
+    passes = sum(profile) * per_block + preset.student.finetune.epochs * min(preset.student.finetune_images or train_images,
                                                                     train_images)
     return max(1, math.ceil(passes / train_images))
 

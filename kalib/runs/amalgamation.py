@@ -28,7 +28,7 @@ from ..method.targetnet import assemble, count_parameters
 from ..metrics import ap_voc07
 from ..train import predict
 from .checkpoints import EpochFile, load_model, load_target, read_meta, save_target
-from .config import check_preset, digest, file_digest
+from .config import digest, file_digest
 from .locks import run_lock
 from .parallel import run_parallel
 from .state import BlockStore, check_teachers, load_teachers, pool_soft_targets, teacher_files
@@ -48,10 +48,10 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     """The whole of Alg. 1 for the CLI: teachers of ``teacher_set`` from ``teachers_dir`` -> block-wise
     training on ``bench.pool_images`` (Eq. 6–8) -> branch-out (Eq. 9, or every task at ``branch_at``)
     -> TargetNet (Eq. 10) -> fine-tuning. The student starts as ``init`` (:func:`init_student`; default
-    ``preset.student_init``). Branch-out follows ``preset.branch_tolerance``
+    ``preset.student.student_init``). Branch-out follows ``preset.student.branch_tolerance``
     (:func:`~kalib.method.branch.tolerant_branch_points`; 0 is Eq. 9); where that rule differs from Eq. 9, the
     record's ``eq9`` entry holds the paper's own TargetNet, fine-tuned the same way. Training reads only
-    ``bench.pool_images`` (the first ``preset.pool_images`` of them where set); with ``evaluate``
+    ``bench.pool_images`` (the first ``preset.student.pool_images`` of them where set); with ``evaluate``
     the ``eval_split`` (``test``, or ``val`` when choosing settings) gives the APs of teachers and TargetNet,
     and with ``branch_curves`` also the Fig. 3 curves (AP at every branch-out block). Writes
     ``out_dir/targetnet.pt`` (+ JSON) and ``out_dir/run.json`` (with the digests of the files it
@@ -65,9 +65,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     and foreign teachers are refused before any work; one process at a time works in ``out_dir``
     (:func:`kalib.runs.locks.run_lock`). ``device``: where the networks run (default CPU).
     """
-    check_preset(preset)
     seed = preset.seed if seed is None else seed
-    init = preset.student_init if init is None else init
+    init = preset.student.student_init if init is None else init
     device = as_device(device)
     out_dir = Path(out_dir)
     times: dict[str, float] = {}
@@ -90,23 +89,23 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     student = init_student(init, teachers, generic, seed)
     # an unknown --branch-at is refused here, before any work
     forced = forced_branch_points(student, branch_at, len(plan.tasks)) if branch_at is not None else None
-    pool = bench.pool_images[:preset.pool_images or None]
-    train_idx, held_idx = split_pool(len(pool), preset.loss_slice)       # a pool too small is refused here
-    cache_dtype = getattr(torch, preset.amalgamation_cache)
+    pool = bench.pool_images[:preset.student.pool_images or None]
+    train_idx, held_idx = split_pool(len(pool), preset.student.loss_slice)       # a pool too small is refused here
+    cache_dtype = getattr(torch, preset.student.amalgamation_cache)
     settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
                 "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
-                "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.block),
-                "block_images": preset.block_images, "loss_slice": preset.loss_slice, "seed": seed,
-                **({"block_epochs": list(preset.block_epochs)} if preset.block_epochs else {}),
-                "reduction": preset.filter_reduction, **({"augment": True} if preset.augment else {})}
+                "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.student.block),
+                "block_images": preset.student.block_images, "loss_slice": preset.student.loss_slice, "seed": seed,
+                **({"block_epochs": list(preset.student.block_epochs)} if preset.student.block_epochs else {}),
+                "reduction": preset.student.filter_reduction, **({"augment": True} if preset.augment else {})}
     augment = BatchAugment(seed) if preset.augment else None
     with run_lock(out_dir, what=f"amalgamation into {out_dir}"):
         if restart:
             _remove_finished(out_dir, log)
         store = BlockStore(out_dir, digest(settings))
         store.prepare(settings, restart, log)
-        run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.finetune), preset.finetune_images,
-                          preset.finetune_freeze_bn, evaluate, branch_curves, preset.branch_tolerance, eval_split])
+        run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.student.finetune), preset.student.finetune_images,
+                          preset.student.finetune_freeze_bn, evaluate, branch_curves, preset.student.branch_tolerance, eval_split])
         record = finished_record(out_dir, run_key, log)
         if record is not None:
             log(f"re-using the finished run in {out_dir}")
@@ -123,48 +122,48 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
 
         t0 = time.perf_counter()
         torch.manual_seed(seed)             # the filters' initial weights: the same in every run of this seed
-        filters = make_filters(student, teachers, preset.filter_reduction)
+        filters = make_filters(student, teachers, preset.student.filter_reduction)
         result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
         done = store.last_finished(student.num_blocks, log)
         if done:
             store.load(done, result)
             log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
-        result = amalgamate(student, teachers, plan, pool, preset.block, images_per_block=preset.block_images,
-                            block_epochs=preset.block_epochs, heldout=preset.loss_slice, seed=seed, soft=soft,
+        result = amalgamate(student, teachers, plan, pool, preset.student.block, images_per_block=preset.student.block_images,
+                            block_epochs=preset.student.block_epochs, heldout=preset.student.loss_slice, seed=seed, soft=soft,
                             filters=filters, start_block=done + 1, previous=result, cache_dtype=cache_dtype,
                             augment=augment, device=device, hooks=store.hooks(done, student.block_names, log))
         times["blocks"] = time.perf_counter() - t0
         names = student.block_names
 
         chosen = branch_points(result.losses)
-        points = tolerant_branch_points(result.losses, preset.branch_tolerance) if forced is None else forced
+        points = tolerant_branch_points(result.losses, preset.student.branch_tolerance) if forced is None else forced
         record = {
             "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init,
             "seed": seed,
             "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
             "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
-            "pool": {"train": len(pool) - preset.loss_slice, "heldout": preset.loss_slice,
-                     "images_per_block": preset.block_images, "block_epochs": list(preset.block_epochs)},
+            "pool": {"train": len(pool) - preset.student.loss_slice, "heldout": preset.student.loss_slice,
+                     "images_per_block": preset.student.block_images, "block_epochs": list(preset.student.block_epochs)},
             "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
                                for i, t in enumerate(plan.tasks)},
             "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
             "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
             "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
-            "branch_at": branch_at, "branch_tolerance": preset.branch_tolerance, "evaluated_on": eval_split,
-            "pairs": {name: list(pair) for name, pair in preset.pairs.items()
+            "branch_at": branch_at, "branch_tolerance": preset.student.branch_tolerance, "evaluated_on": eval_split,
+            "pairs": {name: list(pair) for name, pair in preset.labels.pairs.items()
                       if teacher_set != "3" and all(t in plan.tasks for t in pair)},
         }
         # the TargetNet of the preset's rule, and where that is not Eq. 9 the paper's own as a second row
         variants = {"target": points}
         if points != chosen and branch_at is None:
             variants["eq9"] = chosen
-        keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.finetune), preset.finetune_images,
-                              preset.finetune_freeze_bn]) for name, pts in variants.items()}
+        keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.student.finetune), preset.student.finetune_images,
+                              preset.student.finetune_freeze_bn]) for name, pts in variants.items()}
         partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
         for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
             if stale not in partials.values():
                 stale.unlink(missing_ok=True)
-        ft_idx = block_subset(train_idx, 0, preset.finetune_images, seed)
+        ft_idx = block_subset(train_idx, 0, preset.student.finetune_images, seed)
         teachers_params = sum(count_parameters(t) for t in teachers)
 
         def assemble_and_finetune(name: str) -> tuple[dict, float]:
@@ -175,8 +174,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
             target = assemble(student, filters, teachers, plan, pts)
             pre_finetune = predict(target, eval_images, device=device) if evaluate else None
             held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-            losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.finetune, seed,
-                              freeze_bn=preset.finetune_freeze_bn, device=device,
+            losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.student.finetune, seed,
+                              freeze_bn=preset.student.finetune_freeze_bn, device=device,
                               store=EpochFile(partials[name], keys[name]), augment=augment, teachers=teachers, plan=plan)
             held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
             entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},

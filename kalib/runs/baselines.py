@@ -73,15 +73,15 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
     """The KD baseline (:func:`kalib.method.baselines.train_kd`) on the preset's amalgamation pool (its training
     part; the held-out slice of Eq. 9 is left out as for the student), from the student's start."""
     teachers, plan, paths, generic_path = _teachers(preset, teachers_dir)
-    pool = bench.pool_images[:preset.pool_images or None]
-    train_idx, _ = split_pool(len(pool), preset.loss_slice)
+    pool = bench.pool_images[:preset.student.pool_images or None]
+    train_idx, _ = split_pool(len(pool), preset.student.loss_slice)
     soft = pool_soft_targets(teachers, plan, paths, bench, pool, teachers_dir, device)[train_idx]
-    schedule = dataclasses.replace(preset.kd, epochs=kd_epochs(preset, teachers[0].num_blocks, len(train_idx)))
-    generic = load_model(generic_path)[0] if preset.student_init == "generic" else None
+    schedule = dataclasses.replace(preset.baselines.kd, epochs=kd_epochs(preset, teachers[0].num_blocks, len(train_idx)))
+    generic = load_model(generic_path)[0] if preset.student.student_init == "generic" else None
     torch.manual_seed(seed)
-    student = init_student(preset.student_init, teachers, generic, seed).with_new_head(len(plan.tasks))
+    student = init_student(preset.student.student_init, teachers, generic, seed).with_new_head(len(plan.tasks))
     settings = {"row": "KD", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
-                "init": preset.student_init, "images": len(train_idx), "schedule": dataclasses.asdict(schedule),
+                "init": preset.student.student_init, "images": len(train_idx), "schedule": dataclasses.asdict(schedule),
                 "seed": seed, "tasks": list(plan.tasks)}
     images = pool[train_idx]
     return _train_and_save(Path(out_dir) / "KD.pt", digest(settings), settings, student,
@@ -99,7 +99,7 @@ def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, 
     torch.manual_seed(seed)
     start = load_model(start_path)[0]
     net = copy.deepcopy(start) if warm_start is not None else start.with_new_head(len(plan.tasks))
-    schedule = dataclasses.replace(preset.teacher, epochs=preset.teacher.epochs * len(paths))
+    schedule = dataclasses.replace(preset.pretraining.teacher, epochs=preset.pretraining.teacher.epochs * len(paths))
     settings = {"row": "Supervised", "data": bench.spec.key(), "start": file_digest(start_path),
                 "images": len(bench.train_images), "schedule": dataclasses.asdict(schedule), "seed": seed,
                 "tasks": list(plan.tasks)}

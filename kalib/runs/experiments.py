@@ -34,7 +34,7 @@ from .amalgamation import run
 from .baselines import ensemble_run, kd_run, supervised_run
 from .checkpoints import load_model, load_state, load_target
 from .parallel import run_parallel
-from .presets import TEACHER_SETS, Preset
+from .presets import TEACHER_SETS, Preset, changes
 from .state import load_teachers, teacher_files
 from .teachers import pretrain_set
 
@@ -48,21 +48,29 @@ def variants(preset: Preset) -> tuple[str, ...]:
 
 
 def for_run(preset: Preset, variant: str = "table1", teacher_set: str = "2") -> Preset:
-    """The preset of one run: the main run (Table 1, two teachers) as given, the side runs with the
-    preset's cheaper ``side_teacher`` schedule and a pool of ``side_pool_images`` training images (plus the
-    held-out slice) where it sets them; side runs branch out by Eq. 9."""
+    """The preset of one run: the main run (Table 1, two teachers) as given; a side run (every other teacher
+    set, and all of Table 2) with what ``preset.side`` changes: the cheaper teacher schedule ``side.teacher``
+    (the DenseNets' generic stage no longer than it), a pool of ``side.pool_images`` training images plus
+    the held-out slice, all of which every block and the fine-tuning use, and the branch-out rule
+    ``side.branch_tolerance``. :func:`side_run_changes` says what that changes."""
     if (variant, teacher_set) == ("table1", "2"):
         return preset
-    changes = {}
-    if preset.side_teacher is not None:
-        changes.update(teacher=preset.side_teacher, generic=dataclasses.replace(
-            preset.generic, epochs=min(preset.generic.epochs, preset.side_teacher.epochs))
-            if teacher_set == "dense" else preset.generic)
-    if preset.side_pool_images is not None:   # training images, with the held-out slice of L_i^k on top
-        # Eq. 9: on the small pool the deep trunk falls behind (docs/levers.md), so no tolerance rule
-        changes.update(pool_images=preset.side_pool_images + preset.loss_slice, block_images=0, finetune_images=0,
-                       branch_tolerance=0.0)
-    return dataclasses.replace(preset, **changes)
+    changes = {"branch_tolerance": preset.side.branch_tolerance}
+    if preset.side.teacher is not None:
+        generic = preset.pretraining.generic
+        changes.update(teacher=preset.side.teacher, generic=dataclasses.replace(
+            generic, epochs=min(generic.epochs, preset.side.teacher.epochs)) if teacher_set == "dense" else generic)
+    if preset.side.pool_images is not None:   # training images, with the held-out slice of L_i^k on top
+        changes.update(pool_images=preset.side.pool_images + preset.student.loss_slice, block_images=0,
+                       finetune_images=0)
+    return preset.replace(**changes)
+
+
+def side_run_changes(preset: Preset, variant: str, teacher_set: str) -> str:
+    """One line for the start of a run: which preset fields a side run changes, from what to what (a
+    user's ``--set`` of one of these fields does not reach the side runs; set ``side.*`` instead)."""
+    changed = changes(preset, for_run(preset, variant, teacher_set))
+    return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items()) or "nothing"
 
 
 def variant_data(preset: Preset, variant: str) -> BenchmarkSpec:
@@ -101,7 +109,7 @@ def ensure_teachers(preset: Preset, bench, out_dir: str | Path, variant: str = "
     run_preset = for_run(preset, variant, teacher_set)
     seed = preset.seed if seed is None else seed
     generic_bench = warm_start = None
-    if variant != "table1" and preset.init == "generic":
+    if variant != "table1" and preset.nets.init == "generic":
         generic_bench = load_variant(preset, "table1")
         warm_start = ensure_teachers(preset, generic_bench, out_dir, "table1", teacher_set, seed, log, device)
         _, arch, _ = preset.teacher_set(teacher_set)
@@ -132,20 +140,20 @@ def fig3_dir(out_dir: str | Path, pair: str) -> Path:
 
 def ensure_fig3(preset: Preset, bench, out_dir: str | Path, seed: int | None = None, log=print,
                 device=None) -> dict[str, dict]:
-    """Fig. 3 as the paper runs it (§4.2): for each pair of ``preset.pairs`` (one task from each teacher)
+    """Fig. 3 as the paper runs it (§4.2): for each pair of ``preset.labels.pairs`` (one task from each teacher)
     its own amalgamation with C = the pair: block-wise training, converged losses, Eq. 9 and the branch-out
     curves. Only the curves and the branch-out are drawn, so the two-task TargetNets are assembled but not
-    fine-tuned; each block trains on ``preset.pair_block_images`` pool images where the preset sets it.
+    fine-tuned; each block trains on ``preset.student.pair_block_images`` pool images where the preset sets it.
     Returns pair name -> run record."""
     ensure_teachers(preset, bench, out_dir, "table1", "2", seed, log, device)
-    pair_preset = dataclasses.replace(preset, finetune=dataclasses.replace(preset.finetune, epochs=0),
-                                      block_images=preset.pair_block_images or preset.block_images)
+    pair_preset = preset.replace(finetune=dataclasses.replace(preset.student.finetune, epochs=0),
+                                 block_images=preset.student.pair_block_images or preset.student.block_images)
     jobs = [lambda pair=pair, tasks=tasks: run(bench, pair_preset, teachers_dir(out_dir), fig3_dir(out_dir, pair),
                                                tasks=list(tasks), seed=seed, log=log, device=device)
-            for pair, tasks in preset.pairs.items()]
+            for pair, tasks in preset.labels.pairs.items()]
     records = run_parallel(jobs, device=device, on_done=lambda i, r: log(
         f"Fig. 3 student for C = {{{', '.join(r['tasks'])}}}: Eq. 9 blocks {r['chosen_block']}"))
-    return dict(zip(preset.pairs, records))
+    return dict(zip(preset.labels.pairs, records))
 
 
 def baselines_dir(out_dir: str | Path, variant: str = "table1") -> Path:
@@ -239,7 +247,7 @@ def load_blocks(preset: Preset, teachers: str | Path, amalgamation: str | Path, 
     last = Path(amalgamation) / "blocks" / f"block{teachers[0].num_blocks:02d}.pt"
     state = load_state(last)
     student = init_student("teacher1", teachers).with_new_head(state["student"]["head.fc.weight"].shape[0])
-    filters = make_filters(student, teachers, preset.filter_reduction)
+    filters = make_filters(student, teachers, preset.student.filter_reduction)
     student.load_state_dict(state["student"])
     filters.load_state_dict(state["filters"])
     return student.eval(), filters.eval(), teachers, plan

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..data.coco import COCO_CLASSES
@@ -19,80 +20,118 @@ from ..data.embedded import LABEL_NAMES, BenchmarkSpec
 from ..data.groups import fig3_pairs, seeded_split
 from ..data.paper import PaperSpec
 from ..data.voc import VOC_CLASSES
+from ..errors import ConfigError
 from ..train import Schedule
+from .preset_parts import Baselines, Labels, Networks, Pretraining, SideRuns, Student, non_negative, refuse
 
 SPLIT_SEED = 0   # the seeded 10/10 and 7/7/6 label splits, fixed like the paper's random VOC split
 GROUPS_2 = seeded_split(LABEL_NAMES, (10, 10), SPLIT_SEED)
 GROUPS_3 = seeded_split(LABEL_NAMES, (7, 7, 6), SPLIT_SEED)
 
 
+# Where a short ``--set`` name (``teacher.epochs``, ``block_images``) is looked up: the first part that has it.
+PARTS = ("nets", "labels", "pretraining", "student", "baselines", "side")
+RENAMED = {"side_teacher": "side.teacher", "side_pool_images": "side.pool_images"}    # names of kalib <= 0.1
+
+
 @dataclass(frozen=True)
 class Preset:
+    """Everything one reproduction needs: its data (``data`` for Table 1, ``hard_data`` for Table 2 or None),
+    the parts (:mod:`kalib.runs.preset_parts`), the seed, and ``augment``: random resized crops and flips
+    while training teachers, blocks and TargetNet (the paper presets; teacher and student see the same
+    augmented image)."""
     name: str
-    data: BenchmarkSpec | PaperSpec         # Table 1's benchmark: embedded canvases or VOC/COCO (load_dataset)
-    generic: Schedule                       # the shared "ImageNet" stage (docs/design.md §1)
-    teacher: Schedule                       # Eq. 2 pretraining
-    arch: str = "resnet18_narrow"
-    arch_kwargs: dict = field(default_factory=dict)
-    dense_arch: str = "densenet_small"      # TargetDenseNet row of Table 1
-    dense_kwargs: dict = field(default_factory=dict)
-    groups: tuple[tuple[str, ...], ...] = GROUPS_2      # two teachers, 10/10 (Table 1)
-    groups3: tuple[tuple[str, ...], ...] = GROUPS_3     # three teachers, 7/7/6 (Target-3)
-    pairs: dict = field(default_factory=lambda: fig3_pairs(GROUPS_2))   # Fig. 3
-    seed: int = 0
-    # amalgamation (Eq. 6–8, Alg. 1): per-block schedule over a seeded subset of the pool, held-out slice
-    # at the end of the pool for the converged losses L_i^k (Eq. 9), and the fine-tuning of the TargetNet
-    block: Schedule = Schedule(epochs=1, lr=0.1, batch_size=32, weight_decay=5e-4)
-    pool_images: int = 0                    # the first N pool canvases form the amalgamation pool (0 = all)
-    block_images: int = 0                   # pool images per block (0 = the whole training part)
-    block_epochs: tuple[int, ...] = ()      # epochs of each block k (overrides block.epochs; () = block.epochs)
-    # the student's start (kalib.method.student.init_student): "generic" is the paper's (the weights the teachers
-    # started from); "teacher-mean" (beyond the paper) averages the teachers' weights
-    student_init: str = "generic"
-    loss_slice: int = 500                   # held-out pool images for L_i^k (never trained on)
-    finetune: Schedule = Schedule(epochs=1, lr=0.01, batch_size=32, weight_decay=5e-4)
-    finetune_images: int = 0                # pool images for fine-tuning (0 = the whole training part)
-    finetune_freeze_bn: bool = True         # keep BatchNorm statistics (the teachers') while fine-tuning
-    # the KD baseline (kalib.method.baselines): the student trained end to end against the teachers' soft targets;
-    # epochs 0 = as many image passes as block-wise training and fine-tuning together (kd_epochs)
-    kd: Schedule = Schedule(epochs=0, lr=0.1, batch_size=64, weight_decay=5e-4)
-    filter_reduction: int = 4               # Eq. 4 filter: hidden width = channels / reduction
-    # branch-out: 0 is Eq. 9 (argmin of L_i^k); > 0 (beyond the paper) takes the deepest block whose loss is
-    # within this many nats of the minimum (kalib.method.branch.tolerant_branch_points), and Table 1 then shows
-    # the Eq. 9 TargetNet as a row of its own
-    branch_tolerance: float = 0.0
-    amalgamation_cache: str = "float32"     # dtype of the cached frozen-prefix features F_u^{k-1}
-    # Table 2 (the paper's VOC 2012) on a harder variant: more objects per canvas, unlabeled clutter,
-    # other canvases (another seed); None where the preset has no second table
+    data: BenchmarkSpec | PaperSpec
+    pretraining: Pretraining
+    nets: Networks = field(default_factory=Networks)
+    labels: Labels = field(default_factory=lambda: Labels(GROUPS_2, GROUPS_3, fig3_pairs(GROUPS_2)))
+    student: Student = field(default_factory=Student)
+    baselines: Baselines = field(default_factory=Baselines)
+    side: SideRuns = field(default_factory=SideRuns)
     hard_data: BenchmarkSpec | None = None
-    # the side runs (Target-3, TargetDenseNet and all of Table 2): a cheaper teacher schedule and a smaller
-    # amalgamation pool (every block and the fine-tuning use all of its training part) keep the whole
-    # pipeline within its CPU budget; None = as the main run
-    side_teacher: Schedule | None = None
-    side_pool_images: int | None = None
-    pair_block_images: int = 0              # pool images per block of the two-task Fig. 3 students (0 = block_images)
-    # shared initialisation of teachers and student (docs/design.md §1): "generic" trains the generic stage on
-    # the embedded single-glyph canvases; "imagenet" takes torchvision's ImageNet weights
-    # (kalib.models.pretrained.prepare_generic), looked up in weights_paths[arch] or the torch hub cache
-    init: str = "generic"
-    # random resized crops and flips while training teachers, blocks and the TargetNet (kalib.augment;
-    # teacher and student see the same augmented image); the paper presets
+    seed: int = 0
     augment: bool = False
-    weights_paths: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        problems = non_negative(self, "seed")
+        pools = (self.student.pool_images or getattr(self.data, "n_pool", 0), self.side.pool_images)
+        small = [n for n in pools if n is not None and 0 < n <= self.student.loss_slice]
+        if small:
+            problems.append(f"loss_slice ({self.student.loss_slice}) must be smaller than the amalgamation pool "
+                            f"({min(small)} images), which also has to train the blocks")
+        refuse(f"preset {self.name}", problems)
 
     def teacher_set(self, name: str) -> tuple[tuple, str, dict]:
         """(label groups, architecture, architecture kwargs) of a teacher set: ``2`` (10/10, Table 1's
         Teacher and Target rows), ``3`` (7/7/6, Target-3) or ``dense`` (DenseNet 10/10, TargetDenseNet)."""
-        sets = {"2": (self.groups, self.arch, self.arch_kwargs), "3": (self.groups3, self.arch, self.arch_kwargs),
-                "dense": (self.groups, self.dense_arch, self.dense_kwargs)}
+        sets = {"2": (self.labels.groups, self.nets.arch, self.nets.arch_kwargs),
+                "3": (self.labels.groups3, self.nets.arch, self.nets.arch_kwargs),
+                "dense": (self.labels.groups, self.nets.dense_arch, self.nets.dense_kwargs)}
         if name not in sets:
-            raise ValueError(f"unknown teacher set '{name}'; valid: {', '.join(TEACHER_SETS)}")
+            raise ConfigError(f"unknown teacher set '{name}'; valid: {', '.join(TEACHER_SETS)}")
         return sets[name]
 
     @property
     def dataset(self) -> str:
         """"embedded", "voc07", "voc12" or "coco"."""
         return self.data.dataset if isinstance(self.data, PaperSpec) else "embedded"
+
+    def replace(self, **changes) -> Preset:
+        """A copy with fields changed by name: a part's field by its own name (``block_images=0``,
+        ``teacher=Schedule(...)``: the first part of :data:`PARTS` that has it) or a dotted path
+        (``side.pool_images``); every part checks its new values."""
+        preset = self
+        for name, value in changes.items():
+            preset = set_path(preset, field_path(preset, name), value)
+        return preset
+
+
+def field_path(preset: Preset, name: str) -> list[str]:
+    """The full path of a field named as on the command line: ``block.lr`` -> student, block, lr;
+    ``teacher.epochs`` -> pretraining, teacher, epochs; ``side.pool_images`` as it is."""
+    name = RENAMED.get(name, name)
+    path = name.split(".")
+    if path[0] in {f.name for f in dataclasses.fields(preset)}:
+        return path
+    for part in PARTS:
+        if path[0] in {f.name for f in dataclasses.fields(getattr(preset, part))}:
+            return [part, *path]
+    raise ConfigError(f"unknown preset field '{name}'; valid: {', '.join(field_names(preset))}")
+
+
+def field_names(preset: Preset) -> list[str]:
+    """Every name a ``--set`` field may start with: the preset's own fields and those of its parts."""
+    return sorted({f.name for f in dataclasses.fields(preset)}
+                  | {f.name for part in PARTS for f in dataclasses.fields(getattr(preset, part))})
+
+
+def set_path(obj, path: list[str], value):
+    """``obj`` (a frozen dataclass or a dict, nested) with the field at ``path`` set to ``value``."""
+    head, rest = path[0], path[1:]
+    if isinstance(obj, dict):
+        return {**obj, head: set_path(obj.get(head), rest, value) if rest else value}
+    if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:
+        raise ConfigError(f"'{head}' is not a field of {type(obj).__name__}")
+    new = set_path(getattr(obj, head), rest, value) if rest else value
+    try:
+        return dataclasses.replace(obj, **{head: new})
+    except TypeError as err:
+        raise ConfigError(f"{head}: {err}") from None
+
+
+def changes(base: Preset, derived: Preset) -> dict[str, tuple]:
+    """The fields in which ``derived`` differs from ``base``, as dotted path -> (base value, derived value):
+    what a derived preset (a side run, a seed) changes, to be said at the start of its run."""
+    out = {}
+
+    def walk(a, b, prefix):
+        if dataclasses.is_dataclass(a) and type(a) is type(b) and not isinstance(a, Schedule):
+            for f in dataclasses.fields(a):
+                walk(getattr(a, f.name), getattr(b, f.name), f"{prefix}{f.name}.")
+        elif a != b:
+            out[prefix[:-1]] = (a, b)
+    walk(base, derived, "")
+    return out
 
 
 TEACHER_SETS = ("2", "3", "dense")
@@ -102,16 +141,15 @@ PRESETS = {
     "smoke": Preset(
         name="smoke",
         data=BenchmarkSpec(seed=0, n_train=512, n_pool=512, n_test=256, n_val=256, n_generic=512),
-        hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=256, n_pool=256, n_test=128, n_val=128, n_generic=0, objects=(2, 5),
-                                clutter=6),
-        generic=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
-        teacher=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
-        arch_kwargs={"width": 8},
-        loss_slice=64,
-        side_pool_images=128,
-        student_init="teacher-mean",        # as quick, so the tests take the same paths
-        branch_tolerance=0.02,
-        dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 6, "num_init_features": 12},
+        hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=256, n_pool=256, n_test=128, n_val=128, n_generic=0,
+                                objects=(2, 5), clutter=6),
+        pretraining=Pretraining(generic=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4),
+                                teacher=Schedule(epochs=1, lr=0.05, batch_size=64, weight_decay=5e-4)),
+        nets=Networks(arch_kwargs={"width": 8},
+                      dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 6, "num_init_features": 12}),
+        # teacher-mean and a tolerance as quick, so the tests take the same paths
+        student=Student(loss_slice=64, student_init="teacher-mean", branch_tolerance=0.02),
+        side=SideRuns(pool_images=128),
     ),
     "quick": Preset(
         name="quick",
@@ -124,20 +162,16 @@ PRESETS = {
         # glyph split (no glyph those networks trained on is in its test canvases); other canvases (seed 1)
         hard_data=BenchmarkSpec(seed=1, glyph_seed=0, n_train=1500, n_pool=1500, n_test=1000, n_val=500, n_generic=0,
                                 objects=(2, 5), clutter=6, max_overlap=0.0),
-        # side runs: 2 epochs at lr 0.1 (a 3-epoch DenseNet teacher reached 68.3 validation mAP at lr 0.1,
-        # 61.6 at lr 0.05) over a pool of 1,000 canvases
-        side_teacher=Schedule(epochs=2, lr=0.1, batch_size=64, weight_decay=5e-4),
-        side_pool_images=1000,
         # Teachers: 5 epochs from the generic stage. Teacher 1 on the validation split (benchmarks/levers.py
         # --teacher-lrs): 78.3 mAP at lr 0.1, 83.4 at 0.2, 85.2 at 0.3. The preset keeps 0.2, chosen before the
         # validation split existed (on held-out pool canvases, where 7 epochs at 0.2 also cost t-shirt 2.1 AP at
         # its Eq. 9 block): a faster teacher drifts further from the shared start that Eq. 4's filters rely on
         # (docs/design.md §1), and what lr 0.3 does to the deep trunk is not measured yet.
-        generic=Schedule(epochs=4, lr=0.1, batch_size=64, weight_decay=5e-4),
-        teacher=Schedule(epochs=5, lr=0.2, batch_size=64, weight_decay=5e-4),
-        arch_kwargs={"width": 16},
+        pretraining=Pretraining(generic=Schedule(epochs=4, lr=0.1, batch_size=64, weight_decay=5e-4),
+                                teacher=Schedule(epochs=5, lr=0.2, batch_size=64, weight_decay=5e-4)),
         # a DenseNet of 4 stages of 2 layers: about 2x the training throughput of the 4x4 default on the CPU
-        dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 16, "num_init_features": 16},
+        nets=Networks(arch_kwargs={"width": 16},
+                      dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 16, "num_init_features": 16}),
         # The compact student (docs/levers.md, validation split, teachers 88.0 mAP together). Blocks train at
         # lr 0.1 over a random 7k of the pool, with epochs growing with depth: Target b4 (every task on the whole
         # trunk) 85.9 with 1,1,2,2,4,4,8,8 epochs from the generic start, 86.5 with 2,2,3,3,6,6,10,10, and 87.2
@@ -146,16 +180,16 @@ PRESETS = {
         # the preset branches out by a tolerance of 0.02 nats: every task at b4_2, half the teachers'
         # parameters (0.005-0.01 scatter the tasks and copy each teacher from its earliest block: 1.4-1.5x).
         # Fine-tuning the whole TargetNet 3 epochs at lr 0.05 over 7k: 87.2 -> 88.0 (lr 0.01: +0.3).
-        block_images=7000,
-        block_epochs=(1, 1, 2, 2, 4, 4, 8, 8),
-        student_init="teacher-mean",
-        branch_tolerance=0.02,
-        finetune=Schedule(epochs=3, lr=0.05, batch_size=32, weight_decay=5e-4),
-        finetune_images=7000,
-        pair_block_images=3500,             # the two Fig. 3 students: half the images per block (time budget)
+        student=Student(block_images=7000, block_epochs=(1, 1, 2, 2, 4, 4, 8, 8), student_init="teacher-mean",
+                        branch_tolerance=0.02, finetune=Schedule(epochs=3, lr=0.05, batch_size=32, weight_decay=5e-4),
+                        finetune_images=7000,
+                        pair_block_images=3500),    # the two Fig. 3 students: half the images per block (time budget)
         # the KD baseline, 15 epochs over the pool (as many image passes as blocks and fine-tuning): validation
         # mAP 87.7 at lr 0.05, 88.6 at 0.1, 89.0 at 0.2 (benchmarks/kd_schedule.py, docs/levers.md)
-        kd=Schedule(epochs=0, lr=0.2, batch_size=64, weight_decay=5e-4),
+        baselines=Baselines(kd=Schedule(epochs=0, lr=0.2, batch_size=64, weight_decay=5e-4)),
+        # side runs: 2 epochs at lr 0.1 (a 3-epoch DenseNet teacher reached 68.3 validation mAP at lr 0.1,
+        # 61.6 at lr 0.05) over a pool of 1,000 canvases; Eq. 9 (on the small pool the deep trunk falls behind)
+        side=SideRuns(teacher=Schedule(epochs=2, lr=0.1, batch_size=64, weight_decay=5e-4), pool_images=1000),
     ),
     # The learner's preset: the notebooks' default in JupyterLab and the nbval run of `make test`. All five
     # notebooks in a few minutes on 2 CPU cores, with numbers far above chance (random scores give about
@@ -165,28 +199,23 @@ PRESETS = {
         name="lesson",
         data=BenchmarkSpec(seed=0, max_overlap=0.0, size=32, scale=(10, 16), generic_size=16,
                            n_train=4000, n_pool=3000, n_test=1000, n_val=1000, n_generic=10000),
-        generic=Schedule(epochs=4, lr=0.1, batch_size=64, weight_decay=5e-4),
         # teacher 1's validation mAP from this generic stage: 4 epochs at lr 0.4 65.1 with batch 64, 72.1 with
         # batch 32; 4 epochs at 0.6 68.7; 6 at 0.5 72.5; 8 at 0.2 68.1 (batch 64)
-        teacher=Schedule(epochs=4, lr=0.4, batch_size=32, weight_decay=5e-4),
-        side_teacher=Schedule(epochs=3, lr=0.4, batch_size=32, weight_decay=5e-4),
-        side_pool_images=600,
-        arch_kwargs={"width": 16},
+        pretraining=Pretraining(generic=Schedule(epochs=4, lr=0.1, batch_size=64, weight_decay=5e-4),
+                                teacher=Schedule(epochs=4, lr=0.4, batch_size=32, weight_decay=5e-4)),
         # DenseNet teacher 1 (3 epochs at lr 0.4 after 3 generic epochs): validation mAP 71.7 with growth rate
         # 12, 57.6 with 8 (53.0 at lr 0.2, 45.1 at 0.1)
-        dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 12, "num_init_features": 16},
+        nets=Networks(arch_kwargs={"width": 16},
+                      dense_kwargs={"block_config": (2, 2, 2, 2), "growth_rate": 12, "num_init_features": 16}),
         # Blocks: a short schedule, so the deep trunk falls behind the teachers and the preset keeps Eq. 9
         # (branch_tolerance 0). Validation split: the Eq. 9 TargetNet 73.8 mAP (73.6 before fine-tuning)
         # against the teachers' 74.6, every task at the last block (Target b4) 62.9. A tolerance of 0.02
         # nats (with epochs 1,1,1,1,2,2,4,4 and 2 fine-tuning epochs) scattered the tasks over five blocks:
         # 1.5x the teachers' parameters at 71.3 mAP, against 73.9 for Eq. 9 in the same run.
-        block_images=2000,
-        block_epochs=(1, 1, 1, 1, 1, 1, 2, 2),
-        student_init="teacher-mean",
-        loss_slice=300,
-        finetune=Schedule(epochs=1, lr=0.05, batch_size=32, weight_decay=5e-4),
-        finetune_images=2000,
-        pair_block_images=500,
+        student=Student(block_images=2000, block_epochs=(1, 1, 1, 1, 1, 1, 2, 2), student_init="teacher-mean",
+                        loss_slice=300, finetune=Schedule(epochs=1, lr=0.05, batch_size=32, weight_decay=5e-4),
+                        finetune_images=2000, pair_block_images=500),
+        side=SideRuns(teacher=Schedule(epochs=3, lr=0.4, batch_size=32, weight_decay=5e-4), pool_images=600),
     ),
 }
 
@@ -215,16 +244,15 @@ def _paper_preset(name: str, dataset: str, teacher_epochs: int, block_epochs: in
     return Preset(
         name=name,
         data=PaperSpec(dataset, image_size=224),
-        generic=Schedule(epochs=0),                 # no generic stage: ImageNet weights (init="imagenet")
-        teacher=Schedule(epochs=teacher_epochs),
-        arch="resnet50", dense_arch="densenet121",
-        groups=seeded_split(labels, (half, len(labels) - half), seed),
-        groups3=seeded_split(labels, (third, third, len(labels) - 2 * third), seed),
-        pairs=PAPER_PAIRS["coco" if dataset == "coco" else "voc"],
-        block=Schedule(epochs=block_epochs), block_images=block_images, loss_slice=loss_slice,
-        finetune=Schedule(epochs=finetune_epochs),
-        amalgamation_cache="float16",               # F_u^{k-1} of ResNet-50 at 224 px: 1.6 MB per image in fp16
-        init="imagenet",
+        pretraining=Pretraining(generic=Schedule(epochs=0),          # no generic stage: ImageNet weights
+                                teacher=Schedule(epochs=teacher_epochs)),
+        nets=Networks(arch="resnet50", dense_arch="densenet121", init="imagenet"),
+        labels=Labels(groups=seeded_split(labels, (half, len(labels) - half), seed),
+                      groups3=seeded_split(labels, (third, third, len(labels) - 2 * third), seed),
+                      pairs=PAPER_PAIRS["coco" if dataset == "coco" else "voc"]),
+        student=Student(block=Schedule(epochs=block_epochs), block_images=block_images, loss_slice=loss_slice,
+                        finetune=Schedule(epochs=finetune_epochs),
+                        amalgamation_cache="float16"),      # F_u^{k-1} of ResNet-50 at 224 px: 1.6 MB per image in fp16
         augment=True,
     )
 
@@ -238,7 +266,7 @@ PRESETS.update({
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; ``ValueError`` listing the valid names otherwise."""
+    """The preset called ``name``; :class:`~kalib.errors.ConfigError` listing the valid names otherwise."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]

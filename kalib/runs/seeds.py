@@ -28,7 +28,7 @@ def seed_preset(preset: Preset, seed: int) -> Preset:
     equal to the preset's own leaves it unchanged)."""
     if seed == preset.seed:
         return preset
-    return dataclasses.replace(preset, seed=seed, data=dataclasses.replace(preset.data, seed=seed, glyph_seed=None))
+    return preset.replace(seed=seed, data=dataclasses.replace(preset.data, seed=seed, glyph_seed=None))
 
 
 def seed_dir(out_dir: str | Path, preset: Preset, seed: int) -> Path:

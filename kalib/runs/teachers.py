@@ -181,11 +181,11 @@ def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path
     from ImageNet weights (``init != "generic"``: the paper presets) first write those as the generic
     checkpoint (:func:`prepare_generic`) instead of training a generic stage."""
     groups, arch, kwargs = preset.teacher_set(teacher_set)
-    if preset.init != "generic":
-        prepare_generic(out_dir, arch, bench.label_names, init=preset.init, arch_kwargs=kwargs,
-                        weights_path=preset.weights_paths.get(arch), allow_download=allow_download,
+    if preset.nets.init != "generic":
+        prepare_generic(out_dir, arch, bench.label_names, init=preset.nets.init, arch_kwargs=kwargs,
+                        weights_path=preset.nets.weights_paths.get(arch), allow_download=allow_download,
                         seed=seed, log=log)
-    return pretrain(bench, groups, arch, kwargs, preset.generic, preset.teacher, out_dir, seed=seed, log=log,
+    return pretrain(bench, groups, arch, kwargs, preset.pretraining.generic, preset.pretraining.teacher, out_dir, seed=seed, log=log,
                     device=device, restart=restart, augment=preset.augment, generic_bench=generic_bench,
                     warm_start=warm_start)
 
