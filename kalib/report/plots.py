@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MultipleLocator
 
 TEACHER_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
@@ -78,15 +79,34 @@ def ap_bars(ap: dict[str, float], title: str, path=None):
     return _save(fig, path)
 
 
+def filter_weight_limits(*weights) -> tuple[float, float]:
+    """One colour scale for several :func:`filter_weights` figures (e.g. an early and the last block):
+    symmetric about 1 (passed unchanged) and just wide enough for every array given, so that a colour means
+    the same weight in each figure. Pass the result as ``limits`` to every call."""
+    spread = max(float(np.max(np.abs(np.asarray(w, dtype=float) - 1.0))) for w in weights)
+    spread = max(spread, 0.01)                              # all ones: still a scale, not vmin == vmax
+    return 1.0 - spread, 1.0 + spread
+
+
 @_styled
-def filter_weights(weights: np.ndarray, teacher_names, title: str, path=None):
+def filter_weights(weights: np.ndarray, teacher_names, title: str, path=None,
+                   limits: tuple[float, float] | None = None):
     """Mean channel weights $w$ of the filters $f_n^k$ (Eq. 4), one row per teacher: 1 = channel passed
-    unchanged, > 1 amplified, < 1 suppressed."""
+    unchanged, > 1 amplified, < 1 suppressed. Every teacher's row uses one colour scale and one colour bar;
+    ``limits`` (vmin, vmax; from :func:`filter_weight_limits` over all the arrays to compare) gives several
+    figures the same scale, otherwise the scale is :func:`filter_weight_limits` of these weights alone.
+    Weights outside ``limits`` are refused rather than clipped to the end colours."""
     weights = np.asarray(weights)
+    vmin, vmax = filter_weight_limits(weights) if limits is None else (float(limits[0]), float(limits[1]))
+    if not vmin < vmax:
+        raise ValueError(f"limits must be (vmin, vmax) with vmin < vmax, got {limits}")
+    if weights.min() < vmin - 1e-9 or weights.max() > vmax + 1e-9:
+        raise ValueError(f"weights from {weights.min():.4g} to {weights.max():.4g} lie outside the colour scale "
+                         f"({vmin:.4g}, {vmax:.4g}); compute limits from every array drawn")
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(teacher_names) + 1.5))
     step = max(1, int(np.ceil(weights.shape[1] / 16)))
-    sns.heatmap(weights, ax=ax, cmap="RdBu_r", center=1.0, xticklabels=step, yticklabels=teacher_names,
-                cbar_kws={"pad": 0.02})
+    sns.heatmap(weights, ax=ax, cmap="RdBu_r", center=1.0, vmin=vmin, vmax=vmax, xticklabels=step,
+                yticklabels=teacher_names, cbar_kws={"pad": 0.02})
     ax.tick_params(axis="y", rotation=0)
     ax.tick_params(axis="x", rotation=0)
     ax.collections[0].colorbar.set_label("$w$", rotation=0, labelpad=8)
@@ -95,17 +115,26 @@ def filter_weights(weights: np.ndarray, teacher_names, title: str, path=None):
     return _save(fig, path)
 
 
+LOSS_COLOUR_SPAN = 0.02     # nats: the smallest colour range of loss_heatmap (the quick preset's tolerance)
+
+
 @_styled
-def loss_heatmap(converged_loss: dict[str, dict[str, float]], chosen: dict[str, str], path=None):
+def loss_heatmap(converged_loss: dict[str, dict[str, float]], chosen: dict[str, str], path=None,
+                 min_colour_span: float = LOSS_COLOUR_SPAN):
     """The converged loss $L_i^k$ (task x block, Eq. 9's input; numbers) coloured by its excess over the
-    task's minimum, with each row's argmin (Eq. 9's $S_i$) boxed."""
+    task's minimum, with each row's argmin (Eq. 9's $S_i$) boxed. The colour scale starts at 0 and spans
+    at least ``min_colour_span`` nats (stated on the colour bar), so that excesses of a few thousandths of
+    a nat do not take the far end of the colour map."""
     frame = pd.DataFrame(converged_loss).T
     rows, cols = frame.shape
     fig, ax = plt.subplots(figsize=(0.6 * cols + 2.4, 0.28 * rows + 1.3))
     excess = frame.sub(frame.min(axis=1), axis=0)   # colour: how far above the task's best block
+    vmax = max(float(excess.to_numpy().max()), min_colour_span)
     annotate = rows <= 24 and cols <= 12
-    sns.heatmap(excess, ax=ax, cmap="viridis", annot=frame if annotate else False, fmt=".3f",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": r"$L_i^k - \min_{k'}\,L_i^{k'}$", "pad": 0.02})
+    sns.heatmap(excess, ax=ax, cmap="viridis", vmin=0.0, vmax=vmax, annot=frame if annotate else False, fmt=".3f",
+                annot_kws={"fontsize": 7},
+                cbar_kws={"label": r"$L_i^k - \min_{k'}\,L_i^{k'}$ (nats; scale 0 to at least "
+                                   f"{min_colour_span:g})", "pad": 0.02})
     for i, task in enumerate(frame.index):
         j = list(frame.columns).index(chosen[task])
         ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="white", lw=2))
@@ -118,10 +147,11 @@ def loss_heatmap(converged_loss: dict[str, dict[str, float]], chosen: dict[str, 
 
 
 @_styled
-def block_losses(block_train_loss: dict[str, list[float]], path=None):
+def block_losses(block_train_loss: dict[str, list[float]], path=None, from_zero: bool = True):
     """Mean training loss (Eq. 7) of every epoch, the blocks trained one after the other: one curve over
     all epochs (a block trained for one epoch is one point of it), each block's epochs in its colour on
-    its own band."""
+    its own band. The y-axis starts at 0 nats; ``from_zero=False`` zooms onto the curve, and the axis
+    label then says where the axis starts and how many nats it spans."""
     names = list(block_train_loss)
     losses = [float(v) for name in names for v in block_train_loss[name]]
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
@@ -136,22 +166,51 @@ def block_losses(block_train_loss: dict[str, list[float]], path=None):
         centres.append(xs.mean())
         start += len(xs)
     ax.set_xlim(0.5, len(losses) + 0.5)
+    if from_zero:
+        ax.set_ylim(0.0, 1.08 * max(max(losses), 1e-9))
+        ax.set_ylabel("training loss (Eq. 7, nats)")
+    else:
+        ax.margins(y=0.1)
+        low, high = ax.get_ylim()
+        ax.set_ylabel(f"training loss (Eq. 7, nats)\ny-axis does not start at 0:\n{low:.3f} to {high:.3f}")
     top = ax.secondary_xaxis("top")
     spacing = 6.8 * min(np.diff(centres), default=len(losses)) / len(losses)     # inches between names
     top.set_xticks(centres, names, rotation=0 if spacing > 0.5 else 90)
     top.tick_params(length=0)
     ax.set_xlabel("epoch of entangled block-wise training (the blocks, named on top, one after the other)")
-    ax.set_ylabel("training loss (Eq. 7)")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
+FIG3_MIN_SPAN = 20.0    # AP points: the least height of Fig. 3's AP axis
+
+
+def _ap_range(values, span: float) -> tuple[float, float]:
+    """An AP axis ``span`` points tall inside 0..100, centred on ``values`` (``span`` must cover them with
+    a point to spare) and starting on a multiple of 5, or of 1, where that still holds them."""
+    centre = (min(values) + max(values)) / 2
+    low = min(max(centre - span / 2, 0.0), 100.0 - span)
+    for step in (5, 1):
+        rounded = np.floor(low / step) * step
+        if rounded + span >= min(max(values) + 1, 100):
+            low = rounded
+            break
+    return float(low), float(low + span)
+
+
 @_styled
-def fig3(data: dict[str, dict], blocks, path=None, titles=None):
+def fig3(data: dict[str, dict], blocks, path=None, titles=None, min_span: float = FIG3_MIN_SPAN):
     """Fig. 3: per pair of tasks (one per teacher; ``data`` as :func:`kalib.report.results.fig3_data`), AP (%)
     when branching out after each block, the teachers' AP as dashed lines, Eq. 9's choice as a star and
-    the AP-best block as a ring; the legend, below each panel, has one column per task."""
+    the AP-best block as a ring; the legend, below each panel, has one column per task.
+
+    The AP axis has one height in every panel: ``min_span`` AP points, or more where a panel's curves and
+    teacher lines need it (plus a point of margin either side; a multiple of 5), placed inside 0..100 so that
+    it holds every curve and every teacher line. Where it does not start at 0 its label says so."""
     pairs = list(data)
+    values = {pair: [v for d in data[pair]["tasks"].values() for v in [d["teacher_ap"]] +
+                     [d["ap_by_block"][b] for b in blocks]] for pair in pairs}
+    span = min(100.0, 5 * np.ceil(max([min_span] + [max(v) - min(v) + 2 for v in values.values()]) / 5))
     fig, axes = plt.subplots(len(pairs), 1, figsize=(7.5, 3.9 * len(pairs)), squeeze=False)
     x = np.arange(len(blocks))
     for ax, pair in zip(axes[:, 0], pairs):
@@ -166,10 +225,14 @@ def fig3(data: dict[str, dict], blocks, path=None, titles=None):
             b = blocks.index(d["best_ap_block"])
             ax.plot(x[b], ap[b], marker="o", ms=12, mfc="none", mec=colour, mew=1.5, ls="none",
                     label=f"best AP: {d['best_ap_block']}")
+        low, high = _ap_range(values[pair], span)
+        ax.set_ylim(low, high)
+        ax.yaxis.set_major_locator(MultipleLocator(5 if span <= 40 else 10))
         _block_ticks(ax, blocks)
         ax.set_xlabel("branch-out block $k$ (student blocks 1..$k$, then $f_n^k$ and teacher $n$'s "
                       "blocks after $k$)")
-        ax.set_ylabel("AP on the test split (%)")
+        ax.set_ylabel("AP on the test split (%)" + ("" if low == 0 else
+                      f"\naxis from {low:g}, not 0; {span:g} points tall"))
         ax.set_title((titles or {}).get(pair, f"{pair} pair"))
         ax.grid(alpha=0.3)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2 if len(blocks) <= 10 else -0.3),
@@ -177,45 +240,111 @@ def fig3(data: dict[str, dict], blocks, path=None, titles=None):
     return _save(fig, path)
 
 
+def _branch_groups(record: dict) -> dict[int, dict[int, list[str]]]:
+    """teacher n -> 0-based index of a branch-out block -> the tasks of C leaving the trunk there, from a run
+    record's ``tasks``, ``task_teacher`` and ``branch_block``; checked against ``params["branches"]``."""
+    blocks = list(record["blocks"])
+    groups: dict[int, dict[int, list[str]]] = {}
+    for task, teacher in zip(record["tasks"], record["task_teacher"]):
+        block = record["branch_block"][task]
+        if block not in blocks:
+            raise ValueError(f"task {task!r} branches out at {block!r}, which is not a block of {blocks}")
+        groups.setdefault(int(teacher), {}).setdefault(blocks.index(block), []).append(task)
+    recorded = record.get("params", {}).get("branches")
+    drawn = sorted(f"teacher{n}@{blocks[k]}" for n, branches in groups.items() for k in branches)
+    if recorded is not None and sorted(recorded) != drawn:
+        raise ValueError(f"the record's branches {sorted(recorded)} disagree with its branch blocks {drawn}")
+    return groups
+
+
+TARGETNET_TALLEST = 0.8     # data units: the height of the largest block when block sizes are drawn to scale
+
+
 @_styled
-def targetnet_drawing(record: dict, path=None):
-    """The assembled TargetNet (Eq. 10): the shared student trunk up to the last branch-out block, one
-    copy of each teacher's blocks after its earliest branch-out block (a band; teachers alternate above
-    and below the trunk), and every branch: the filter $f_n^k$ (a square) leaving the trunk after block
-    $k$ and merging into teacher $n$'s copy at block $k+1$. The tasks of each branch, whose head rows end
-    the band, are listed on the right."""
-    blocks = record["blocks"]
-    groups: dict[int, dict[int, list[str]]] = {}                # teacher -> branch block index -> tasks
-    for task, block in record["branch_block"].items():
-        teacher = record["task_teacher"][record["tasks"].index(task)]
-        groups.setdefault(teacher, {}).setdefault(blocks.index(block), []).append(task)
-    labels = {t: [f"teacher {t}"] + [line for k, tasks in sorted(branches.items())
-                                     for line in textwrap.wrap(f"after {blocks[k]}: " + ", ".join(tasks), 48,
-                                                               subsequent_indent="    ")]
-              for t, branches in groups.items()}
-    end = len(blocks) - 0.5                                     # the output of the last block
-    trunk_end = max(k for branches in groups.values() for k in branches) + 0.5
-    ys, reach = {}, {1: 0.0, -1: 0.0}                           # teacher -> y; side -> farthest y used
-    for rank, teacher in enumerate(sorted(groups)):
+def targetnet_drawing(record: dict, path=None, block_params: dict[str, int] | None = None):
+    """The assembled TargetNet (Eq. 10) of a run record (run.json): the shared student trunk from the first
+    block to the deepest branch-out block, one copy of each teacher's blocks after its earliest branch-out
+    block (teachers alternate above and below the trunk), and every branch: the filter $f_n^k$ (a square)
+    leaving the trunk after its recorded block $k$ and entering teacher $n$'s copy at block $k+1$ (or, after
+    the last block, going straight to the head rows). The tasks of each branch, whose head rows end the
+    copy, are listed on the right.
+
+    Every block is a box in its block's column. ``block_params`` ({block name: parameter count}, the
+    student's blocks, e.g. ``count_parameters`` of each of ``student.blocks``) draws the boxes' heights in
+    proportion to the parameter counts and prints the trunk's and each copy's size; the teachers share
+    the student's architecture (the student starts from them), so the same counts size their copies, and
+    a trunk plus copies larger than the record's ``params["targetnet"]`` is refused. Without it every box
+    has one height and the figure says that sizes are not to scale. Artists carry gids for inspection:
+    ``trunk:BLOCK``, ``teacherN:BLOCK`` (a copied block), ``branch:teacherN@BLOCK`` (the link),
+    ``filter:teacherN@BLOCK``."""
+    blocks = list(record["blocks"])
+    num = len(blocks)
+    groups = _branch_groups(record)
+    last = max(k for branches in groups.values() for k in branches)          # the trunk's last block
+    first = {n: min(branches) for n, branches in groups.items()}             # each copy starts after it
+    if block_params is not None:
+        missing = [b for b in blocks if b not in block_params]
+        if missing or any(block_params[b] < 0 for b in blocks) or max(block_params[b] for b in blocks) <= 0:
+            raise ValueError(f"block_params needs a non-negative count for every block {blocks} (missing: {missing})")
+        counts = np.array([int(block_params[b]) for b in blocks])
+        heights = TARGETNET_TALLEST * counts / counts.max()
+        sizes = {"trunk": int(counts[:last + 1].sum()), **{n: int(counts[k + 1:].sum()) for n, k in first.items()}}
+        total = record.get("params", {}).get("targetnet")
+        if total is not None and sum(sizes.values()) > total:
+            raise ValueError(f"trunk and teacher copies of {sum(sizes.values()):,} parameters exceed the record's "
+                             f"TargetNet of {total:,}: block_params are not this run's blocks")
+    else:
+        counts, sizes = None, {}
+        heights = np.full(num, 0.3)
+
+    def named(lo: int, hi: int) -> str:
+        return blocks[lo] if lo == hi else f"{blocks[lo]}..{blocks[hi]}"
+
+    trunk_lines = [f"student trunk {named(0, last)}"] + ([f"{sizes['trunk']:,} parameters"] if sizes else [])
+    labels = {}
+    for n, branches in groups.items():
+        copied = (f"copy of {named(first[n] + 1, num - 1)}" + (f": {sizes[n]:,} parameters" if sizes else "")
+                  if first[n] < num - 1 else "no blocks copied (branches after the last block)")
+        labels[n] = [f"teacher {n}", copied] + [
+            line for k, tasks in sorted(branches.items())
+            for line in textwrap.wrap(f"after {blocks[k]}: " + ", ".join(tasks), 48, subsequent_indent="    ")]
+    end = num - 0.5 + 0.35                                      # the head rows, after the last block
+    half_trunk = max(heights[:last + 1].max() / 2, 0.14 * len(trunk_lines))
+    ys, reach = {}, {1: half_trunk, -1: half_trunk}             # teacher -> y; side -> farthest y used
+    for rank, n in enumerate(sorted(groups)):
         side = 1 if rank % 2 == 0 else -1
-        half = 0.14 * len(labels[teacher])
-        ys[teacher] = side * (reach[side] + 0.45 + half)
-        reach[side] = abs(ys[teacher]) + half
-    width = max(len(line) for lines in labels.values() for line in lines) * 0.057 + 0.3
+        copy_half = heights[first[n] + 1:].max() / 2 if first[n] < num - 1 else 0.0
+        half = max(0.14 * len(labels[n]), copy_half)
+        ys[n] = side * (reach[side] + 0.3 + half)
+        reach[side] = abs(ys[n]) + half
+    width = max(len(line) for lines in [trunk_lines, *labels.values()] for line in lines) * 0.057 + 0.3
     fig, (ax, side_ax) = plt.subplots(
-        1, 2, sharey=True, figsize=(0.55 * len(blocks) + 1.2 + width, 1.3 + 0.55 * (reach[1] + reach[-1])),
-        gridspec_kw={"width_ratios": [0.55 * len(blocks) + 1.0, width], "wspace": 0})
-    ax.plot([-0.5, trunk_end], [0, 0], color="0.3", lw=7, solid_capstyle="butt", zorder=2)
+        1, 2, sharey=True, figsize=(0.55 * num + 1.4 + width, 1.5 + 0.55 * (reach[1] + reach[-1])),
+        gridspec_kw={"width_ratios": [0.55 * num + 1.2, width], "wspace": 0})
+    box = 0.64                                                  # a box's width; links pass between boxes
+
+    def block_box(k: int, y: float, colour, gid: str, **kwargs):
+        h = heights[k]
+        ax.add_patch(plt.Rectangle((k - box / 2, y - h / 2), box, h, facecolor=colour, edgecolor=colour,
+                                   lw=0.8, zorder=2, gid=gid, **kwargs))
+
+    ax.plot([-0.5, last + 0.5], [0, 0], color="0.3", lw=1, zorder=1, gid="trunk")
+    for k in range(last + 1):
+        block_box(k, 0.0, "0.45", f"trunk:{blocks[k]}")
     ax.text(-0.6, 0, "input", ha="right", va="center")
-    for rank, teacher in enumerate(sorted(groups)):
-        branches, colour, y = groups[teacher], _colour(teacher), ys[teacher]
+    side_ax.text(0.05, 0, "\n".join(trunk_lines), va="center", fontsize=8, color="0.3")
+    for rank, n in enumerate(sorted(groups)):
+        branches, colour, y = groups[n], _colour(n), ys[n]
         shift = 0.12 * (rank // 2)                              # outer teachers' links pass beside inner ones
-        ax.plot([min(branches) + 0.5 + shift, end], [y, y], color=colour, lw=4, alpha=0.6,
-                solid_capstyle="butt", zorder=2)
+        ax.plot([first[n] + 0.5 + shift, end], [y, y], color=colour, lw=1, zorder=1, gid=f"teacher{n}:flow")
+        for k in range(first[n] + 1, num):
+            block_box(k, y, colour, f"teacher{n}:{blocks[k]}", alpha=0.6)
         for k in branches:
-            ax.plot([k + 0.5 + shift] * 2, [0, y], color=colour, lw=1.5, zorder=1)
-            ax.plot(k + 0.5 + shift, y, marker="s", ms=8, color=colour, mec="k", zorder=3)
-        side_ax.text(0.05, y, "\n".join(labels[teacher]), va="center", fontsize=8, color=colour)
+            x = k + 0.5 + shift
+            ax.plot([x, x], [0, y], color=colour, lw=1.5, zorder=1, gid=f"branch:teacher{n}@{blocks[k]}")
+            ax.plot(x, y, marker="s", ms=8, color=colour, mec="k", zorder=3, gid=f"filter:teacher{n}@{blocks[k]}")
+        ax.plot(end, y, marker=">", ms=6, color=colour, zorder=3, gid=f"head:teacher{n}")
+        side_ax.text(0.05, y, "\n".join(labels[n]), va="center", fontsize=8, color=colour)
     _block_ticks(ax, blocks)
     ax.set_xlim(-1.4, end + 0.2)
     ax.set_ylim(-reach[-1] - 0.3, reach[1] + 0.3)
@@ -224,8 +353,15 @@ def targetnet_drawing(record: dict, path=None):
         ax.spines[spine].set_visible(False)
     side_ax.axis("off")
     side_ax.set_xlim(0, 1)
-    ax.set_xlabel(f"block (grey: the shared student trunk, {blocks[0]}..{blocks[int(trunk_end)]}; "
-                  "band: one copy of teacher $n$'s later blocks)", loc="left")
+    if counts is not None:
+        tallest = int(np.argmax(counts))
+        scale = (f"box height proportional to parameters (tallest: {blocks[tallest]}, {counts[tallest]:,})"
+                 + (f"; TargetNet {record['params']['targetnet']:,} in all" if "targetnet" in record.get("params", {})
+                    else ""))
+    else:
+        scale = "box heights not to scale (no parameter counts given)"
+    ax.set_xlabel(f"block (grey: the shared student trunk, {named(0, last)}; coloured: one copy of teacher "
+                  f"$n$'s blocks)\n{scale}", loc="left")
     ax.set_title(r"TargetNet (Eq. 10): square = filter $f_n^k$, joining teacher $n$'s copy at block $k+1$",
                  loc="left")
     return _save(fig, path)
