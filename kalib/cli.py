@@ -163,7 +163,7 @@ def _evaluation_preset(args, meta: dict):
 def _evaluate(args) -> None:
     from .device import resolve_device
     from .labels import resolve_tasks
-    from .metrics import ap_area, ap_voc07
+    from .metrics import ap_dict
     from .runs.checkpoints import load_model, read_meta
     from .train import predict
     if args.out is not None:
@@ -200,10 +200,7 @@ def _evaluate(args) -> None:
                               "does not have; pass the --preset it was trained with")
     targets = bench.test_labels[:, bench.label_indices(chosen)]
     scores = predict(model, bench.test_images, device=device)[:, cols]
-    metric = ap_voc07 if args.metric == "voc07" else ap_area
-    ap = metric(scores.numpy(), targets.numpy())
-    result = {n: round(float(a), 2) for n, a in zip(chosen, ap)}
-    result["mAP"] = round(float(ap.mean()), 2)
+    result = ap_dict(chosen, scores.numpy(), targets.numpy(), metric=args.metric, digits=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "kind": kind, "preset": preset.name,

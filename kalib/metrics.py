@@ -6,7 +6,8 @@ top-k protocol used by multi-label work on MS-COCO / NUS-WIDE:
 
 * ``ap_voc07``: VOC2007 11-point interpolated AP.
 * ``ap_area``: VOC2010+ AP, the area under the interpolated precision-recall curve.
-* ``mean_ap``: mean over classes of either.
+* ``mean_ap``: mean over classes of either; ``ap_dict``: per-label APs and their mAP, the one
+  rule every mAP kalib reports follows; ``mean_of``: that mean over APs already computed.
 * ``topk_metrics``: CP, CR, CF1, OP, OR, OF1 of Wang et al. 2016 (CNN-RNN), as in
   megvii-research/ML-GCN ``util.py``.
 
@@ -20,6 +21,12 @@ Conventions shared by every function:
   image with a tied score enters together, like ``sklearn.metrics.precision_recall_curve``),
   so the APs do not depend on the row order.
 * Bad input (shape mismatch, > 2-D, targets outside {-1, 0, 1}, NaN scores) is a ``ValueError``.
+
+Labels without positives (after dropping -1 entries), the one rule: their AP is undefined, so it is NaN and
+is reported as such per label; mAP is the mean over the labels that have positives, and NaN if no label has
+any. Where every label has positives this is the plain mean. A plain ``ap.mean()`` would instead turn one
+such label into a NaN mAP, which is why every mAP in kalib comes from :func:`mean_ap`, :func:`ap_dict` or
+:func:`mean_of`.
 """
 import numpy as np
 
@@ -115,17 +122,41 @@ def ap_area(scores, targets):
     return _per_class(scores, targets, _area)
 
 
+def mean_of(ap) -> float:
+    """mAP of per-label APs (percent) already computed: the mean over the labels whose AP is not NaN (the
+    labels with positives); NaN when every AP is NaN or there are none. Values are in label order, so where
+    no AP is NaN the result is exactly ``ap.mean()``."""
+    ap = np.asarray(ap, dtype=np.float64).ravel()
+    defined = ap[~np.isnan(ap)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def average_precision(scores, targets, metric="voc07"):
+    """Per-label AP in percent (NaN for a label without positives), ``metric`` in {"voc07", "area"}."""
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {_METRICS}")
+    return (ap_voc07 if metric == "voc07" else ap_area)(scores, targets)
+
+
 def mean_ap(scores, targets, metric="voc07"):
     """Mean per-class AP in percent, ``metric`` in {"voc07", "area"}.
 
     Classes with no positive example have AP NaN and are left out of the mean; if no class
-    has a positive example the result is NaN.
+    has a positive example the result is NaN (:func:`mean_of`).
     """
-    if metric not in _METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {_METRICS}")
-    ap = (ap_voc07 if metric == "voc07" else ap_area)(scores, targets)
-    ap = ap[~np.isnan(ap)]
-    return float(ap.mean()) if ap.size else float("nan")
+    return mean_of(average_precision(scores, targets, metric))
+
+
+def ap_dict(names, scores, targets, metric="voc07", digits=None) -> dict:
+    """``{name: AP, ..., "mAP": mean}`` in percent for the labels ``names`` (the columns of ``scores`` and
+    ``targets``): what kalib reports for a network. A label without positives keeps its NaN AP and is left
+    out of the mAP (:func:`mean_of`). ``digits``: round every value to that many decimals."""
+    ap = average_precision(scores, targets, metric)
+    if len(names) != len(ap):
+        raise ValueError(f"{len(names)} label names for {len(ap)} score columns")
+    out = {n: float(a) for n, a in zip(names, ap)}
+    out["mAP"] = mean_of(ap)
+    return out if digits is None else {k: round(v, digits) for k, v in out.items()}
 
 
 def _f1(p, r):

@@ -250,3 +250,50 @@ def test_bad_metric_and_k_raise():
         mean_ap(SCORES, TARGETS, metric="auc")
     with pytest.raises(ValueError, match="k must be"):
         topk_metrics(TK_S, TK_T, k=0)
+
+
+# ------------------------------------------------------------------- the one mAP rule (labels without positives)
+
+def test_ap_dict_reports_a_label_without_positives_as_nan_and_leaves_it_out_of_the_map():
+    from kalib.metrics import ap_dict
+    ap = ap_dict(["a", "b", "c"], SCORES, TARGETS)
+    assert list(ap) == ["a", "b", "c", "mAP"]
+    assert ap["a"] == pytest.approx(100 * 8.4 / 11, abs=1e-9) and ap["b"] == pytest.approx(100 * 28 / 33, abs=1e-9)
+    assert np.isnan(ap["c"])                                            # no positive: NaN, reported as such
+    assert ap["mAP"] == pytest.approx(100 * 53.2 / 66, abs=1e-9)       # (8.4/11 + 28/33) / 2, not NaN
+    area = ap_dict(["a", "b", "c"], SCORES, TARGETS, metric="area", digits=2)
+    assert area["a"] == 75.56 and area["b"] == 83.33 and area["mAP"] == 79.44   # 143/180 = 79.444 %
+    assert np.isnan(ap_dict(["c"], SCORES[:, 2:], TARGETS[:, 2:])["mAP"])        # no label has any: NaN
+    with pytest.raises(ValueError, match="2 label names for 3"):
+        ap_dict(["a", "b"], SCORES, TARGETS)
+
+
+def test_mean_of_is_the_plain_mean_where_every_label_has_positives():
+    from kalib.metrics import mean_of
+    ap = np.array([76.0, 84.5, 91.25])
+    assert mean_of(ap) == float(ap.mean()) == pytest.approx(251.75 / 3)
+    assert mean_of([50.0, np.nan, 70.0]) == 60.0
+    assert np.isnan(mean_of([np.nan, np.nan])) and np.isnan(mean_of([]))
+    both = SCORES[:, :2], TARGETS[:, :2]                                  # labels a and b: both have positives
+    assert mean_ap(*both) == float(ap_voc07(*both).mean())
+
+
+def test_every_caller_uses_the_one_rule(smoke_bench):
+    """teacher evaluation, the run record, the tables and the chance level: a label without positives is NaN
+    and left out of the mAP."""
+    import torch
+
+    from kalib.method.teachers import evaluate
+    from kalib.models import build_backbone
+    from kalib.report.notebook import chance_map
+    from kalib.report.results import _ap_row
+    from kalib.runs.amalgamation import _ap_dict
+    model = build_backbone("resnet18_narrow", 2, width=8)
+    labels = smoke_bench.test_labels[:, [4, 15]].clone()
+    labels[:, 1] = 0                                                      # label 'five' without positives
+    ap = evaluate(model, smoke_bench.test_images[:64], labels[:64], ["coat", "five"])
+    assert np.isnan(ap["five"]) and ap["mAP"] == ap["coat"]
+    rec = _ap_dict(["a", "b", "c"], torch.tensor(SCORES), torch.tensor(TARGETS))
+    assert np.isnan(rec["c"]) and rec["mAP"] == round(100 * 53.2 / 66, 3)
+    assert _ap_row({"a": 50.0, "b": float("nan"), "c": 70.0}, ["a", "b", "c"])["mAP"] == 60.0
+    assert not np.isnan(chance_map(TARGETS))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..metrics import ap_voc07
+from ..metrics import ap_dict
 from ..models import BlockNet, build_backbone
 from ..train import EpochStore, Schedule, fit, predict
 
@@ -55,8 +55,6 @@ def train_teacher(generic: BlockNet, images: torch.Tensor, targets: torch.Tensor
 
 def evaluate(model: BlockNet, images: torch.Tensor, targets: torch.Tensor,
              names: Sequence[str], device=None) -> dict[str, float]:
-    """Per-label 11-point AP (percent, VOC2007) of ``model`` and their mean under key ``"mAP"``."""
-    ap = ap_voc07(predict(model, images, device=device).numpy(), targets.numpy())
-    out = {n: float(a) for n, a in zip(names, ap)}
-    out["mAP"] = float(ap.mean())
-    return out
+    """Per-label 11-point AP (percent, VOC2007) of ``model`` and their mean under key ``"mAP"``
+    (:func:`kalib.metrics.ap_dict`: a label without positives is NaN and left out of the mean)."""
+    return ap_dict(names, predict(model, images, device=device).numpy(), targets.numpy())

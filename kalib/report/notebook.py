@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import UnknownParameterError
-from ..metrics import ap_voc07
+from ..metrics import mean_ap
 
 # the names the parameters cell of every notebook defines (papermill's -p NAME VALUE)
 PARAMETERS = ("preset", "seed", "out_dir", "data_root", "device", "overrides")
@@ -84,13 +84,13 @@ def meaningful(preset_name: str) -> bool:
 
 def chance_map(targets, seed: int = 0, draws: int = 10) -> float:
     """mAP (%) of uniformly random scores on the multi-hot ``targets`` ``(images, labels)`` (VOC 2007
-    11-point AP, :func:`kalib.metrics.ap_voc07`), averaged over ``draws`` random scorings: the level at
+    11-point AP, :func:`kalib.metrics.mean_ap`), averaged over ``draws`` random scorings: the level at
     which a network has learned nothing. It is a little above the fraction of images that show each label
     (the 11-point AP takes the best precision at each recall level). Entries of -1 (VOC's "difficult") are
     ignored, as by the metric."""
     targets = np.asarray(targets)
     rng = np.random.default_rng(seed)
-    return float(np.mean([np.nanmean(ap_voc07(rng.random(targets.shape), targets)) for _ in range(draws)]))
+    return float(np.mean([mean_ap(rng.random(targets.shape), targets) for _ in range(draws)]))
 
 
 def chance_note(preset_name: str, chance: float) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..metrics import topk_metrics
+from ..metrics import mean_of, topk_metrics
 
 TABLE3_KEYS = {"CP": "C-P", "CR": "C-R", "CF1": "C-F1", "OP": "O-P", "OR": "O-R", "OF1": "O-F1"}
 
@@ -47,8 +47,10 @@ def stage_end_blocks(block_names) -> dict[str, str]:
 
 
 def _ap_row(values: dict, labels) -> dict:
+    """The APs of ``labels`` (those the record has) and their mAP, recomputed by kalib's one rule
+    (:func:`kalib.metrics.mean_of`: a label without positives, NaN, is left out of the mean)."""
     row = {label: float(values[label]) for label in labels if label in values}
-    row["mAP"] = float(np.mean([values[label] for label in labels if label in values]))
+    row["mAP"] = mean_of([row[label] for label in labels if label in row])
     return row
 
 

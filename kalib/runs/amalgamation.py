@@ -25,7 +25,7 @@ from ..method.finetune import finetune, heldout_loss
 from ..method.pool import block_subset, split_pool
 from ..method.student import init_student, make_filters
 from ..method.targetnet import assemble, count_parameters
-from ..metrics import ap_voc07
+from ..metrics import ap_dict, ap_voc07, mean_of
 from ..train import predict
 from .checkpoints import EpochFile, load_model, load_target, read_meta, save_target
 from .config import digest, file_digest
@@ -35,10 +35,8 @@ from .state import BlockStore, check_teachers, load_teachers, pool_soft_targets,
 
 
 def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    ap = ap_voc07(scores.numpy(), targets.numpy())
-    out = {n: round(float(a), 3) for n, a in zip(names, ap)}
-    out["mAP"] = round(float(np.nanmean(ap)), 3)
-    return out
+    """The record's APs: :func:`kalib.metrics.ap_dict` (VOC2007 11-point), three decimals."""
+    return ap_dict(names, scores.numpy(), targets.numpy(), digits=3)
 
 
 def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
@@ -208,7 +206,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
                 record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
                                        for i, t in enumerate(plan.tasks)}
                 record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
-                record["stage_map"] = {s: round(float(np.nanmean(branch_ap[k - 1])), 3)
+                record["stage_map"] = {s: round(mean_of(branch_ap[k - 1]), 3)
                                        for s, k in student.stage_ends.items()}
                 times["branch_curves"] = time.perf_counter() - t0
             t0 = time.perf_counter()
