@@ -13,6 +13,7 @@ amalgamation, each on the student's architecture.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from ..models.blocknet import BlockNet
-from ..train import Schedule, fit
+from ..device import as_device
+from ..train import Schedule, fit, optimise, to_input
 from .blockwise import filtered_loss
 from .filters import TaskPlan, select_tasks
 from .pool import epochs_per_block
@@ -52,6 +54,42 @@ def train_kd(student: BlockNet, images: torch.Tensor, soft: torch.Tensor, schedu
         raise ValueError(f"the KD student has {student.num_classes} outputs, the soft targets {soft.shape[1]} tasks")
     return fit(student, images, soft, lambda pred, target: filtered_loss(pred, target)[0], schedule, seed,
                desc="KD", **fit_kwargs)
+
+
+def kd_student(start: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, head: str = "teachers") -> BlockNet:
+    """The KD student: the blocks of ``start`` (the amalgamation student's start) with a head of |C| outputs,
+    initialised from each teacher's own head rows for its tasks of C (``head="teachers"``, what the amalgamated
+    TargetNet keeps; the student's last block has the teachers' width) or at random (``"random"``, PyTorch's
+    default init under the current seed)."""
+    if head not in ("teachers", "random"):
+        raise ValueError(f"head must be 'teachers' or 'random', got {head!r}")
+    student = start.with_new_head(len(plan.tasks))
+    if head == "teachers":
+        with torch.no_grad():
+            for i, (n, j) in enumerate(zip(plan.teacher, plan.local)):
+                student.head.fc.weight[i] = teachers[n].head.fc.weight[j]
+                student.head.fc.bias[i] = teachers[n].head.fc.bias[j]
+    return student
+
+
+def train_kd_passes(student: BlockNet, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule, passes: int,
+                    seed: int = 0, **optimise_kwargs) -> list[float]:
+    """The KD student trained for exactly ``passes`` image passes (a training budget, not epochs): the images
+    are visited in seeded random orders, one after the other, cut at ``passes``, in batches of
+    ``schedule.batch_size`` with one poly schedule over all of them; the loss of Eq. 7 against the teachers'
+    logits ``soft`` (C's order). ``optimise_kwargs``: ``store``, ``device`` of :func:`kalib.train.optimise`.
+    Returns the mean loss (one entry: the whole budget is one pass of the schedule)."""
+    if student.num_classes != soft.shape[1]:
+        raise ValueError(f"the KD student has {student.num_classes} outputs, the soft targets {soft.shape[1]} tasks")
+    gen = torch.Generator().manual_seed(seed)
+    rounds = -(-passes // len(images))
+    order = torch.cat([torch.randperm(len(images), generator=gen) for _ in range(rounds)])[:passes]
+    device = as_device(optimise_kwargs.get("device"))
+    student.to(device=device, memory_format=torch.channels_last).train()
+    return optimise(list(student.parameters()), passes,
+                    lambda idx: filtered_loss(student(to_input(images[order[idx]].to(device, non_blocking=True))),
+                                              soft[order[idx]].to(device, non_blocking=True))[0],
+                    dataclasses.replace(schedule, epochs=1), seed, desc="KD", module=student, **optimise_kwargs)
 
 
 def train_supervised(net: BlockNet, images: torch.Tensor, labels: torch.Tensor, schedule: Schedule,

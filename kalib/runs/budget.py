@@ -1,0 +1,118 @@
+"""Training compute in multiply-accumulates (docs/design.md §7): what block-wise amalgamation and fine-tuning
+cost, and how many image passes give a KD student the same budget.
+
+Every count is the MACs of one image's work, measured by :mod:`kalib.macs` on a small batch of real pool
+images with the networks of the run, times the images that work is done for. What is counted, per arm:
+
+* both arms: the teachers' soft targets on every image the arm trains on (amalgamation also on the held-out
+  slice, whose losses L_i^k Eq. 9 needs);
+* amalgamation (Alg. 1): for every block k, the frozen prefix F_u^{k-1} of the block's images (computed once
+  per block and cached: a cache that really saves work is credited), every training step (student block k,
+  the filters f_n^k and the teachers' frozen blocks k+1..B and heads, forward and backward), the held-out
+  losses L_i^k; then fine-tuning the TargetNet (forward and backward);
+* KD: the student's training steps (forward and backward).
+
+Evaluation on the validation and test splits is not training and is left out for every arm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..macs import counted_macs, forward_macs_per_image, passes, step_macs_per_image
+from ..method.blockwise import entangled_predictions, filtered_loss, teacher_logits
+from ..method.filters import TaskPlan
+from ..models import BlockNet
+from ..train import to_input
+
+
+def teacher_macs(teachers: Sequence[BlockNet], plan: TaskPlan, x: torch.Tensor) -> float:
+    """MACs per image of the soft targets: a forward pass of every teacher with a task in C."""
+    return sum(forward_macs_per_image(teachers[n], x) for n in plan.active_teachers)
+
+
+def block_macs(student: BlockNet, filters_k: Sequence[nn.Module], teachers: Sequence[BlockNet], plan: TaskPlan,
+               x: torch.Tensor, k: int) -> dict[str, float]:
+    """Per image, for block k of Alg. 1: ``prefix`` (F_u^{k-1} through the frozen blocks 1..k-1), ``step``
+    (one training step of Eq. 6–7: block k, filters and teacher suffixes, forward and backward) and
+    ``heldout`` (the same forward pass without the backward, for L_i^k)."""
+    block = student.blocks[k - 1]
+    with torch.no_grad():
+        h = student.prefix(x, k - 1)
+        target = teacher_logits(teachers, plan, x, x.device)
+        prefix = counted_macs(lambda: student.prefix(x, k - 1)) / len(x) if k > 1 else 0.0
+        held = counted_macs(lambda: entangled_predictions(block(h), k, filters_k, teachers, plan)) / len(x)
+    active = [filters_k[n] for n in plan.active_teachers]
+    params = [p for part in (block, *active) for p in part.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    step = step_macs_per_image(
+        lambda: filtered_loss(entangled_predictions(block(h), k, filters_k, teachers, plan), target)[0], len(x), params)
+    for p, flag in zip(params, flags):
+        p.requires_grad_(flag)
+    return {"prefix": prefix, "step": step, "heldout": held}
+
+
+def network_step_macs(net: nn.Module, x: torch.Tensor, outputs: int) -> float:
+    """MACs per image of one training step of ``net`` (forward and backward, every weight trainable) against
+    soft targets with ``outputs`` columns (Eq. 7)."""
+    params = list(net.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    target = torch.zeros(len(x), outputs)
+    macs = step_macs_per_image(lambda: filtered_loss(net(x), target)[0], len(x), params)
+    for p, flag in zip(params, flags):
+        p.requires_grad_(flag)
+    return macs
+
+
+def amalgamation_macs(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor,
+                      *, block_images: int, block_epochs: Sequence[int], block_batch: int, train_images: int,
+                      heldout: int, target: nn.Module, finetune_images: int, finetune_epochs: int,
+                      finetune_batch: int) -> dict[str, int]:
+    """Training MACs of one amalgamation (Alg. 1 and fine-tuning), by part and in ``total``: the student
+    and filters as trained (any block), the teachers, a uint8 ``sample`` batch of pool images to measure on,
+    ``block_images`` per block for ``block_epochs[k-1]`` epochs, ``train_images`` and ``heldout`` pool
+    images with soft targets, and the assembled TargetNet ``target`` fine-tuned over ``finetune_images``."""
+    x = to_input(sample)
+    was = [m.training for m in (student, filters, target)]
+    student.eval(), filters.eval(), target.eval()
+    parts = {"soft_targets": (train_images + heldout) * teacher_macs(teachers, plan, x),
+             "prefix": 0.0, "blocks": 0.0, "heldout": 0.0}
+    for k, epochs in enumerate(block_epochs, start=1):
+        cost = block_macs(student, filters[k - 1], teachers, plan, x, k)
+        parts["prefix"] += block_images * cost["prefix"]
+        parts["blocks"] += passes(block_images, epochs, block_batch) * cost["step"]
+        parts["heldout"] += heldout * cost["heldout"]
+    parts["finetune"] = passes(finetune_images, finetune_epochs, finetune_batch) * network_step_macs(
+        target, x, len(plan.tasks))
+    for m, flag in zip((student, filters, target), was):
+        m.train(flag)
+    out = {name: int(v) for name, v in parts.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def kd_macs(net: nn.Module, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor, *,
+            train_images: int, image_passes: int) -> dict[str, int]:
+    """Training MACs of a KD student: soft targets on its ``train_images`` and ``image_passes`` training
+    steps' worth of images."""
+    x = to_input(sample)
+    parts = {"soft_targets": int(train_images * teacher_macs(teachers, plan, x)),
+             "steps": int(image_passes * network_step_macs(net, x, len(plan.tasks)))}
+    return {**parts, "total": sum(parts.values())}
+
+
+def kd_passes(budget: int, net: nn.Module, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor, *,
+              train_images: int, batch_size: int) -> int:
+    """The image passes (a whole number of batches, at least one) that give a KD student on ``train_images``
+    pool images ``budget`` training MACs in all (:func:`kd_macs`)."""
+    x = to_input(sample)
+    left = budget - train_images * teacher_macs(teachers, plan, x)
+    steps = round(left / (network_step_macs(net, x, len(plan.tasks)) * batch_size))
+    return max(steps, 1) * batch_size
