@@ -8,8 +8,11 @@ They share option names: ``--preset``, ``--out``, ``--data-root``, ``--device``,
 Training resumes: a rerun of the same command continues after the last finished epoch / block; a run
 directory of other settings is refused with a message offering ``--restart``. Expected problems
 (missing data, unknown task, bad or foreign checkpoint, bad option, NaN loss, a full disk, a directory
-that cannot be written, a run directory in use by another process) end with a one-line message and exit
-code 2; ``--debug`` shows the full traceback instead. Ctrl-C ends with exit code 130.
+that cannot be written, a run directory in use by another process) raise a :class:`~kalib.errors.KalibError`
+(or, for a full disk or a missing permission, an ``OSError`` that :func:`kalib.files.storage_error` names)
+and end with a one-line message and exit code 2. Anything else (a ``ValueError`` from inside torch or numpy,
+say) is a bug: one "internal error ... please report it" line and exit code 1. ``--debug`` shows the full
+traceback instead. Ctrl-C ends with exit code 130.
 """
 
 from __future__ import annotations
@@ -22,23 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import (
-    CheckpointError,
-    CommandError,
-    LockedError,
-    MissingSourceError,
-    NonFiniteLossError,
-    StorageError,
-    UnknownTaskError,
-)
+from .errors import CheckpointError, CommandError, ConfigError, KalibError, UnknownTaskError
 from .files import storage_error
 from .method.student import INITS
 from .runs.config import override
 from .runs.presets import PRESETS, TEACHER_SETS, get_preset
-
-EXPECTED_ERRORS = (MissingSourceError, UnknownTaskError, CheckpointError, NonFiniteLossError, CommandError,
-                   StorageError, LockedError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError)
-
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -87,7 +78,7 @@ def _teacher_sets(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in TEACHER_SETS]
     if bad or not names:
-        raise ValueError(f"unknown teacher set '{','.join(bad) or text}'; valid: {', '.join(TEACHER_SETS)}")
+        raise ConfigError(f"unknown teacher set '{','.join(bad) or text}'; valid: {', '.join(TEACHER_SETS)}")
     return names
 
 
@@ -375,19 +366,20 @@ def main(argv=None) -> int:
         print(f"kalib {args.command}: interrupted; finished epochs and blocks are saved, rerun the same "
               "command to resume", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as err:
+    except KalibError as err:       # a user's mistake or a missing input: the message says what to do
         if args.debug:
             raise
         print(f"kalib {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except Exception as err:   # a bug or an unexpected failure deep inside a library: still one line
+    except Exception as err:   # a bug in kalib, or an unexpected failure deep inside a library: still one line
         if args.debug:
             raise
         mapped = storage_error(err) if isinstance(err, OSError) else None   # a full disk, no permission
         if mapped is not None:
             print(f"kalib {args.command}: error: {mapped}", file=sys.stderr)
             return 2
-        print(f"kalib {args.command}: unexpected {type(err).__name__}: {' '.join(str(err).split())[:500]} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"kalib {args.command}: internal error: unexpected {type(err).__name__}: "
+              f"{' '.join(str(err).split())[:500]}; this is a bug in kalib, please report it; rerun with --debug "
+              "for the traceback", file=sys.stderr)
         return 1
     return 0

@@ -246,3 +246,58 @@ def test_ctrl_c_and_unexpected_failures_are_one_line_too(capsys, teachers, monke
     assert "unexpected RuntimeError: CUDA error: an illegal memory access" in err and "--debug" in err
     with pytest.raises(RuntimeError, match="illegal memory access"):
         main(["--debug", "pretrain", "--preset", "smoke", "--out", str(teachers)])
+
+
+def test_a_value_error_from_deep_inside_a_command_is_a_bug_exit_1(capsys, smoke_target, monkeypatch):
+    """A ``ValueError`` that escapes from inside a computation (here the AP of ``kalib evaluate``, as numpy or
+    torch might raise one) is not a user's mistake: one "internal error ... please report it" line, exit 1."""
+    import kalib.metrics
+
+    def boom(*args, **kwargs):
+        raise ValueError("boom")
+    monkeypatch.setattr(kalib.metrics, "ap_voc07", boom)
+    target = smoke_target[0] / "targetnet.pt"
+    code, _, err = cli(capsys, "evaluate", target, "--device", "cpu")
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("kalib evaluate: internal error: unexpected ValueError: boom")
+    assert "please report it; rerun with --debug for the traceback" in err
+    with pytest.raises(ValueError, match="boom"):
+        main(["--debug", "evaluate", str(target), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "loss_slice=0"], "loss_slice must be >= 1"),
+    (["--set", "block.lr=inf"], "--set block.lr=inf: invalid schedule: lr must be > 0 and finite, got inf"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+])
+def test_bad_configuration_values_are_still_one_line_and_exit_2(capsys, teachers, finished, args, needle):
+    before = snapshot(finished)
+    code, _, err = cli(capsys, *amalgamate(teachers, finished, *args))
+    assert_one_line(code, err, needle)
+    assert snapshot(finished) == before
+
+
+def test_an_unknown_preset_recorded_in_a_checkpoint_is_a_config_error(capsys, teachers):
+    meta = json.loads((teachers / T1).with_suffix(".json").read_text())
+    (teachers / T1).with_suffix(".json").write_text(json.dumps({**meta, "preset": "huge", "data": "elsewhere"}))
+    code, _, err = cli(capsys, "evaluate", teachers / T1)
+    assert_one_line(code, err, "unknown preset 'huge'; valid presets: ")
+
+
+def test_user_mistakes_raise_kalib_errors_that_keep_their_standard_base(tmp_path):
+    """The classes that replaced plain ``ValueError``/``FileNotFoundError``/``FileExistsError`` raises are
+    KalibErrors (exit 2 in the CLI) and still what ``except ValueError`` (etc.) callers catch."""
+    from kalib.errors import ConfigError, KalibError, MissingFileError
+    from kalib.runs import experiments
+    from kalib.runs.presets import get_preset
+    from kalib.runs.state import teacher_files
+    with pytest.raises(ConfigError, match="unknown table variant"):
+        experiments.variant_data(get_preset("smoke"), "table9")
+    with pytest.raises(MissingFileError, match="run the amalgamation first") as missing:
+        experiments.load_run(tmp_path)
+    with pytest.raises(MissingFileError, match="no teacher checkpoints") as no_teachers:
+        teacher_files(get_preset("smoke"), tmp_path)
+    for err in (missing.value, no_teachers.value):
+        assert isinstance(err, KalibError) and isinstance(err, FileNotFoundError)
+    with pytest.raises(ValueError):
+        experiments.variant_data(get_preset("smoke"), "table9")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..models import BlockNet
 
 
@@ -32,7 +33,7 @@ def tolerant_branch_points(losses, tolerance: float) -> list[int]:
     0 is Eq. 9 (:func:`branch_points`).
     """
     if not tolerance >= 0:
-        raise ValueError(f"branch tolerance must be >= 0, got {tolerance}")
+        raise ConfigError(f"branch tolerance must be >= 0, got {tolerance}")
     if tolerance == 0:
         return branch_points(losses)
     losses = _checked(losses)
@@ -58,12 +59,12 @@ def forced_branch_points(student: BlockNet, where: str | int, num_tasks: int) ->
     if isinstance(where, int) or (isinstance(where, str) and where.isdigit()):
         k = int(where)
         if not 1 <= k <= student.num_blocks:
-            raise ValueError(f"branch block must be in 1..{student.num_blocks}, got {k}")
+            raise ConfigError(f"branch block must be in 1..{student.num_blocks}, got {k}")
     elif where in student.stage_ends:
         k = student.stage_ends[where]
     elif where in student.block_names:
         k = student.block_index(where)
     else:
-        raise ValueError(f"unknown branch block {where!r}; valid: stages {', '.join(student.stage_ends)} "
+        raise ConfigError(f"unknown branch block {where!r}; valid: stages {', '.join(student.stage_ends)} "
                          f"or blocks {', '.join(student.block_names)}")
     return [k] * num_tasks

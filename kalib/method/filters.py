@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UnknownTaskError
+from ..errors import ConfigError, UnknownTaskError
 from ..labels import resolve_tasks
 
 
@@ -101,7 +101,7 @@ def task_plan(tasks: str | Iterable[str] | None, teacher_labels: Sequence[Sequen
     all_labels = [name for labels in teacher_labels for name in labels]
     if len(set(all_labels)) != len(all_labels):
         dup = sorted({n for n in all_labels if all_labels.count(n) > 1})
-        raise ValueError(f"teachers share task names {dup}; each task must belong to one teacher")
+        raise ConfigError(f"teachers share task names {dup}; each task must belong to one teacher")
     names = all_labels if tasks is None else [all_labels[i] for i in resolve_tasks(tasks, all_labels)]
     owner = {name: (n, labels.index(name)) for n, labels in enumerate(teacher_labels) for name in labels}
     teacher = tuple(owner[name][0] for name in names)

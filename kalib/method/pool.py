@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from ..device import as_device, autocast
+from ..errors import ConfigError
 from ..models.blocknet import BlockNet
 from ..train import batches, to_input
 from .student import CL
@@ -17,7 +18,7 @@ from .student import CL
 def split_pool(n: int, heldout: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the training part and of the held-out slice (the last ``heldout`` pool images)."""
     if not 0 <= heldout < n:
-        raise ValueError(f"held-out slice of {heldout} images needs a pool of more than {heldout}, got {n}")
+        raise ConfigError(f"held-out slice of {heldout} images needs a pool of more than {heldout}, got {n}")
     return torch.arange(n - heldout), torch.arange(n - heldout, n)
 
 
@@ -34,7 +35,7 @@ def epochs_per_block(profile: Sequence[int], num_blocks: int) -> list[int]:
     profile of another length is read as a depth profile: block k takes the entry at the same relative
     depth, so (1, 1, 2, 2, 4, 4, 8, 8) for ResNet-18's 8 blocks gives (1, 2, 4, 8) to a 4-block DenseNet."""
     if not profile or any(e < 0 for e in profile):
-        raise ValueError(f"block_epochs must be non-negative epochs, one per block, got {list(profile)}")
+        raise ConfigError(f"block_epochs must be non-negative epochs, one per block, got {list(profile)}")
     return [int(profile[-(-k * len(profile) // num_blocks) - 1]) for k in range(1, num_blocks + 1)]
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..device import as_device
+from ..errors import ConfigError
 from ..models.blocknet import BlockNet, build_backbone
 from .filters import TeacherFilter
 
@@ -62,5 +63,5 @@ def init_student(init: str, teachers: Sequence[BlockNet], generic: BlockNet | No
         student.blocks.load_state_dict({k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype)
                                         if v.is_floating_point() else v for k, v in states[0].items()})
     else:
-        raise ValueError(f"unknown student init '{init}'; valid: {', '.join(INITS)}")
+        raise ConfigError(f"unknown student init '{init}'; valid: {', '.join(INITS)}")
     return student.requires_grad_(True).train()

@@ -19,6 +19,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from ..errors import ConfigError
+
 ARCHS = ("resnet18", "resnet50", "resnet18_narrow", "densenet121", "densenet_small")
 
 
@@ -138,7 +140,7 @@ def _resnet18_narrow(num_classes: int, width: int = 16, stem_stride: int = 2, st
     ``width`` must be at least 8: narrower convolutions crash oneDNN's channels-last CPU kernels
     (torch 2.14, "double free or corruption"), and kalib trains in channels-last (kalib.train)."""
     if width < 8:
-        raise ValueError(f"resnet18_narrow needs width >= 8, got {width}")
+        raise ConfigError(f"resnet18_narrow needs width >= 8, got {width}")
     stem = nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(3, width, 3, stride=stem_stride, padding=1, bias=False),
         bn1=nn.BatchNorm2d(width), relu=nn.ReLU(inplace=True),
@@ -224,4 +226,4 @@ def build_backbone(arch: str, num_classes: int, **kwargs) -> BlockNet:
         return _densenet121(num_classes, **kwargs)
     if arch == "densenet_small":
         return _densenet_small(num_classes, **kwargs)
-    raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+    raise ConfigError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")

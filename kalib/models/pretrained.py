@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from ..errors import MissingWeightsError
+from ..errors import ConfigError, MissingWeightsError
 from .blocknet import BlockNet, build_backbone
 
 # torchvision weight enums per arch, preferred first (V1: the classic weights, closest to the paper's)
@@ -39,7 +39,7 @@ INITS = ("imagenet", "random")
 def weight_files(arch: str) -> list[tuple[str, str]]:
     """``(file name, URL)`` of torchvision's ImageNet weights for ``arch``, preferred first."""
     if arch not in _WEIGHT_ENUMS:
-        raise ValueError(f"no ImageNet weights for arch {arch!r}; available for: {', '.join(PRETRAINED_ARCHS)}")
+        raise ConfigError(f"no ImageNet weights for arch {arch!r}; available for: {', '.join(PRETRAINED_ARCHS)}")
     enum_name, members = _WEIGHT_ENUMS[arch]
     enum = getattr(torchvision.models, enum_name)
     return [(Path(enum[m].url).name, enum[m].url) for m in members]
@@ -161,7 +161,7 @@ def imagenet_backbone(arch: str, num_classes: int, weights_path: str | Path | No
     """``arch`` as a :class:`BlockNet` with ImageNet weights in every block and a fresh ``num_classes`` head;
     returns the network and the weights file it came from."""
     if arch not in PRETRAINED_ARCHS:
-        raise ValueError(f"no ImageNet weights for arch {arch!r}; available for: {', '.join(PRETRAINED_ARCHS)}")
+        raise ConfigError(f"no ImageNet weights for arch {arch!r}; available for: {', '.join(PRETRAINED_ARCHS)}")
     state, source = imagenet_state(arch, weights_path, allow_download)
     torch.manual_seed(seed)
     return load_imagenet(build_backbone(arch, num_classes), state, source), source

@@ -16,6 +16,7 @@ import torch
 
 from ..augment import BatchAugment
 from ..device import as_device
+from ..errors import ConfigError, MissingFileError
 from ..files import atomic_write, file_sha
 from ..memory import PeakMemory
 from ..method.blockwise import Amalgamation, amalgamate, branch_logits
@@ -81,7 +82,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     generic = None
     if init == "generic":
         if not generic_path.is_file():
-            raise FileNotFoundError(f"{generic_path} (the generic backbone the teachers started from) is "
+            raise MissingFileError(f"{generic_path} (the generic backbone the teachers started from) is "
                                     "missing; use --init random or teacher1, or rerun pretrain")
         generic = load_model(generic_path)[0]
     student = init_student(init, teachers, generic, seed)
@@ -277,8 +278,8 @@ def _eval_split(bench, split: str, plan: TaskPlan) -> tuple[torch.Tensor, torch.
     """Images and labels (tasks of C) of the split a run is evaluated on: ``test`` (reported numbers) or
     ``val`` (choosing settings)."""
     if split not in ("test", "val"):
-        raise ValueError(f"unknown evaluation split '{split}'; valid: test, val")
+        raise ConfigError(f"unknown evaluation split '{split}'; valid: test, val")
     images, labels = getattr(bench, f"{split}_images", None), getattr(bench, f"{split}_labels", None)
     if images is None or labels is None:
-        raise ValueError(f"this dataset has no '{split}' split; evaluate on 'test'")
+        raise ConfigError(f"this dataset has no '{split}' split; evaluate on 'test'")
     return images, labels[:, bench.label_indices(plan.tasks)]

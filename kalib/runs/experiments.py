@@ -23,6 +23,7 @@ import torch
 
 from ..data.embedded import BenchmarkSpec, load_benchmark
 from ..data.paper import load_dataset
+from ..errors import ConfigError, MissingFileError
 from ..method.baselines import TeacherEnsemble
 from ..method.branch import forced_branch_points
 from ..method.filters import task_plan
@@ -76,7 +77,7 @@ def side_run_changes(preset: Preset, variant: str, teacher_set: str) -> str:
 def variant_data(preset: Preset, variant: str) -> BenchmarkSpec:
     """The benchmark of Table 1 (``preset.data``) or of Table 2 (``preset.hard_data``)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown table variant '{variant}'; valid: {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown table variant '{variant}'; valid: {', '.join(VARIANTS)}")
     return preset.data if variant == "table1" else preset.hard_data
 
 
@@ -227,7 +228,7 @@ def load_run(out_dir: str | Path, variant: str = "table1", teacher_set: str = "2
     """The record ``run.json`` of a finished amalgamation."""
     path = run_dir(out_dir, variant, teacher_set) / "run.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the amalgamation first (notebook 02 or "
+        raise MissingFileError(f"{path} not found: run the amalgamation first (notebook 02 or "
                                 f"`python -m kalib amalgamate`)")
     return json.loads(path.read_text())
 

@@ -22,6 +22,8 @@ from typing import TypeVar
 
 import torch
 
+from ..errors import ConfigError
+
 T = TypeVar("T")
 
 _jobs: list[Callable[[], object]] = []      # the parent's jobs, inherited by forked workers
@@ -55,7 +57,11 @@ def default_workers(device=None) -> int:
     """Two CPU workers where the machine has at least two cores and the work runs on the CPU, else 1
     (``$KALIB_WORKERS`` overrides)."""
     if os.environ.get("KALIB_WORKERS"):
-        return max(1, int(os.environ["KALIB_WORKERS"]))
+        try:
+            return max(1, int(os.environ["KALIB_WORKERS"]))
+        except ValueError:
+            raise ConfigError(f"KALIB_WORKERS={os.environ['KALIB_WORKERS']!r} is not a number of worker "
+                              "processes; set it to 1, 2, ... or unset it") from None
     on_cpu = device is None or torch.device(device).type == "cpu"
     return min(2, os.cpu_count() or 1) if on_cpu else 1
 

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import NotebookError
+from ..errors import MissingFileError, NotebookError
 from ..report.results import write_results
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -80,7 +80,7 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
     from nbclient.exceptions import DeadKernelError
 
     if not notebook_dir.is_dir():
-        raise FileNotFoundError(f"notebooks not found in {notebook_dir}; run from a clone of the kalib "
+        raise MissingFileError(f"notebooks not found in {notebook_dir}; run from a clone of the kalib "
                                 "repository (the notebooks are not part of the wheel)")
     out = Path(out_dir).resolve()
     if restart:

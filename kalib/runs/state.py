@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigMismatchError
+from ..errors import CheckpointError, ConfigMismatchError, MissingFileError
 from ..files import atomic_write, file_sha
 from ..method.blockwise import Amalgamation, BlockHooks, soft_targets
 from ..method.student import freeze
@@ -28,7 +28,7 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     paths = teacher_paths(d, arch, len(groups))
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"no teacher checkpoints {', '.join(missing)} in {d}; run "
+        raise MissingFileError(f"no teacher checkpoints {', '.join(missing)} in {d}; run "
                                 f"`python -m kalib pretrain --preset {preset.name} --out {d} "
                                 f"--teacher-sets {teacher_set}` first")
     return arch, paths, d / f"generic-{arch}.pt"

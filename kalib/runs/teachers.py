@@ -17,7 +17,7 @@ import torch
 
 from ..augment import BatchAugment
 from ..data import Benchmark
-from ..errors import ConfigMismatchError
+from ..errors import ConfigError, ConfigMismatchError, ExistingFileError
 from ..files import file_sha
 from ..labels import resolve_tasks
 from ..memory import PeakMemory
@@ -122,7 +122,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
         for (n, labels), path in zip(enumerate(groups, start=1), teacher_paths(out_dir, arch, len(groups))):
             if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
                 if not restart:
-                    raise FileExistsError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
+                    raise ExistingFileError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
                                           "choose another --out directory, or rerun with --restart to retrain it")
                 for p in (path, path.with_suffix(".json")):
                     p.unlink(missing_ok=True)
@@ -131,7 +131,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             if start is not None:
                 start_labels = read_meta(start).get("labels")
                 if start_labels != list(labels):
-                    raise ValueError(f"{start} is a teacher for {start_labels}, not for "
+                    raise ConfigError(f"{start} is a teacher for {start_labels}, not for "
                                      f"{list(labels)}; warm_start needs one teacher per group, in order")
             config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
                                   "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
@@ -200,17 +200,17 @@ def prepare_generic(out_dir: str | Path, arch: str, label_names: Sequence[str], 
     :func:`kalib.runs.amalgamation.run` starts the student from it (``--init generic``). An existing file made with
     the same ``init`` is kept; one made with another raises ``FileExistsError``."""
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r} for a paper preset; valid: {', '.join(INITS)}")
+        raise ConfigError(f"unknown init {init!r} for a paper preset; valid: {', '.join(INITS)}")
     path = Path(out_dir) / f"generic-{arch}.pt"
     if path.is_file():
         made = read_meta(path).get("init")
         if made != init:
-            raise FileExistsError(f"{path} was made with init {made!r}, not {init!r}; choose another --out "
+            raise ExistingFileError(f"{path} was made with init {made!r}, not {init!r}; choose another --out "
                                   "directory or delete it")
         return path
     if init == "imagenet":
         if arch_kwargs:
-            raise ValueError(f"ImageNet weights need the standard {arch}; the preset gives arch_kwargs {arch_kwargs}")
+            raise ConfigError(f"ImageNet weights need the standard {arch}; the preset gives arch_kwargs {arch_kwargs}")
         model, source = imagenet_backbone(arch, len(label_names), weights_path, allow_download, seed)
     else:
         torch.manual_seed(seed)
