@@ -275,46 +275,47 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kalib", description="Amalgamating Filtered Knowledge (Ye et al., IJCAI 2019): "
-                     "task-customized students from multi-task teachers. `kalib COMMAND --help` lists the "
-                     "options of a command.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common(p: argparse.ArgumentParser, *, out_help: str, out_required: bool = True, training: bool = True,
+            tasks: str | None = None, preset_default: str | None = "quick",
+            overrides: bool = True) -> argparse.ArgumentParser:
+    """The options every command shares (``--preset``, ``--out``, ``--data-root``, ``--device``, ``--debug``),
+    with ``--tasks`` where it means something (``tasks``: its help), ``--seed`` and ``--restart`` for the
+    commands that train, and ``--set`` and ``--allow-download`` where ``overrides``."""
+    p.add_argument("--preset", default=preset_default, choices=sorted(PRESETS),
+                   help=f"preset (default {preset_default or 'the one recorded in the checkpoint'})")
+    p.add_argument("--out", type=Path, required=out_required, default=None, help=out_help)
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="dataset folder: the Fashion-MNIST IDX files for the embedded presets (default "
+                        "$KALIB_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist), the VOC/COCO root "
+                        "for the paper presets (default $KALIB_DATA_ROOT)")
+    p.add_argument("--device", default=None,
+                   help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
+    if tasks:
+        p.add_argument("--tasks", default=None, help=tasks)
+    if training:
+        p.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: the preset's)")
+        p.add_argument("--restart", action="store_true",
+                       help="discard this run's saved partial state (and state of other settings) and "
+                            "start over; other runs and finished teachers of these settings are kept")
+    if overrides:
+        p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a preset field, e.g. teacher.epochs=3, block.batch_size=64, "
+                            "data.n_pool=4000 (repeatable)")
+        p.add_argument("--allow-download", action="store_true",
+                       help="let torchvision download missing sources (Fashion-MNIST/MNIST, ImageNet weights)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    return p
 
-    def common(p, *, out_help: str, out_required: bool = True, training: bool = True, tasks: str | None = None,
-               preset_default: str | None = "quick", overrides: bool = True):
-        p.add_argument("--preset", default=preset_default, choices=sorted(PRESETS),
-                       help=f"preset (default {preset_default or 'the one recorded in the checkpoint'})")
-        p.add_argument("--out", type=Path, required=out_required, default=None, help=out_help)
-        p.add_argument("--data-root", type=Path, default=None,
-                       help="dataset folder: the Fashion-MNIST IDX files for the embedded presets (default "
-                            "$KALIB_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist), the VOC/COCO root "
-                            "for the paper presets (default $KALIB_DATA_ROOT)")
-        p.add_argument("--device", default=None,
-                       help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
-        if tasks:
-            p.add_argument("--tasks", default=None, help=tasks)
-        if training:
-            p.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: the preset's)")
-            p.add_argument("--restart", action="store_true",
-                           help="discard this run's saved partial state (and state of other settings) and "
-                                "start over; other runs and finished teachers of these settings are kept")
-        if overrides:
-            p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                           help="override a preset field, e.g. teacher.epochs=3, block.batch_size=64, "
-                                "data.n_pool=4000 (repeatable)")
-            p.add_argument("--allow-download", action="store_true",
-                           help="let torchvision download missing sources (Fashion-MNIST/MNIST, ImageNet weights)")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
-        return p
 
+def _add_pretrain(sub, common) -> None:
     p = common(sub.add_parser("pretrain", help="train the generic backbone and the teachers (Eq. 2); resumable"),
                out_help="directory for the teacher checkpoints")
     p.add_argument("--teacher-sets", default="2",
                    help="comma-separated: 2 (10/10 split), 3 (7/7/6), dense (DenseNet 10/10); default 2")
     p.set_defaults(func=_pretrain)
 
+
+def _add_amalgamate(sub, common) -> None:
     p = common(sub.add_parser("amalgamate", help="amalgamate the teachers into a task-customized TargetNet "
                                                  "(Eq. 4-10, Alg. 1); resumable per block"),
                out_help="directory for the TargetNet, run.json and the block states",
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split for the reported APs: test (default) or val, the split to choose settings on")
     p.set_defaults(func=_amalgamate)
 
+
+def _add_evaluate(sub, common) -> None:
     p = common(sub.add_parser("evaluate", help="per-label AP and mAP of a teacher or TargetNet checkpoint "
                                                "on the test split"),
                out_help="also write the APs as JSON to this file", out_required=False, training=False,
@@ -342,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_evaluate)
 
+
+def _add_reproduce(sub, common) -> None:
     p = common(sub.add_parser("reproduce", help="run the five notebooks in order (teachers, filters, block "
                                                 "training, branch-out, tables); resumable"),
                out_help="run directory (default runs/PRESET)", out_required=False)
@@ -353,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "generic stage, teachers, students, baselines; the label split stays) and write "
                         "seeds.md, seeds.json and claims.md; the preset's own seed is the main run")
     p.set_defaults(func=_reproduce)
+
+
+# the subcommands, in the order `kalib --help` lists them: each adds its parser with `common`'s shared options
+SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kalib", description="Amalgamating Filtered Knowledge (Ye et al., IJCAI 2019): "
+                     "task-customized students from multi-task teachers. `kalib COMMAND --help` lists the "
+                     "options of a command.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub, _common)
     return parser
 
 
