@@ -260,6 +260,40 @@ def _branch_groups(record: dict) -> dict[int, dict[int, list[str]]]:
 TARGETNET_TALLEST = 0.8     # data units: the height of the largest block when block sizes are drawn to scale
 
 
+def _named(blocks, lo: int, hi: int) -> str:
+    return blocks[lo] if lo == hi else f"{blocks[lo]}..{blocks[hi]}"
+
+
+def _targetnet_sizes(record: dict, blocks, block_params, last: int, first: dict) -> tuple:
+    """Parameter counts per block (or None), the trunk's and each copy's size, and the boxes' heights."""
+    if block_params is None:
+        return None, {}, np.full(len(blocks), 0.3)
+    missing = [b for b in blocks if b not in block_params]
+    if missing or any(block_params[b] < 0 for b in blocks) or max(block_params[b] for b in blocks) <= 0:
+        raise ValueError(f"block_params needs a non-negative count for every block {blocks} (missing: {missing})")
+    counts = np.array([int(block_params[b]) for b in blocks])
+    sizes = {"trunk": int(counts[:last + 1].sum()), **{n: int(counts[k + 1:].sum()) for n, k in first.items()}}
+    total = record.get("params", {}).get("targetnet")
+    if total is not None and sum(sizes.values()) > total:
+        raise ValueError(f"trunk and teacher copies of {sum(sizes.values()):,} parameters exceed the record's "
+                         f"TargetNet of {total:,}: block_params are not this run's blocks")
+    return counts, sizes, TARGETNET_TALLEST * counts / counts.max()
+
+
+def _targetnet_labels(blocks, groups: dict, first: dict, last: int, sizes: dict) -> tuple[list, dict]:
+    """The side texts: the trunk's lines, and per teacher its copy and its branches' tasks."""
+    num = len(blocks)
+    trunk_lines = [f"student trunk {_named(blocks, 0, last)}"] + ([f"{sizes['trunk']:,} parameters"] if sizes else [])
+    labels = {}
+    for n, branches in groups.items():
+        copied = (f"copy of {_named(blocks, first[n] + 1, num - 1)}" + (f": {sizes[n]:,} parameters" if sizes else "")
+                  if first[n] < num - 1 else "no blocks copied (branches after the last block)")
+        labels[n] = [f"teacher {n}", copied] + [
+            line for k, tasks in sorted(branches.items())
+            for line in textwrap.wrap(f"after {blocks[k]}: " + ", ".join(tasks), 48, subsequent_indent="    ")]
+    return trunk_lines, labels
+
+
 @_styled
 def targetnet_drawing(record: dict, path=None, block_params: dict[str, int] | None = None):
     """The assembled TargetNet (Eq. 10) of a run record (run.json): the shared student trunk from the first
@@ -282,32 +316,8 @@ def targetnet_drawing(record: dict, path=None, block_params: dict[str, int] | No
     groups = _branch_groups(record)
     last = max(k for branches in groups.values() for k in branches)          # the trunk's last block
     first = {n: min(branches) for n, branches in groups.items()}             # each copy starts after it
-    if block_params is not None:
-        missing = [b for b in blocks if b not in block_params]
-        if missing or any(block_params[b] < 0 for b in blocks) or max(block_params[b] for b in blocks) <= 0:
-            raise ValueError(f"block_params needs a non-negative count for every block {blocks} (missing: {missing})")
-        counts = np.array([int(block_params[b]) for b in blocks])
-        heights = TARGETNET_TALLEST * counts / counts.max()
-        sizes = {"trunk": int(counts[:last + 1].sum()), **{n: int(counts[k + 1:].sum()) for n, k in first.items()}}
-        total = record.get("params", {}).get("targetnet")
-        if total is not None and sum(sizes.values()) > total:
-            raise ValueError(f"trunk and teacher copies of {sum(sizes.values()):,} parameters exceed the record's "
-                             f"TargetNet of {total:,}: block_params are not this run's blocks")
-    else:
-        counts, sizes = None, {}
-        heights = np.full(num, 0.3)
-
-    def named(lo: int, hi: int) -> str:
-        return blocks[lo] if lo == hi else f"{blocks[lo]}..{blocks[hi]}"
-
-    trunk_lines = [f"student trunk {named(0, last)}"] + ([f"{sizes['trunk']:,} parameters"] if sizes else [])
-    labels = {}
-    for n, branches in groups.items():
-        copied = (f"copy of {named(first[n] + 1, num - 1)}" + (f": {sizes[n]:,} parameters" if sizes else "")
-                  if first[n] < num - 1 else "no blocks copied (branches after the last block)")
-        labels[n] = [f"teacher {n}", copied] + [
-            line for k, tasks in sorted(branches.items())
-            for line in textwrap.wrap(f"after {blocks[k]}: " + ", ".join(tasks), 48, subsequent_indent="    ")]
+    counts, sizes, heights = _targetnet_sizes(record, blocks, block_params, last, first)
+    trunk_lines, labels = _targetnet_labels(blocks, groups, first, last, sizes)
     end = num - 0.5 + 0.35                                      # the head rows, after the last block
     half_trunk = max(heights[:last + 1].max() / 2, 0.14 * len(trunk_lines))
     ys, reach = {}, {1: half_trunk, -1: half_trunk}             # teacher -> y; side -> farthest y used
@@ -360,7 +370,7 @@ def targetnet_drawing(record: dict, path=None, block_params: dict[str, int] | No
                     else ""))
     else:
         scale = "box heights not to scale (no parameter counts given)"
-    ax.set_xlabel(f"block (grey: the shared student trunk, {named(0, last)}; coloured: one copy of teacher "
+    ax.set_xlabel(f"block (grey: the shared student trunk, {_named(blocks, 0, last)}; coloured: one copy of teacher "
                   f"$n$'s blocks)\n{scale}", loc="left")
     ax.set_title(r"TargetNet (Eq. 10): square = filter $f_n^k$, joining teacher $n$'s copy at block $k+1$",
                  loc="left")
