@@ -29,6 +29,7 @@ from .errors import CheckpointError, CommandError, ConfigError, KalibError, Unkn
 from .files import storage_error
 from .method.student import INITS
 from .runs.config import override
+from .runs.data import load_data
 from .runs.presets import PRESETS, TEACHER_SETS, get_preset
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -59,16 +60,6 @@ def _out_dir(path: Path) -> Path:
     return path
 
 
-def load_data(preset, data_root=None, allow_download: bool = False):
-    """The dataset of ``preset``: the embedded benchmark (``data_root``: its Fashion-MNIST folder) or, for
-    the paper presets, VOC/COCO under ``data_root``."""
-    from .data import BenchmarkSpec, load_benchmark
-    if isinstance(preset.data, BenchmarkSpec):
-        return load_benchmark(preset.data, allow_download=allow_download, data_root=data_root)
-    from .data import load_dataset
-    return load_dataset(preset, data_root, allow_download=allow_download)
-
-
 def _describe(bench) -> str:
     return (f"{len(bench.train_images)} train / {len(bench.pool_images)} pool / {len(bench.test_images)} test "
             "images")
@@ -97,7 +88,7 @@ def _pretrain(args) -> None:
     seed = _seed(args, preset)
     _out_dir(args.out)
     t0 = time.perf_counter()
-    bench = load_data(preset, args.data_root, args.allow_download)
+    bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
     print(f"{preset.name} data {bench.spec.key()}: {_describe(bench)} ({time.perf_counter() - t0:.0f} s); "
           f"training on {device}")
     for name in names:
@@ -122,7 +113,7 @@ def _amalgamate(args) -> None:
                    arch_kwargs=preset.teacher_set(args.teacher_set)[2])
     task_plan(args.tasks, [meta.get("labels", []) for meta in metas])   # fail fast on unknown tasks
     t0 = time.perf_counter()
-    bench = load_data(preset, args.data_root, args.allow_download)
+    bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
     record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
                  init=args.init, branch_at=args.branch_at, seed=args.seed, device=device, restart=args.restart,
                  eval_split=args.eval_split)
@@ -184,7 +175,7 @@ def _evaluate(args) -> None:
         raise UnknownTaskError(f"{args.checkpoint} does not predict {', '.join(owners)}; evaluate that "
                                f"checkpoint, or choose from this one's labels: {', '.join(names)}") from None
     chosen = [names[c] for c in cols]
-    bench = load_data(preset, args.data_root, args.allow_download)
+    bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
     missing = [n for n in chosen if n not in bench.label_names]
     if missing:
         raise CheckpointError(f"{args.checkpoint} predicts labels {missing} that preset {preset.name}'s data "

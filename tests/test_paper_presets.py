@@ -11,13 +11,13 @@ import torch
 import torchvision
 from fake_trees import cycling_coco_annotations, cycling_voc_split, write_coco, write_voc
 
-import kalib.data.paper as paper
-from kalib.data import COCO_CLASSES, VOC_CLASSES, PaperBenchmark, PaperSpec, load_dataset, seeded_split
-from kalib.errors import DataRootError, GenericStageError, MissingWeightsError
+from kalib.data import COCO_CLASSES, VOC_CLASSES, PaperBenchmark, PaperSpec, seeded_split
+from kalib.errors import ConfigError, DataRootError, GenericStageError, MissingWeightsError
 from kalib.models import build_backbone
 from kalib.models.pretrained import imagenet_backbone, weight_files
 from kalib.runs.amalgamation import run
 from kalib.runs.checkpoints import load_model, read_meta
+from kalib.runs.data import load_data
 from kalib.runs.presets import COCO_SPLIT_SEED, VOC_SPLIT_SEED, get_preset
 from kalib.runs.teachers import prepare_generic, pretrain
 from kalib.train import Schedule
@@ -164,7 +164,7 @@ def tiny(name, size=32):
 def test_voc_arrays_splits_labels_and_cache(tmp_path):
     root = voc_tree(tmp_path / "data")
     logs = []
-    bench = load_dataset(tiny("paper-voc07"), root, workers=0, log=logs.append)
+    bench = load_data(tiny("paper-voc07"), data_root=root, workers=0, log=logs.append)
     assert isinstance(bench, PaperBenchmark) and bench.label_names == VOC_CLASSES
     assert bench.train_images.shape == (24, 3, 32, 32) and bench.train_images.dtype == torch.uint8
     assert bench.test_images.shape == (8, 3, 32, 32) and bench.pool_images is bench.train_images
@@ -181,14 +181,14 @@ def test_voc_arrays_splits_labels_and_cache(tmp_path):
     assert sum("decoding" in line for line in logs) == 2
     # second load: straight from the cache, no decoding
     logs.clear()
-    again = load_dataset(tiny("paper-voc07"), root, workers=0, log=logs.append)
+    again = load_data(tiny("paper-voc07"), data_root=root, workers=0, log=logs.append)
     assert logs == [] and torch.equal(again.test_images, bench.test_images) and again.cache == bench.cache
     assert again.spec.cache_key() == bench.spec.cache_key() and again.spec.root == str(root.resolve())
     assert bench.spec.key() == tiny("paper-voc07").data.key()     # checkpoints name the data, not its folder
     # a changed split file is a new cache entry
     split = root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt"
     split.write_text("".join(split.read_text().splitlines(keepends=True)[:20]))
-    changed = load_dataset(tiny("paper-voc07"), root, workers=0, log=logs.append)
+    changed = load_data(tiny("paper-voc07"), data_root=root, workers=0, log=logs.append)
     assert len(changed.train_images) == 20 and changed.cache != bench.cache
     with pytest.raises(GenericStageError, match="ImageNet"):
         bench.generic_images
@@ -196,15 +196,15 @@ def test_voc_arrays_splits_labels_and_cache(tmp_path):
 
 def test_voc12_uses_train_and_val(tmp_path):
     root = voc_tree(tmp_path, "2012", ("train", "val"), n_train=6)
-    bench = load_dataset(tiny("paper-voc12"), tmp_path, workers=0, log=lambda s: None)
+    bench = load_data(tiny("paper-voc12"), data_root=tmp_path, workers=0, log=lambda s: None)
     assert bench.spec.splits == ("train", "val") and len(bench.train_images) == 6 and len(bench.test_images) == 8
     with pytest.raises(DataRootError, match=r"VOC 2007 tree .*ImageSets/Main/trainval.txt"):
-        load_dataset(tiny("paper-voc07"), root, workers=0)
+        load_data(tiny("paper-voc07"), data_root=root, workers=0)
 
 
 def test_coco_arrays_keep_unannotated_images(tmp_path):
     root = coco_tree(tmp_path)
-    bench = load_dataset(tiny("paper-coco"), root, workers=0, log=lambda s: None)
+    bench = load_data(tiny("paper-coco"), data_root=root, workers=0, log=lambda s: None)
     assert bench.label_names == COCO_CLASSES and bench.train_labels.shape == (25, 80)
     assert bench.train_ids[-1] == "999" and bench.train_labels[-1].sum() == 0
     assert bench.test_labels.shape == (8, 80) and (bench.test_labels.sum(0) > 0).all()
@@ -213,25 +213,33 @@ def test_coco_arrays_keep_unannotated_images(tmp_path):
 def test_data_root_errors_name_path_and_layout(tmp_path, monkeypatch):
     monkeypatch.delenv("KALIB_DATA_ROOT", raising=False)
     with pytest.raises(DataRootError, match="--data-root DIR .*VOCdevkit/VOC2007/JPEGImages"):
-        load_dataset(get_preset("paper-voc07"))
+        load_data(get_preset("paper-voc07"))
     with pytest.raises(DataRootError, match="instances_train2014.json not found; expected ROOT/train2014"):
-        load_dataset(get_preset("paper-coco"), tmp_path)
+        load_data(get_preset("paper-coco"), data_root=tmp_path)
     with pytest.raises(DataRootError, match="is not a directory"):
-        load_dataset(get_preset("paper-voc07"), tmp_path / "missing")
+        load_data(get_preset("paper-voc07"), data_root=tmp_path / "missing")
     voc_tree(tmp_path / "v", n_train=3)
     (tmp_path / "v" / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000002.jpg").unlink()
     with pytest.raises(DataRootError, match="1 of 3 images of split trainval are missing, e.g. .*000002.jpg"):
-        load_dataset(get_preset("paper-voc07"), tmp_path / "v", workers=0, log=lambda s: None)
+        load_data(get_preset("paper-voc07"), data_root=tmp_path / "v", workers=0, log=lambda s: None)
     monkeypatch.setenv("KALIB_DATA_ROOT", str(tmp_path / "v"))             # the environment as fallback
     with pytest.raises(DataRootError, match="000002.jpg"):
-        load_dataset(get_preset("paper-voc07"), workers=0, log=lambda s: None)
+        load_data(get_preset("paper-voc07"), workers=0, log=lambda s: None)
 
 
-def test_load_dataset_gives_the_embedded_benchmark_for_embedded_presets(monkeypatch):
+def test_load_data_gives_the_embedded_benchmark_for_embedded_presets(monkeypatch):
+    """One function loads every preset's data (kalib.runs.data.load_data, what the CLI, the notebooks and the
+    experiments call): an embedded benchmark gets ``data_root`` as its Fashion-MNIST folder, Table 2 its
+    harder variant."""
+    import kalib.runs.data
     calls = []
-    monkeypatch.setattr(paper, "load_benchmark", lambda spec, allow_download: calls.append((spec, allow_download)))
-    load_dataset(get_preset("smoke"), "/ignored", allow_download=True)
-    assert calls == [(get_preset("smoke").data, True)]
+    monkeypatch.setattr(kalib.runs.data, "load_benchmark", lambda spec, **kw: calls.append((spec, kw)))
+    load_data(get_preset("smoke"), data_root="/fashion", allow_download=True)
+    load_data(get_preset("smoke"), "table2")
+    assert calls == [(get_preset("smoke").data, {"allow_download": True, "data_root": "/fashion"}),
+                     (get_preset("smoke").hard_data, {"allow_download": False, "data_root": None})]
+    with pytest.raises(ConfigError, match="paper-voc07 has no table2 data"):
+        load_data(get_preset("paper-voc07"), "table2")
 
 
 # ------------------------------------------------------------------------------------- end to end
@@ -253,7 +261,7 @@ def _pretrain_like_the_cli(preset, bench, out, teacher_set="2", init="random"):
 def test_paper_backbones_train_teachers_on_a_fake_voc_tree(tmp_path, one_thread):
     """ResNet-50 and DenseNet-121 (random init, 32 px): the paper's teachers (Eq. 2) on VOC arrays."""
     preset = tiny("paper-voc07")
-    bench = load_dataset(preset, voc_tree(tmp_path / "data", n_train=16), workers=0, log=lambda s: None)
+    bench = load_data(preset, data_root=voc_tree(tmp_path / "data", n_train=16), workers=0, log=lambda s: None)
     for teacher_set, arch in (("2", "resnet50"), ("dense", "densenet121")):
         paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers", teacher_set)
         assert [p.name for p in paths] == [f"set2-teacher1-{arch}.pt", f"set2-teacher2-{arch}.pt"]
@@ -268,7 +276,7 @@ def test_paper_voc07_end_to_end_on_a_fake_tree(tmp_path, one_thread):
     """paper-voc07 (a width-8 network instead of ResNet-50, 32 px): the 10/10 teachers, then the whole of
     Alg. 1 with C = A through kalib.runs.amalgamation.run."""
     preset = tiny("paper-voc07").replace(**TINY_NET)
-    bench = load_dataset(preset, voc_tree(tmp_path / "data"), workers=0, log=lambda s: None)
+    bench = load_data(preset, data_root=voc_tree(tmp_path / "data"), workers=0, log=lambda s: None)
     paths = _pretrain_like_the_cli(preset, bench, tmp_path / "teachers")
     assert [read_meta(p)["labels"] for p in paths] == [list(g) for g in preset.labels.groups]
     assert all(math.isfinite(read_meta(p)["test_ap"]["mAP"]) for p in paths)
@@ -283,7 +291,7 @@ def test_paper_voc07_end_to_end_on_a_fake_tree(tmp_path, one_thread):
 def test_paper_coco_end_to_end_on_a_fake_tree(tmp_path, one_thread):
     """paper-coco (width-8 network, 32 px): 40/40 teachers; the student for the pair bus / dining table."""
     preset = tiny("paper-coco").replace(**TINY_NET)
-    bench = load_dataset(preset, coco_tree(tmp_path / "data"), workers=0, log=lambda s: None)
+    bench = load_data(preset, data_root=coco_tree(tmp_path / "data"), workers=0, log=lambda s: None)
     _pretrain_like_the_cli(preset, bench, tmp_path / "teachers")
     record = run(bench, preset, tmp_path / "teachers", tmp_path / "target", tasks="bus,dining table",
                  log=lambda s: None)

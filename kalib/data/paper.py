@@ -1,9 +1,10 @@
 """Paper-scale data — PASCAL VOC 2007, VOC 2012, MS-COCO 2014 — as arrays the training code already reads.
 
-:func:`load_dataset` gives, for any preset, an object with the interface of the embedded
+:func:`load_paper` gives, for a paper dataset, an object with the interface of the embedded
 :class:`~kalib.data.Benchmark` (``train_images``/``pool_images``/``test_images`` as uint8 ``(N, 3, S, S)``
 tensors, float ``train_labels``/``test_labels``, ``label_names``, ``label_indices``, ``spec.key()``), so
-:func:`kalib.runs.teachers.pretrain` and :func:`kalib.runs.amalgamation.run` run unchanged on the real datasets.
+:func:`kalib.runs.teachers.pretrain` and :func:`kalib.runs.amalgamation.run` run unchanged on the real datasets
+(a preset's data, embedded or paper, is loaded by :func:`kalib.runs.data.load_data`).
 
 Splits (paper §4.1: "We use the training set for pre-training the teachers. For TargetNet, we use the
 unlabeled images"):
@@ -49,7 +50,6 @@ from PIL import Image
 from ..errors import ConfigError, DataRootError, GenericStageError
 from ..progress import progress_bar
 from .coco import COCO_CLASSES, COCO_LAYOUT, COCOMultiLabel
-from .embedded import BenchmarkSpec, load_benchmark
 from .sources import cache_dir
 from .voc import VOC_CLASSES, VOC_LAYOUT, VOCMultiLabel, find_voc_dir
 
@@ -65,7 +65,7 @@ PAPER_DATASETS = {
 @dataclass(frozen=True)
 class PaperSpec:
     """Which real dataset and at which size; ``root`` and ``fingerprint`` are filled in by
-    :func:`load_dataset` (absolute data root; sizes and times of the split and annotation files)."""
+    :func:`load_paper` (absolute data root; sizes and times of the split and annotation files)."""
     dataset: str                 # "voc07" | "voc12" | "coco"
     image_size: int = 224
     root: str = ""
@@ -264,17 +264,3 @@ def load_paper(spec: PaperSpec, data_root: str | Path | None = None, *, workers:
                           test_images=array("test_images"), test_labels=test_targets,
                           label_names=spec.label_names, train_targets=train_targets,
                           train_ids=tuple(meta["train_ids"]), test_ids=tuple(meta["test_ids"]), cache=directory)
-
-
-def load_dataset(preset, data_root: str | Path | None = None, *, allow_download: bool = False,
-                 workers: int | None = None, log=print):
-    """The data of ``preset``: the embedded :class:`~kalib.data.Benchmark` for ``smoke``/``quick``
-    (``data_root`` unused), a :class:`PaperBenchmark` of VOC/COCO under ``data_root`` for the paper
-    presets. Both expose ``train_images``, ``train_labels``, ``pool_images``, ``test_images``,
-    ``test_labels``, ``label_names``."""
-    spec = preset.data
-    if isinstance(spec, BenchmarkSpec):
-        return load_benchmark(spec, allow_download=allow_download)
-    if isinstance(spec, PaperSpec):
-        return load_paper(spec, data_root, workers=workers, log=log)
-    raise TypeError(f"preset {getattr(preset, 'name', preset)!r} has data of unknown type {type(spec).__name__}")

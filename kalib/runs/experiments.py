@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.embedded import BenchmarkSpec, load_benchmark
-from ..data.paper import load_dataset
-from ..errors import ConfigError, MissingFileError
+from ..errors import MissingFileError
 from ..method.baselines import TeacherEnsemble
 from ..method.branch import forced_branch_points
 from ..method.filters import task_plan
@@ -34,12 +32,12 @@ from ..train import predict
 from .amalgamation import run
 from .baselines import ensemble_run, kd_run, supervised_run
 from .checkpoints import load_model, load_state, load_target
+from .data import VARIANTS, load_data, variant_data  # noqa: F401 (variant_data: re-exported)
 from .parallel import run_parallel
 from .presets import TEACHER_SETS, Preset, changes
 from .state import load_teachers, teacher_files
 from .teachers import pretrain_set
 
-VARIANTS = ("table1", "table2")
 ROW_OF_SET = {"2": "Target", "3": "Target-3", "dense": "TargetDenseNet"}
 
 
@@ -74,19 +72,8 @@ def side_run_changes(preset: Preset, variant: str, teacher_set: str) -> str:
     return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items()) or "nothing"
 
 
-def variant_data(preset: Preset, variant: str) -> BenchmarkSpec:
-    """The benchmark of Table 1 (``preset.data``) or of Table 2 (``preset.hard_data``)."""
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown table variant '{variant}'; valid: {', '.join(VARIANTS)}")
-    return preset.data if variant == "table1" else preset.hard_data
-
-
-def load_variant(preset: Preset, variant: str = "table1", data_root=None, allow_download: bool = False):
-    """The data of one table: the embedded benchmark (generated and cached on first use), or for a paper
-    preset VOC/COCO under ``data_root``."""
-    if variant == "table1":
-        return load_dataset(preset, data_root, allow_download=allow_download)
-    return load_benchmark(variant_data(preset, variant), allow_download=allow_download)
+# the data of one table: :func:`kalib.runs.data.load_data`, under the name the notebooks call it by
+load_variant = load_data
 
 
 def teachers_dir(out_dir: str | Path, variant: str = "table1") -> Path:
@@ -111,7 +98,7 @@ def ensure_teachers(preset: Preset, bench, out_dir: str | Path, variant: str = "
     seed = preset.seed if seed is None else seed
     generic_bench = warm_start = None
     if variant != "table1" and preset.nets.init == "generic":
-        generic_bench = load_variant(preset, "table1")
+        generic_bench = load_data(preset, "table1")
         warm_start = ensure_teachers(preset, generic_bench, out_dir, "table1", teacher_set, seed, log, device)
         _, arch, _ = preset.teacher_set(teacher_set)
         shared = teachers_dir(out_dir, "table1")

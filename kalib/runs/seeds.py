@@ -17,6 +17,7 @@ from pathlib import Path
 from ..report.results import deep_row, table_rows
 from . import experiments
 from .config import digest
+from .data import load_data
 from .presets import Preset
 
 MAIN_ROWS = ("Teacher", "Ensemble", "KD", "Supervised", "Target b1", "Target b2", "Target b3", "Target b4",
@@ -67,7 +68,7 @@ def run_seed(preset: Preset, seed: int, out_dir: str | Path, log=print, device=N
         if saved.get("key") == key:
             log(f"seed {seed}: re-using {path}")
             return saved["summary"]
-    bench = experiments.load_variant(p, "table1")
+    bench = load_data(p, "table1")
     runs = {s: experiments.ensure_amalgamation(p, bench, out, "table1", s, seed, log, device) for s in ("2", "3")}
     baselines = experiments.ensure_baselines(p, bench, out, "table1", seed, log, device)
     pair_runs = experiments.ensure_fig3(p, bench, out, seed, log, device)
