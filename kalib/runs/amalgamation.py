@@ -32,6 +32,7 @@ from .checkpoints import EpochFile, load_model, load_target, read_meta, save_tar
 from .config import digest, file_digest
 from .locks import run_lock
 from .parallel import run_parallel
+from .records import DAMAGED, read_record, verify
 from .state import BlockStore, check_teachers, load_teachers, pool_soft_targets, teacher_files
 
 
@@ -239,29 +240,22 @@ def _target_files(out_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 def finished_record(out_dir: Path, run_key: str, log: Callable[[str], None] = print) -> dict | None:
-    """The record in ``out_dir/run.json`` when it belongs to ``run_key`` and every file it lists is still
-    there with the digest it had when the run finished; ``None`` (the run is redone from its finished
-    blocks) otherwise."""
-    try:
-        record = json.loads((out_dir / "run.json").read_text())
-    except (OSError, ValueError):           # none yet, or cut off
-        return None
-    if not isinstance(record, dict) or record.get("run_key") != run_key:
+    """The record in ``out_dir/run.json`` when it is valid (:func:`kalib.runs.records.verify`): it belongs to
+    ``run_key`` and every file it lists is still there with the digest it had when the run finished (a
+    record of a kalib that kept no digests: its TargetNet loads); ``None`` (the run is redone from its
+    finished blocks) otherwise."""
+    record = read_record(out_dir / "run.json")       # None: none yet, or cut off
+    if record is None:
         return None
     files = record.get("files")
-    if files is None:                        # a record of a kalib that kept no digests: the TargetNet must load
-        try:
-            load_target(out_dir / "targetnet.pt")
-            return record
-        except Exception:                    # whatever stops it from loading: it is damaged
-            damaged = ["targetnet.pt"]
-    else:
-        damaged = [name for name, sha in files.items()
-                   if not (out_dir / name).is_file() or file_sha(out_dir / name) != sha]
-    if not damaged:
+    listed = ({out_dir / name: sha for name, sha in files.items()} if files is not None
+              else {out_dir / "targetnet.pt": None})
+    verdict = verify(record.get("run_key"), run_key, listed, load=load_target)
+    if verdict.valid:
         return record
-    log(f"{', '.join(damaged)} in {out_dir} missing, corrupt or truncated (not what run.json recorded); "
-        "redoing the run from its finished blocks")
+    if verdict.status == DAMAGED:
+        log(f"{', '.join(p.name for p in verdict.damaged)} in {out_dir} missing, corrupt or truncated (not what "
+            "run.json recorded); redoing the run from its finished blocks")
     return None
 
 

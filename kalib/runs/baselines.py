@@ -22,6 +22,7 @@ from ..method.student import init_student
 from ..method.teachers import evaluate
 from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest
+from .records import verify
 from .state import load_teachers, pool_soft_targets, teacher_files
 
 
@@ -34,15 +35,15 @@ def _teachers(preset, teachers_dir: Path):
 
 
 def _finished(path: Path, key: str) -> dict | None:
-    """The record of a finished baseline at ``path`` with settings ``key`` whose weights load; else None."""
+    """The record of a finished baseline at ``path`` with settings ``key`` whose weights are still what was
+    saved (:func:`kalib.runs.records.verify`: their digest, or without one, they load); else None (it is
+    trained again, whatever the reason)."""
     try:
         meta = read_meta(path)
-        if meta.get("key") != key:
-            return None
-        load_model(path)
     except CheckpointError:
         return None
-    return meta["record"]
+    verdict = verify(meta.get("key"), key, {path.with_suffix(".pt"): meta.get("weights_sha256")}, load=load_model)
+    return meta["record"] if verdict.valid else None
 
 
 def _evaluated(model, bench, tasks, device) -> dict:

@@ -19,6 +19,7 @@ from . import experiments
 from .config import digest
 from .data import load_data
 from .presets import Preset
+from .records import read_record, verify
 
 MAIN_ROWS = ("Teacher", "Ensemble", "KD", "Supervised", "Target b1", "Target b2", "Target b3", "Target b4",
              "Target", "Target-3")
@@ -63,11 +64,10 @@ def run_seed(preset: Preset, seed: int, out_dir: str | Path, log=print, device=N
     out = seed_dir(out_dir, preset, seed)
     path = out / "seeds-summary.json"
     key = digest(dataclasses.asdict(p))
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            log(f"seed {seed}: re-using {path}")
-            return saved["summary"]
+    saved = read_record(path)
+    if saved is not None and verify(saved.get("key"), key).valid:     # a summary names no files: its key only
+        log(f"seed {seed}: re-using {path}")
+        return saved["summary"]
     bench = load_data(p, "table1")
     runs = {s: experiments.ensure_amalgamation(p, bench, out, "table1", s, seed, log, device) for s in ("2", "3")}
     baselines = experiments.ensure_baselines(p, bench, out, "table1", seed, log, device)

@@ -17,6 +17,7 @@ from ..method.blockwise import Amalgamation, BlockHooks, soft_targets
 from ..method.student import freeze
 from .checkpoints import EpochFile, load_model, load_state
 from .config import changed_keys, digest, file_digest
+from .records import DAMAGED, read_record, verify
 from .teachers import teacher_paths
 
 
@@ -149,19 +150,19 @@ class BlockStore:
         return self.dir / f"block{k:02d}.pt"
 
     def last_finished(self, num_blocks: int, log: Callable[[str], None] | None = None) -> int:
-        """The number of leading blocks that are finished: JSON of this fingerprint, weights that still
-        match the digest in it (a damaged block is trained again, and so are the blocks after it)."""
+        """The number of leading blocks that are finished (:func:`kalib.runs.records.verify`): JSON of this
+        fingerprint, weights that still match the digest in it (or, saved without one, still load). A
+        damaged block is trained again, and so are the blocks after it."""
         done = 0
         for k in range(1, num_blocks + 1):
-            try:
-                info = json.loads(self._json(k).read_text())
-            except (OSError, json.JSONDecodeError):
+            info = read_record(self._json(k))
+            if info is None:
                 break
-            if info.get("fingerprint") != self.fingerprint:
-                break
-            if not self._pt(k).is_file() or info.get("sha256") not in (None, file_sha(self._pt(k))):
-                if log:
-                    log(f"{self._pt(k)} is missing, corrupt or truncated; training again from block {k}")
+            verdict = verify(info.get("fingerprint"), self.fingerprint, {self._pt(k): info.get("sha256")},
+                             load=load_state)
+            if verdict.status == DAMAGED and log:
+                log(f"{self._pt(k)} is missing, corrupt or truncated; training again from block {k}")
+            if not verdict.valid:
                 break
             done = k
         return done
@@ -178,12 +179,12 @@ class BlockStore:
 
 def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """The tensor saved at ``path``, or ``compute()`` saved there (atomically) when the file is missing or
-    unreadable."""
+    unreadable. The file's name is its key (the caller's digest of what the tensor depends on) and no digest
+    of its bytes is kept, so :func:`kalib.runs.records.verify` checks it by loading it."""
     if path.is_file():
-        try:
-            return load_state(path)
-        except Exception:
-            pass
+        verdict = verify(path.stem, path.stem, {path: None}, load=load_state)
+        if verdict.valid:
+            return verdict.loaded[path]
     value = compute()
     atomic_write(path, lambda p: torch.save(value, p))
     return value

@@ -18,7 +18,6 @@ import torch
 from ..augment import BatchAugment
 from ..data import Benchmark
 from ..errors import ConfigError, ConfigMismatchError, ExistingFileError
-from ..files import file_sha
 from ..labels import resolve_tasks
 from ..memory import PeakMemory
 from ..method.teachers import evaluate, train_generic, train_teacher
@@ -29,6 +28,7 @@ from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .locks import run_lock
 from .parallel import run_parallel
+from .records import DAMAGED, verify
 
 
 def teacher_paths(out_dir: str | Path, arch: str, count: int) -> list[Path]:
@@ -44,19 +44,22 @@ def teacher_paths(out_dir: str | Path, arch: str, count: int) -> list[Path]:
 
 
 def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
-    """Whether the finished checkpoint ``path`` can be re-used: made with ``config_hash`` (or before
-    kalib stored hashes) and its weights still match the digest in its JSON (a damaged file is trained
-    again). One from another configuration is refused, or removed with ``restart``. Weights without their
-    JSON (a kill between the two writes) count as unfinished."""
+    """Whether the finished checkpoint ``path`` can be re-used (:func:`kalib.runs.records.verify`): made
+    with ``config_hash`` (or before kalib stored hashes) and its weights still match the digest in its JSON
+    (or, saved without one, still load); a damaged file is trained again. One from another configuration is
+    refused, or removed with ``restart``. Weights without their JSON (a kill between the two writes) count
+    as unfinished."""
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         return False
     meta = read_meta(path)
-    made = meta.get("config_hash")
-    if made is None or made == config_hash:
-        if meta.get("weights_sha256") not in (None, file_sha(path)):
-            log(f"{path} is corrupt or truncated (its bytes do not match the digest in its JSON); training it again")
-            return False
+    sha = meta.get("weights_sha256")
+    verdict = verify(meta.get("config_hash"), config_hash, {path: sha}, load=load_model, keyless_is_old=True)
+    if verdict.valid:
         return True
+    if verdict.status == DAMAGED:
+        log(f"{path} is corrupt or truncated (" + ("its bytes do not match the digest in its JSON" if sha else
+                                                   "it does not load") + "); training it again")
+        return False
     if not restart:
         raise ConfigMismatchError(f"{path} was trained with another configuration (preset, schedule, seed, "
                                   "data or labels changed); rerun with --restart to retrain it, or choose "
