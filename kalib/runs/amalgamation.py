@@ -9,6 +9,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,43 @@ def _ap_dict(names, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
     return ap_dict(names, scores.numpy(), targets.numpy(), digits=3)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one run is asked to do (``run``'s arguments, defaults resolved)."""
+    bench: object
+    preset: object
+    teachers_dir: Path
+    out_dir: Path
+    teacher_set: str
+    init: str
+    branch_at: str | None
+    evaluate: bool
+    branch_curves: bool
+    seed: int
+    log: Callable[[str], None]
+    device: torch.device
+    eval_split: str
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a run reads and checks before any work: the teachers (and their files), the task plan of C, the
+    evaluation split, the student's start, the forced branch blocks and the amalgamation pool."""
+    arch: str
+    paths: list
+    generic_path: Path
+    teachers: list
+    labels: list
+    plan: TaskPlan
+    eval_images: torch.Tensor | None
+    eval_y: torch.Tensor | None
+    student: object
+    forced: list | None
+    pool: torch.Tensor
+    train_idx: np.ndarray
+    held_idx: np.ndarray
+
+
 def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher_set: str = "2",
         tasks=None, init: str | None = None, branch_at: str | None = None, evaluate: bool = True,
         branch_curves: bool = True, seed: int | None = None, log: Callable[[str], None] = print,
@@ -64,173 +102,251 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     the TargetNets and ``out_dir/blocks`` first (the teachers are never touched). Settings that cannot run
     and foreign teachers are refused before any work; one process at a time works in ``out_dir``
     (:func:`kalib.runs.locks.run_lock`). ``device``: where the networks run (default CPU).
+
+    The steps: :func:`_check_inputs` (before any work), :func:`_settings` and :func:`_run_key` (what the
+    saved state and the finished record belong to), :func:`_soft_targets`, :func:`_train_blocks` (Alg. 1
+    lines 2–11 through :meth:`BlockStore.hooks`), :func:`_branch_out` (Eq. 9 and the record),
+    :func:`_finetune_variants` (Eq. 10 and Alg. 1 line 14 for each TargetNet), :func:`_evaluate_run` and
+    :func:`_save_record`.
     """
-    seed = preset.seed if seed is None else seed
-    init = preset.student.student_init if init is None else init
-    device = as_device(device)
-    out_dir = Path(out_dir)
+    job = _Job(bench, preset, Path(teachers_dir), Path(out_dir), teacher_set,
+               preset.student.student_init if init is None else init, branch_at, evaluate, branch_curves,
+               preset.seed if seed is None else seed, log, as_device(device), eval_split)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     peak = PeakMemory()
-    arch, paths, generic_path = teacher_files(preset, teachers_dir, teacher_set)
-    metas = [read_meta(p) for p in paths]
-    generic_meta = read_meta(generic_path) if init == "generic" and generic_path.is_file() else None
-    check_teachers(paths, metas, arch, bench.label_names, generic_path, generic_meta, data_key=bench.spec.key(),
-                   arch_kwargs=preset.teacher_set(teacher_set)[2])
-    teachers, labels = load_teachers(paths, device)
-    plan = task_plan(tasks, labels)
-    eval_images, eval_y = _eval_split(bench, eval_split, plan) if evaluate else (None, None)   # before any work
-    generic = None
-    if init == "generic":
-        if not generic_path.is_file():
-            raise MissingFileError(f"{generic_path} (the generic backbone the teachers started from) is "
-                                    "missing; use --init random or teacher1, or rerun pretrain")
-        generic = load_model(generic_path)[0]
-    student = init_student(init, teachers, generic, seed)
-    # an unknown --branch-at is refused here, before any work
-    forced = forced_branch_points(student, branch_at, len(plan.tasks)) if branch_at is not None else None
-    pool = bench.pool_images[:preset.student.pool_images or None]
-    train_idx, held_idx = split_pool(len(pool), preset.student.loss_slice)       # a pool too small is refused here
-    cache_dtype = getattr(torch, preset.student.amalgamation_cache)
-    settings = {"data": bench.spec.key(), "pool": len(pool), "teachers": [file_digest(p) for p in paths],
-                "generic": file_digest(generic_path) if init == "generic" else None, "init": init,
-                "tasks": list(plan.tasks), "block": dataclasses.asdict(preset.student.block),
-                "block_images": preset.student.block_images, "loss_slice": preset.student.loss_slice, "seed": seed,
-                **({"block_epochs": list(preset.student.block_epochs)} if preset.student.block_epochs else {}),
-                "reduction": preset.student.filter_reduction, **({"augment": True} if preset.augment else {})}
-    augment = BatchAugment(seed) if preset.augment else None
-    with run_lock(out_dir, what=f"amalgamation into {out_dir}"):
+    inputs = _check_inputs(job, tasks)
+    settings = _settings(job, inputs)
+    augment = BatchAugment(job.seed) if preset.augment else None
+    with run_lock(job.out_dir, what=f"amalgamation into {job.out_dir}"):
         if restart:
-            _remove_finished(out_dir, log)
-        store = BlockStore(out_dir, digest(settings))
+            _remove_finished(job.out_dir, log)
+        store = BlockStore(job.out_dir, digest(settings))
         store.prepare(settings, restart, log)
-        run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(preset.student.finetune), preset.student.finetune_images,
-                          preset.student.finetune_freeze_bn, evaluate, branch_curves, preset.student.branch_tolerance, eval_split])
-        record = finished_record(out_dir, run_key, log)
+        run_key = _run_key(job, store)
+        record = finished_record(job.out_dir, run_key, log)
         if record is not None:
-            log(f"re-using the finished run in {out_dir}")
+            log(f"re-using the finished run in {job.out_dir}")
             return record
         times["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        # the teachers' logits for every label on the pool, computed once per teacher set and pool and shared by
-        # every run that amalgamates these teachers (C = A, the Fig. 3 pairs); C's columns are picked from it
-        every = task_plan(None, labels)
-        soft = pool_soft_targets(teachers, every, paths, bench, pool, teachers_dir, device)
-        soft = soft[:, [every.tasks.index(t) for t in plan.tasks]]
+        soft = _soft_targets(job, inputs)
         times["teacher_targets"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        torch.manual_seed(seed)             # the filters' initial weights: the same in every run of this seed
-        filters = make_filters(student, teachers, preset.student.filter_reduction)
-        result = Amalgamation(student, filters, plan, np.full((student.num_blocks, len(plan.tasks)), np.nan))
-        done = store.last_finished(student.num_blocks, log)
-        if done:
-            store.load(done, result)
-            log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
-        result = amalgamate(student, teachers, plan, pool, preset.student.block, images_per_block=preset.student.block_images,
-                            block_epochs=preset.student.block_epochs, heldout=preset.student.loss_slice, seed=seed, soft=soft,
-                            filters=filters, start_block=done + 1, previous=result, cache_dtype=cache_dtype,
-                            augment=augment, device=device, hooks=store.hooks(done, student.block_names, log))
+        result = _train_blocks(job, inputs, store, soft, augment)
         times["blocks"] = time.perf_counter() - t0
-        names = student.block_names
 
-        chosen = branch_points(result.losses)
-        points = tolerant_branch_points(result.losses, preset.student.branch_tolerance) if forced is None else forced
-        record = {
-            "run_key": run_key, "preset": preset.name, "teacher_set": teacher_set, "arch": arch, "init": init,
-            "seed": seed,
-            "teachers": [str(p) for p in paths], "tasks": list(plan.tasks),
-            "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
-            "pool": {"train": len(pool) - preset.student.loss_slice, "heldout": preset.student.loss_slice,
-                     "images_per_block": preset.student.block_images, "block_epochs": list(preset.student.block_epochs)},
-            "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
-                               for i, t in enumerate(plan.tasks)},
-            "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
-            "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
-            "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
-            "branch_at": branch_at, "branch_tolerance": preset.student.branch_tolerance, "evaluated_on": eval_split,
-            "pairs": {name: list(pair) for name, pair in preset.labels.pairs.items()
-                      if teacher_set != "3" and all(t in plan.tasks for t in pair)},
-        }
-        # the TargetNet of the preset's rule, and where that is not Eq. 9 the paper's own as a second row
-        variants = {"target": points}
-        if points != chosen and branch_at is None:
-            variants["eq9"] = chosen
-        keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(preset.student.finetune), preset.student.finetune_images,
-                              preset.student.finetune_freeze_bn]) for name, pts in variants.items()}
-        partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
-        for stale in store.dir.glob("finetune-*.partial.pt"):   # of other branch points or fine-tuning settings
-            if stale not in partials.values():
-                stale.unlink(missing_ok=True)
-        ft_idx = block_subset(train_idx, 0, preset.student.finetune_images, seed)
-        teachers_params = sum(count_parameters(t) for t in teachers)
+        record, variants = _branch_out(job, inputs, result, run_key)
+        partials = _finetune_variants(job, inputs, store, result, soft, augment, variants, record, times)
+        if job.evaluate:
+            _evaluate_run(job, inputs, result, record, times)
+        return _save_record(job, record, times, peak, result, variants, partials)
 
-        def assemble_and_finetune(name: str) -> tuple[dict, float]:
-            """One TargetNet: Eq. 10 for the variant's branch blocks, Alg. 1 line 14, evaluation; saved as
-            ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``."""
-            t0 = time.perf_counter()
-            pts = variants[name]
-            target = assemble(student, filters, teachers, plan, pts)
-            pre_finetune = predict(target, eval_images, device=device) if evaluate else None
-            held_before = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-            losses = finetune(target, pool[ft_idx], soft[ft_idx], preset.student.finetune, seed,
-                              freeze_bn=preset.student.finetune_freeze_bn, device=device,
-                              store=EpochFile(partials[name], keys[name]), augment=augment, teachers=teachers, plan=plan)
-            held_after = heldout_loss(target, pool[held_idx], soft[held_idx], device=device)
-            entry = {"branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, pts)},
-                     "params": {"targetnet": count_parameters(target), "teachers": teachers_params,
-                                "branches": target.branch_names},
-                     "finetune_loss": [round(v, 5) for v in losses],
-                     "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
-                                      "after_finetune": round(float(held_after.mean()), 5)}}
-            if evaluate:
-                entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, eval_y)
-                entry["target_ap"] = _ap_dict(plan.tasks, predict(target, eval_images, device=device), eval_y)
-            save_target(_target_files(out_dir, name)[0], target,
-                        role="targetnet", preset=preset.name, init=init, teacher_set=teacher_set,
-                        data=bench.spec.key(), **({f"{eval_split}_ap": entry["target_ap"]} if evaluate else {}))
-            return entry, time.perf_counter() - t0
 
-        jobs = [lambda n=n: assemble_and_finetune(n) for n in variants]
-        for name, (entry, seconds) in zip(variants, run_parallel(jobs, device=device)):
-            times["finetune" if name == "target" else f"finetune_{name}"] = seconds
-            if name == "target":
-                record.update(entry)
-            else:
-                record[name] = entry
+def _check_inputs(job: _Job, tasks) -> _Inputs:
+    """Everything a run reads and checks before any work: the teachers (foreign ones refused), the task set C
+    (unknown tasks refused), the evaluation split, the generic start (when the student starts from it), the
+    student (Alg. 1 line 1), ``--branch-at`` and the pool with its held-out slice (too small: refused)."""
+    preset = job.preset
+    arch, paths, generic_path = teacher_files(preset, job.teachers_dir, job.teacher_set)
+    metas = [read_meta(p) for p in paths]
+    generic_meta = read_meta(generic_path) if job.init == "generic" and generic_path.is_file() else None
+    check_teachers(paths, metas, arch, job.bench.label_names, generic_path, generic_meta,
+                   data_key=job.bench.spec.key(), arch_kwargs=preset.teacher_set(job.teacher_set)[2])
+    teachers, labels = load_teachers(paths, job.device)
+    plan = task_plan(tasks, labels)
+    eval_images, eval_y = _eval_split(job.bench, job.eval_split, plan) if job.evaluate else (None, None)
+    generic = None
+    if job.init == "generic":
+        if not generic_path.is_file():
+            raise MissingFileError(f"{generic_path} (the generic backbone the teachers started from) is "
+                                   "missing; use --init random or teacher1, or rerun pretrain")
+        generic = load_model(generic_path)[0]
+    student = init_student(job.init, teachers, generic, job.seed)
+    # an unknown --branch-at is refused here, before any work
+    forced = (forced_branch_points(student, job.branch_at, len(plan.tasks)) if job.branch_at is not None
+              else None)
+    pool = job.bench.pool_images[:preset.student.pool_images or None]
+    train_idx, held_idx = split_pool(len(pool), preset.student.loss_slice)     # a pool too small is refused here
+    return _Inputs(arch, paths, generic_path, teachers, labels, plan, eval_images, eval_y, student, forced, pool,
+                   train_idx, held_idx)
 
-        if evaluate:
-            t0 = time.perf_counter()
-            if branch_curves:
-                curves = branch_logits(student, filters, teachers, plan, eval_images, device=device)
-                branch_ap = np.stack([ap_voc07(c.numpy(), eval_y.numpy()) for c in curves])   # (B, |C|)
-                record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
-                                       for i, t in enumerate(plan.tasks)}
-                record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
-                record["stage_map"] = {s: round(mean_of(branch_ap[k - 1]), 3)
-                                       for s, k in student.stage_ends.items()}
-                times["branch_curves"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            teacher_scores = torch.empty(len(eval_images), len(plan.tasks))
-            for n in plan.active_teachers:
-                teacher_scores[:, plan.per_teacher[n]] = select_tasks(
-                    predict(teachers[n], eval_images, device=device), plan.local_per_teacher[n])
-            record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, eval_y)
-            times["evaluation"] = time.perf_counter() - t0
-            if log:
-                log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
-                    f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
-                    f"after fine-tuning ({eval_split} split)")
-        times["total"] = sum(times.values())
-        record["peak_rss_mb"] = peak.mib()
-        record["seconds"] = {k: round(v, 1) for k, v in times.items()}
-        record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
-        record["files"] = {p.name: file_sha(p) for name in variants for p in _target_files(out_dir, name)}
-        atomic_write(out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-        for partial in partials.values():
-            partial.unlink(missing_ok=True)
-        return record
+
+def _settings(job: _Job, inputs: _Inputs) -> dict:
+    """The settings block-wise training depends on; their digest is the fingerprint of ``OUT/blocks``."""
+    student = job.preset.student
+    return {"data": job.bench.spec.key(), "pool": len(inputs.pool), "teachers": [file_digest(p) for p in inputs.paths],
+            "generic": file_digest(inputs.generic_path) if job.init == "generic" else None, "init": job.init,
+            "tasks": list(inputs.plan.tasks), "block": dataclasses.asdict(student.block),
+            "block_images": student.block_images, "loss_slice": student.loss_slice, "seed": job.seed,
+            **({"block_epochs": list(student.block_epochs)} if student.block_epochs else {}),
+            "reduction": student.filter_reduction, **({"augment": True} if job.preset.augment else {})}
+
+
+def _run_key(job: _Job, store: BlockStore) -> str:
+    """The key of the finished record: the blocks' fingerprint and everything after block-wise training."""
+    student = job.preset.student
+    return digest([store.fingerprint, job.branch_at, dataclasses.asdict(student.finetune), student.finetune_images,
+                   student.finetune_freeze_bn, job.evaluate, job.branch_curves, student.branch_tolerance,
+                   job.eval_split])
+
+
+def _soft_targets(job: _Job, inputs: _Inputs) -> torch.Tensor:
+    """The teachers' logits for the tasks of C on the pool. They are computed for every label, once per
+    teacher set and pool, and shared by every run that amalgamates these teachers (C = A, the Fig. 3 pairs);
+    C's columns are picked from them."""
+    every = task_plan(None, inputs.labels)
+    soft = pool_soft_targets(inputs.teachers, every, inputs.paths, job.bench, inputs.pool, job.teachers_dir,
+                             job.device)
+    return soft[:, [every.tasks.index(t) for t in inputs.plan.tasks]]
+
+
+def _train_blocks(job: _Job, inputs: _Inputs, store: BlockStore, soft: torch.Tensor, augment) -> Amalgamation:
+    """Block-wise training (Alg. 1 lines 2–11, Eq. 6–8), resumed after the last finished block in ``store``,
+    whose hooks keep every finished block and the epochs of the block in progress."""
+    student, s = inputs.student, job.preset.student
+    torch.manual_seed(job.seed)             # the filters' initial weights: the same in every run of this seed
+    filters = make_filters(student, inputs.teachers, s.filter_reduction)
+    result = Amalgamation(student, filters, inputs.plan, np.full((student.num_blocks, len(inputs.plan.tasks)), np.nan))
+    done = store.last_finished(student.num_blocks, job.log)
+    if done:
+        store.load(done, result)
+        job.log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
+    return amalgamate(student, inputs.teachers, inputs.plan, inputs.pool, s.block, images_per_block=s.block_images,
+                      block_epochs=s.block_epochs, heldout=s.loss_slice, seed=job.seed, soft=soft, filters=filters,
+                      start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
+                      augment=augment, device=job.device, hooks=store.hooks(done, student.block_names, job.log))
+
+
+def _branch_out(job: _Job, inputs: _Inputs, result: Amalgamation, run_key: str) -> tuple[dict, dict]:
+    """Eq. 9's branch blocks, the preset's rule's (or ``--branch-at``'s), and the record of the run so far;
+    returns it with the TargetNets to build, name -> branch blocks: ``target`` (the preset's rule) and,
+    where that is not Eq. 9, ``eq9`` (the paper's own, as a second row)."""
+    preset, plan, names = job.preset, inputs.plan, inputs.student.block_names
+    chosen = branch_points(result.losses)
+    points = (tolerant_branch_points(result.losses, preset.student.branch_tolerance) if inputs.forced is None
+              else inputs.forced)
+    record = {
+        "run_key": run_key, "preset": preset.name, "teacher_set": job.teacher_set, "arch": inputs.arch,
+        "init": job.init, "seed": job.seed,
+        "teachers": [str(p) for p in inputs.paths], "tasks": list(plan.tasks),
+        "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
+        "pool": {"train": len(inputs.pool) - preset.student.loss_slice, "heldout": preset.student.loss_slice,
+                 "images_per_block": preset.student.block_images,
+                 "block_epochs": list(preset.student.block_epochs)},
+        "converged_loss": {t: {names[k]: round(float(result.losses[k, i]), 5) for k in range(len(names))}
+                           for i, t in enumerate(plan.tasks)},
+        "block_train_loss": {names[k]: [round(v, 5) for v in h] for k, h in enumerate(result.train_loss)},
+        "chosen_block": {t: names[s - 1] for t, s in zip(plan.tasks, chosen)},
+        "branch_block": {t: names[s - 1] for t, s in zip(plan.tasks, points)},
+        "branch_at": job.branch_at, "branch_tolerance": preset.student.branch_tolerance,
+        "evaluated_on": job.eval_split,
+        "pairs": {name: list(pair) for name, pair in preset.labels.pairs.items()
+                  if job.teacher_set != "3" and all(t in plan.tasks for t in pair)},
+    }
+    variants = {"target": points}
+    if points != chosen and job.branch_at is None:
+        variants["eq9"] = chosen
+    return record, variants
+
+
+def _finetune_variants(job: _Job, inputs: _Inputs, store: BlockStore, result: Amalgamation, soft: torch.Tensor,
+                       augment, variants: dict, record: dict, times: dict) -> dict[str, Path]:
+    """Every TargetNet of ``variants`` assembled and fine-tuned (:func:`_assemble_and_finetune`), side by
+    side; the preset's rule's entries go into ``record`` itself, another variant's under its name. Returns
+    the epoch files of the fine-tunings (removed once the record is saved); those of other branch blocks or
+    fine-tuning settings are removed first."""
+    s = job.preset.student
+    keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(s.finetune), s.finetune_images,
+                          s.finetune_freeze_bn]) for name, pts in variants.items()}
+    partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
+    for stale in store.dir.glob("finetune-*.partial.pt"):
+        if stale not in partials.values():
+            stale.unlink(missing_ok=True)
+    ft_idx = block_subset(inputs.train_idx, 0, s.finetune_images, job.seed)
+    teachers_params = sum(count_parameters(t) for t in inputs.teachers)
+    jobs = [lambda n=n: _assemble_and_finetune(job, inputs, result, soft, augment, n, variants[n], ft_idx,
+                                               EpochFile(partials[n], keys[n]), teachers_params)
+            for n in variants]
+    for name, (entry, seconds) in zip(variants, run_parallel(jobs, device=job.device)):
+        times["finetune" if name == "target" else f"finetune_{name}"] = seconds
+        if name == "target":
+            record.update(entry)
+        else:
+            record[name] = entry
+    return partials
+
+
+def _assemble_and_finetune(job: _Job, inputs: _Inputs, result: Amalgamation, soft: torch.Tensor, augment,
+                           name: str, pts, ft_idx, store: EpochFile, teachers_params: int) -> tuple[dict, float]:
+    """One TargetNet: Eq. 10 for the variant's branch blocks ``pts``, Alg. 1 line 14, evaluation; saved as
+    ``targetnet.pt`` (the preset's rule) or ``targetnet-NAME.pt``. Returns its record entry and seconds."""
+    t0 = time.perf_counter()
+    s, plan, pool, held, device = job.preset.student, inputs.plan, inputs.pool, inputs.held_idx, job.device
+    target = assemble(inputs.student, result.filters, inputs.teachers, plan, pts)
+    pre_finetune = predict(target, inputs.eval_images, device=device) if job.evaluate else None
+    held_before = heldout_loss(target, pool[held], soft[held], device=device)
+    losses = finetune(target, pool[ft_idx], soft[ft_idx], s.finetune, job.seed, freeze_bn=s.finetune_freeze_bn,
+                      device=device, store=store, augment=augment, teachers=inputs.teachers, plan=plan)
+    held_after = heldout_loss(target, pool[held], soft[held], device=device)
+    names = inputs.student.block_names
+    entry = {"branch_block": {t: names[k - 1] for t, k in zip(plan.tasks, pts)},
+             "params": {"targetnet": count_parameters(target), "teachers": teachers_params,
+                        "branches": target.branch_names},
+             "finetune_loss": [round(v, 5) for v in losses],
+             "heldout_loss": {"before_finetune": round(float(held_before.mean()), 5),
+                              "after_finetune": round(float(held_after.mean()), 5)}}
+    if job.evaluate:
+        entry["target_ap_before_finetune"] = _ap_dict(plan.tasks, pre_finetune, inputs.eval_y)
+        entry["target_ap"] = _ap_dict(plan.tasks, predict(target, inputs.eval_images, device=device), inputs.eval_y)
+    save_target(_target_files(job.out_dir, name)[0], target,
+                role="targetnet", preset=job.preset.name, init=job.init, teacher_set=job.teacher_set,
+                data=job.bench.spec.key(), **({f"{job.eval_split}_ap": entry["target_ap"]} if job.evaluate else {}))
+    return entry, time.perf_counter() - t0
+
+
+def _evaluate_run(job: _Job, inputs: _Inputs, result: Amalgamation, record: dict, times: dict) -> None:
+    """Into ``record``: with ``branch_curves`` the AP of every task at every branch-out block (Fig. 3, the
+    Target b1..b4 rows: ``branch_ap``, ``ap_best_block``, ``stage_map``), and the teachers' APs."""
+    plan, eval_images, eval_y, names = inputs.plan, inputs.eval_images, inputs.eval_y, inputs.student.block_names
+    t0 = time.perf_counter()
+    if job.branch_curves:
+        curves = branch_logits(inputs.student, result.filters, inputs.teachers, plan, eval_images, device=job.device)
+        branch_ap = np.stack([ap_voc07(c.numpy(), eval_y.numpy()) for c in curves])   # (B, |C|)
+        record["branch_ap"] = {t: {names[k]: round(float(branch_ap[k, i]), 3) for k in range(len(names))}
+                               for i, t in enumerate(plan.tasks)}
+        record["ap_best_block"] = {t: names[int(np.argmax(branch_ap[:, i]))] for i, t in enumerate(plan.tasks)}
+        record["stage_map"] = {s: round(mean_of(branch_ap[k - 1]), 3) for s, k in inputs.student.stage_ends.items()}
+        times["branch_curves"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    teacher_scores = torch.empty(len(eval_images), len(plan.tasks))
+    for n in plan.active_teachers:
+        teacher_scores[:, plan.per_teacher[n]] = select_tasks(
+            predict(inputs.teachers[n], eval_images, device=job.device), plan.local_per_teacher[n])
+    record["teacher_ap"] = _ap_dict(plan.tasks, teacher_scores, eval_y)
+    times["evaluation"] = time.perf_counter() - t0
+    if job.log:
+        job.log(f"teachers mAP {record['teacher_ap']['mAP']:.2f}; TargetNet mAP "
+                f"{record['target_ap_before_finetune']['mAP']:.2f} before / {record['target_ap']['mAP']:.2f} "
+                f"after fine-tuning ({job.eval_split} split)")
+
+
+def _save_record(job: _Job, record: dict, times: dict, peak: PeakMemory, result: Amalgamation, variants: dict,
+                 partials: dict[str, Path]) -> dict:
+    """The record's seconds, peak memory and the digests of the TargetNet files it describes, written to
+    ``run.json`` (atomically); then the fine-tunings' epoch files are removed. Returns the record."""
+    names = result.student.block_names
+    times["total"] = sum(times.values())
+    record["peak_rss_mb"] = peak.mib()
+    record["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
+    record["files"] = {p.name: file_sha(p) for name in variants for p in _target_files(job.out_dir, name)}
+    atomic_write(job.out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    for partial in partials.values():
+        partial.unlink(missing_ok=True)
+    return record
 
 
 def _target_files(out_dir: Path, name: str) -> tuple[Path, Path]:
