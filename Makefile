@@ -7,7 +7,7 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 PRESET ?= quick
 OUT    ?= runs/$(PRESET)
 
-.PHONY: install data browser reproduce test clean-cache
+.PHONY: install data browser reproduce study test clean-cache
 
 # The virtual environment with kalib (editable), its test extras and a Jupyter kernel named "kalib".
 $(STAMP): pyproject.toml
@@ -39,13 +39,18 @@ browser:
 	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }; \
 	else echo "chromium not found and no apt-get: install Chromium for make test, or set KALIB_SKIP_BROWSER=1" >&2; fi
 
-install: $(STAMP) data browser
+install: $(STAMP) data
 
 # The five notebooks through papermill; the quick preset's figures, tables and results.json go to figures/.
 reproduce: install
 	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(filter quick,$(PRESET)),--figures figures)
 
-test: install
+# Amalgamate or distil? The crossover study (hours on 2 cores): every finished run is a record in
+# figures/crossover/records (committed), so a rerun, here or on another machine, resumes from them.
+study: install
+	$(PY) -m kalib study crossover --preset quick --out runs/crossover --records figures/crossover/records --figures figures
+
+test: install browser
 	$(PY) -m pytest -q --durations=10
 
 clean-cache:

@@ -240,6 +240,23 @@ def _reproduce(args) -> None:
         raise CommandError(str(err)) from None
 
 
+def _study(args) -> None:
+    from .runs.crossover import STUDIES, run_study
+    _out_dir(args.out)
+    _out_dir(args.records)
+    study = STUDIES[args.preset]
+    for name, values, valid in (("--pools", args.pools, study.pools), ("--seeds", args.seeds, study.seeds),
+                                ("--arms", args.arms, study.arms)):
+        unknown = [v for v in values or () if v not in valid]
+        if unknown:
+            raise CommandError(f"{name} {','.join(map(str, unknown))}: not part of the {args.preset} study; "
+                               f"choose from {','.join(map(str, valid))}")
+    summary = run_study(study, args.out, args.records, args.figures, teachers_dir=args.teachers, pools=args.pools,
+                        seeds=args.seeds, arms=args.arms)
+    if summary is not None:
+        print(f"crossover.json, crossover.md and crossover.png in {args.figures or args.out}")
+
+
 # -------------------------------------------------------------------------------------------- parser
 
 class _Parser(argparse.ArgumentParser):
@@ -351,8 +368,38 @@ def _add_reproduce(sub, common) -> None:
     p.set_defaults(func=_reproduce)
 
 
+def _list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
+    return parse
+
+
+def _add_study(sub, common) -> None:
+    p = sub.add_parser("study", help="amalgamate or distil? the crossover study: amalgamation against KD at equal "
+                                     "training compute over pool sizes and seeds (hours; resumable from its records)")
+    p.add_argument("name", choices=["crossover"], help="the study to run")
+    p.add_argument("--preset", default="quick", choices=["quick", "smoke"],
+                   help="quick (the committed study) or smoke (minutes, numbers at chance)")
+    p.add_argument("--out", type=Path, default=Path("runs/crossover"),
+                   help="teachers, cached blocks and epoch states (default runs/crossover)")
+    p.add_argument("--records", type=Path, default=Path("figures/crossover/records"),
+                   help="one JSON record per finished run, re-used by a rerun (default figures/crossover/records)")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="where crossover.json, .md and .png go once every run has a record (default --out)")
+    p.add_argument("--teachers", type=Path, default=None,
+                   help="a directory of the preset's two-teacher set to re-use (default OUT/teachers)")
+    p.add_argument("--pools", type=_list(int), default=None, metavar="500,1000", help="run only these pool sizes")
+    p.add_argument("--seeds", type=_list(int), default=None, metavar="0,1", help="run only these seeds")
+    p.add_argument("--arms", type=_list(str), default=None, metavar="amalgamation,kd", help="run only these arms")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    p.set_defaults(func=_study)
+
+
 # the subcommands, in the order `kalib --help` lists them: each adds its parser with `common`'s shared options
-SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_reproduce)
+SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_reproduce, _add_study)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,168 @@
+"""The crossover study (kalib.runs.crossover) on the smoke preset: its JSON, equal compute, tuning on
+validation, paired statistics, and a killed study that resumes to the same numbers."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from test_amalgamate import LABELS, pool, tiny_nets
+from torch.utils.flop_counter import FlopCounterMode
+
+from kalib.method.blockwise import amalgamate
+from kalib.method.filters import task_plan
+from kalib.method.finetune import finetune
+from kalib.method.student import init_student, make_filters
+from kalib.method.targetnet import assemble
+from kalib.report import crossover as report
+from kalib.runs.budget import amalgamation_macs
+from kalib.runs.crossover import STUDIES, grid_step, run_study, tuned
+from kalib.train import Schedule
+
+STUDY = STUDIES["smoke"]
+REQUIRED = {"pool_sizes", "seeds", "teachers_test_map", "runs", "tuning", "paired", "verdict"}
+
+
+def start(out: Path, smoke_teachers) -> Path:
+    out.mkdir(parents=True)
+    shutil.copytree(smoke_teachers, out / "teachers")
+    return out
+
+
+def run(out: Path) -> dict:
+    return run_study(STUDY, out, out / "records", log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def study(smoke_teachers, tmp_path_factory):
+    """One uninterrupted smoke study: (its directory, its summary)."""
+    out = start(tmp_path_factory.mktemp("study") / "s", smoke_teachers)
+    return out, run(out)
+
+
+def test_the_json_has_every_key_and_one_run_per_arm_pool_and_seed(study):
+    out, summary = study
+    assert REQUIRED <= set(summary) and json.loads((out / "crossover.json").read_text()) == summary
+    assert (out / "crossover.png").stat().st_size > 0 and summary["verdict"] in (out / "crossover.md").read_text()
+    assert summary["pool_sizes"] == list(STUDY.pools) and summary["seeds"] == list(STUDY.seeds)
+    keys = [(r["arm"], r["pool"], r["seed"]) for r in summary["runs"]]
+    assert sorted(keys) == sorted((a, p, s) for a in STUDY.arms for p in STUDY.pools for s in STUDY.seeds)
+    for r in summary["runs"]:
+        assert {"val_map", "test_map", "train_macs", "params", "wall_s", "setting"} <= set(r) and "lr" in r["setting"]
+        assert 0 <= r["test_map"] <= 100 and r["train_macs"] > 0 and r["params"] > 0
+    assert len(summary["tuning"]) == len(STUDY.arms) * len(STUDY.pools)
+
+
+def test_kd_gets_the_amalgamation_s_compute_and_kd_2x_twice_that(study):
+    runs = {(r["arm"], r["pool"], r["seed"]): r for r in study[1]["runs"]}
+    for n in STUDY.pools:
+        for seed in STUDY.seeds:
+            budget = runs["amalgamation", n, seed]["train_macs"]
+            assert abs(runs["kd", n, seed]["train_macs"] / budget - 1) <= 0.10
+            assert 1.8 <= runs["kd-2x", n, seed]["train_macs"] / budget <= 2.2
+
+
+def test_every_choice_is_the_validation_best_of_its_grid_and_applies_to_every_seed(study):
+    summary = study[1]
+    for t in summary["tuning"]:
+        best = max(t["grid"], key=lambda g: g["val_map"])
+        assert t["chosen"] == best["setting"]
+        assert t["at_edge"] == (best in (t["grid"][0], t["grid"][-1]))
+        chosen = [r for r in summary["runs"] if r["arm"] == t["arm"] and r["pool"] == t["pool"]]
+        assert all(r["setting"] == t["chosen"] for r in chosen)
+
+
+def test_paired_means_and_intervals_recompute_from_the_runs(study):
+    summary = study[1]
+    by = {(r["arm"], r["pool"], r["seed"]): r["test_map"] for r in summary["runs"]}
+    assert {(e["pool"], e["a"], e["b"]) for e in summary["paired"]} >= {
+        (p, "amalgamation", b) for p in STUDY.pools for b in ("kd", "kd-2x", "amalgamation-eq9")}
+    for e in summary["paired"]:
+        diffs = [by[e["a"], e["pool"], s] - by[e["b"], e["pool"], s] for s in STUDY.seeds]
+        assert e["diffs"] == pytest.approx(diffs, abs=1e-3)
+        half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+        assert e["mean"] == pytest.approx(np.mean(diffs), abs=1e-3)
+        assert e["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=2e-3)
+    assert summary["verdict"] == report.verdict(summary["paired"])
+
+
+def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_path):
+    out = start(tmp_path / "killed", smoke_teachers)
+    proc = subprocess.Popen([sys.executable, "-m", "kalib", "study", "crossover", "--preset", "smoke", "--out", str(out),
+                             "--records", str(out / "records")], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.monotonic() + 300
+    while len(list((out / "records").glob("*.json"))) < 6 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 6 <= len(list((out / "records").glob("*.json"))) < 24, "killed too late to test a resume"
+    resumed = run(out)
+    # the same numbers; seconds differ, and so may the commit where the code changed between the two studies
+    varying = ("wall_s", "cpu_s", "commit")
+    strip = lambda s: json.dumps({**{k: v for k, v in s.items() if k != "commits"},
+                                  "runs": [{k: v for k, v in r.items() if k not in varying} for r in s["runs"]]},
+                                 sort_keys=True)
+    assert strip(resumed) == strip(study[1])
+    assert all(r["commit"] for r in resumed["runs"])
+
+
+def test_a_grid_grows_until_its_best_is_inside():
+    assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: 3.0}, 6) == 0.2
+    assert grid_step({0.02: 3.0, 0.05: 2.0, 0.1: 1.0}, 6) == 0.01
+    assert grid_step({0.02: 1.0, 0.05: 3.0, 0.1: 2.0}, 6) is None
+    assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: 3.0}, 3) is None          # full: stays at the edge
+    peak = 0.4
+    runs = tuned(lambda lr: {"setting": {"lr": lr}, "val_map": -abs(math.log(lr / peak))}, [0.02, 0.05, 0.1], 6)
+    assert [r["setting"]["lr"] for r in runs] == [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
+
+
+def test_the_verdict_names_the_crossover_from_the_numbers():
+    pairs = [{"pool": p, "a": "amalgamation", "b": "kd", "seeds": [0, 1, 2], "diffs": [], "mean": m, "ci95": ci}
+             for p, m, ci in ((500, 2.0, [1.0, 3.0]), (2000, 0.2, [-0.5, 0.9]), (8000, -1.0, [-1.5, -0.5]))]
+    text = report.verdict(pairs)
+    assert "ahead of KD, same MACs on pools of 500 images (largest gap +2.0 mAP [+1.0, +3.0] at 500)" in text
+    assert "behind KD, same MACs on pools of 8,000 images" in text and "level with" in text
+    assert "crossover lies between 500 and 8,000 pool images: amalgamation pays below it" in text
+    never = report.verdict([{**e, "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs])
+    assert "beats KD, same MACs at no pool size tried" in never
+
+
+def test_the_amalgamation_macs_match_the_counter_around_the_real_training():
+    """kalib.runs.budget's count (per-image MACs times image passes) against FlopCounterMode wrapped around
+    the real block-wise training and fine-tuning of tiny networks (soft targets given, so not counted)."""
+    torch.manual_seed(0)
+    generic, teachers = tiny_nets()
+    plan = task_plan(None, LABELS)
+    images = pool(40)
+    student = init_student("generic", teachers, generic)
+    filters = make_filters(student, teachers)
+    soft = torch.randn(len(images), len(plan.tasks))
+    epochs = [1, 1, 1, 1, 2, 2, 2, 2]
+    with FlopCounterMode(display=False) as counter:
+        amalgamate(student, teachers, plan, images, Schedule(epochs=1, batch_size=8), block_epochs=epochs,
+                   heldout=8, soft=soft, filters=filters)
+        target = assemble(student, filters, teachers, plan, [8] * len(plan.tasks))
+        finetune(target, images[:32], soft[:32], Schedule(epochs=2, batch_size=8))
+    counted = counter.get_total_flops() // 2
+    macs = amalgamation_macs(student, filters, teachers, plan, images[:4], block_images=32, block_epochs=epochs,
+                             block_batch=8, train_images=32, heldout=8,
+                             target=assemble(student, filters, teachers, plan, [8] * len(plan.tasks)),
+                             finetune_images=32, finetune_epochs=2, finetune_batch=8)
+    assert macs["total"] - macs["soft_targets"] == pytest.approx(counted, rel=0.02)
+
+
+def test_the_command_refuses_what_the_study_does_not_have(capsys, tmp_path):
+    from kalib.cli import main
+    assert main(["study", "crossover", "--preset", "smoke", "--out", str(tmp_path), "--pools", "96,999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--pools 999: not part of the smoke study; choose from 96,192" in err
