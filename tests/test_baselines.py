@@ -98,9 +98,9 @@ def test_mac_count_matches_a_hand_count():
     assert all(r["latency_ms"] > 0 and r["ms_per_image"] > 0 for r in rows.values())
 
 
-def _summary(target, teacher, kd, b4, t3, matching, unrelated, related):
-    return {"rows": {"Teacher": teacher, "Target": target, "KD": kd, "Target b4": b4, "Target-3": t3},
-            "eq9_ap_best": {"tasks": 20, "matching": matching},
+def _summary(target, teacher, kd, b4, t3, matching, unrelated, related, regret=0.5):
+    return {"rows": {"Teacher": teacher, "Target (Eq. 9)": target, "KD": kd, "Target b4": b4, "Target-3 (Eq. 9)": t3},
+            "eq9_ap_best": {"tasks": 20, "matching": matching}, "eq9_ap_regret": regret,
             "fig3_shared_blocks": {"unrelated": unrelated, "related": related}}
 
 
@@ -109,21 +109,24 @@ def test_claims_and_spread_on_hand_made_seeds(tmp_path):
                 1: _summary(85.0, 86.0, 84.0, 86.5, 84.0, 17, 1, 2),
                 2: _summary(86.0, 86.0, 85.0, 85.0, 86.0, 20, 2, 2)}
     data = seeds.spread(per_seed)
-    assert data["rows"]["Target"] == {"values": [87.0, 85.0, 86.0], "mean": 86.0, "std": 1.0}
+    assert data["rows"]["Target (Eq. 9)"] == {"values": [87.0, 85.0, 86.0], "mean": 86.0, "std": 1.0}
     checked = {c["claim"].split(":")[0]: c["per_seed"] for c in claims.claims(data)}
+    regret = checked.pop("AP regret of Eq. 9's choice")
+    assert {s: v["value"] for s, v in regret.items()} == {"0": 0.5, "1": 0.5, "2": 0.5}
     holds = {name: [v["holds"] for v in verdicts.values()] for name, verdicts in checked.items()}
-    assert holds["Target ≥ Teacher (mAP)"] == [True, False, True]         # 86.0 ≥ 86.0 holds
+    assert holds["Target (Eq. 9) ≥ Teacher (mAP)"] == [True, False, True]         # 86.0 ≥ 86.0 holds
     assert holds["Target b4 ≥ Teacher"] == [False, True, False]
     assert holds["Eq. 9 sends every task to the block where its AP is best"] == [True, False, True]
     assert holds["The unrelated Fig. 3 pair shares more blocks than the related pair (Eq. 9)"] == [True, False, False]
-    assert holds["Target-3 ≥ Target"] == [True, False, True]
-    assert holds["Target ≥ KD"] == [False, True, True]
+    assert holds["Target-3 (Eq. 9) ≥ Target (Eq. 9)"] == [True, False, True]
+    assert holds["Target (Eq. 9) ≥ KD"] == [False, True, True]
     assert checked["Eq. 9 sends every task to the block where its AP is best"]["1"]["numbers"] == "17 of 20 tasks"
     paths = claims.write_seed_files(data, tmp_path, "smoke")
     text = paths[2].read_text()
     assert "**does not hold** (85.0 vs 86.0)" in text and "| 2 of 3 |" in text
     assert json.loads(paths[0].read_text())["rows"]["KD"]["mean"] == pytest.approx(85.5)
-    assert "| Target | 87.0 | 85.0 | 86.0 | 86.0 ± 1.0 |" in paths[1].read_text()
+    assert "| Target (Eq. 9) | 87.0 | 85.0 | 86.0 | 86.0 ± 1.0 |" in paths[1].read_text()
+    assert "| 0.50 AP | 0.50 AP | 0.50 AP | mean 0.50 |" in text
 
 
 def test_a_seed_changes_canvases_and_training_but_not_the_label_split():
@@ -145,15 +148,16 @@ def test_every_row_network_is_measured_and_the_compact_rows_are_smaller(smoke_be
     (tmp_path / "table1" / "teachers").symlink_to(smoke_teachers)
     (tmp_path / "table1" / "amalgamation-2").symlink_to(smoke_target[0])
     nets = experiments.row_networks(preset, tmp_path)
-    assert {"Teacher 1", "Teacher 2", "Ensemble", "Target b1", "Target b4", "Target"} <= set(nets)
+    assert {"Teacher 1", "Teacher 2", "Ensemble", "Target b1", "Target b4", "Target (tolerance 0.02)"} <= set(nets)
+    assert "Target" not in nets                              # every TargetNet is named by its rule
     assert "KD" not in nets                                  # no baseline run in this directory
     eff = efficiency(nets, smoke_bench.test_images[:8], repeats=1)
     assert eff["Ensemble"]["params"] == eff["Teacher 1"]["params"] + eff["Teacher 2"]["params"]
     assert eff["Ensemble"]["macs"] == eff["Teacher 1"]["macs"] + eff["Teacher 2"]["macs"]
     assert eff["Target b4"]["params"] < eff["Target b1"]["params"] <= eff["Ensemble"]["params"] * 1.01
     assert eff["Target b4"]["macs"] < eff["Ensemble"]["macs"]
-    frame = results.efficiency_frame(eff, {"Target": {"mAP": 50.0}})
-    assert frame.loc["Ensemble", "x Ensemble params"] == 1.0 and frame.loc["Target", "mAP"] == 50.0
+    frame = results.efficiency_frame(eff, {"Target b4": {"mAP": 50.0}})
+    assert frame.loc["Ensemble", "x Ensemble params"] == 1.0 and frame.loc["Target b4", "mAP"] == 50.0
     _, md = results.write_table(frame, tmp_path / "efficiency", "Efficiency", decimals=False)
     assert re.search(rf"\| Ensemble +\| +\| +{eff['Ensemble']['params']} +\| +1 +\|", md.read_text())
 
@@ -167,7 +171,7 @@ def test_reproduce_seeds_writes_the_spread_and_the_claims_before_the_notebooks(t
     monkeypatch.setattr(pipeline, "reproduce", lambda **kw: calls.append(sorted(p.name for p in (tmp_path / "figures").iterdir())))
     assert cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,1"]) == 0
     assert calls == [["claims.md", "seeds.json", "seeds.md"]]
-    assert "| Target | 87.0 | 85.0 | 86.0 ± 1.4 |" in (tmp_path / "figures" / "seeds.md").read_text()
+    assert "| Target (Eq. 9) | 87.0 | 85.0 | 86.0 ± 1.4 |" in (tmp_path / "figures" / "seeds.md").read_text()
     with pytest.raises(SystemExit) as refused:
         cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,0"])
     assert refused.value.code == 2

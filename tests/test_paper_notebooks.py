@@ -20,8 +20,9 @@ def test_paper_voc07_runs_through_the_notebooks(tmp_path):
                         log=lines.append)
     assert len(lines) == 5 and all(f"[{i}/5]" in line for i, line in enumerate(lines, start=1))
     table1 = results["table1"]
-    assert {"Teacher", "Target b1", "Target b4", "Target", "Target-3", "TargetDenseNet"} <= set(table1)
-    assert set(table1["Target"]) == set(VOC_CLASSES) | {"mAP"}
+    assert {"Teacher", "Target b1", "Target b4", "Target (Eq. 9)", "Target-3 (Eq. 9)", "TargetDenseNet (Eq. 9)"} <= set(table1)
+    assert set(table1["Target (Eq. 9)"]) == set(VOC_CLASSES) | {"mAP"}
+    assert "Target" not in table1 and all(" (" in k for k in results["params"])   # every TargetNet named by its rule
     assert results["table2"] is None, "the paper's Table 2 comes from the paper-voc12 preset"
     assert set(results["fig3"]) == {"unrelated", "related"}
     assert results["fig3"]["unrelated"]["C"] == ["bus", "diningtable"]      # a two-task student per pair

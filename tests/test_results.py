@@ -37,12 +37,25 @@ def test_stage_end_blocks():
 
 def test_table_rows_take_stage_ends_and_recompute_map():
     rows = results.table_rows(_record(), _record(offset=1.0), _record(offset=2.0))
-    assert list(rows) == ["Teacher", "Target b1", "Target b2", "Target", "Target-3", "Teacher-3",
-                          "TargetDenseNet", "TeacherDenseNet"]
+    assert list(rows) == ["Teacher", "Target b1", "Target b2", "Target (Eq. 9)", "Target-3 (Eq. 9)", "Teacher-3",
+                          "TargetDenseNet (Eq. 9)", "TeacherDenseNet"]
     assert rows["Target b1"] == {"a": 11.0, "b": 21.0, "mAP": 16.0}     # AP at b1_2, the end of stage 1
     assert rows["Target b2"] == {"a": 13.0, "b": 23.0, "mAP": 18.0}
-    assert rows["Target-3"]["mAP"] == pytest.approx(61.0)
+    assert rows["Target-3 (Eq. 9)"]["mAP"] == pytest.approx(61.0)
     assert rows["Teacher"] == {"a": 50.0, "b": 70.0, "mAP": 60.0}
+    tolerant = {**_record(), "branch_tolerance": 0.02, "eq9": {"target_ap": {"a": 1.0, "b": 3.0, "mAP": 2.0}}}
+    rows = results.table_rows(tolerant, {**_record(offset=1.0), "branch_tolerance": 0.05})
+    assert [r for r in rows if r.startswith("Target") and " b" not in r] == [
+        "Target (Eq. 9)", "Target (tolerance 0.02)", "Target-3 (tolerance 0.05)"]     # no row is a bare "Target"
+    assert rows["Target (Eq. 9)"]["mAP"] == 2.0 and rows["Target (tolerance 0.02)"]["mAP"] == 60.0
+
+
+def test_the_paper_s_rows_are_eq9_and_side_runs_compare_by_name():
+    paper = results.PAPER_MAP["table1"]
+    assert results.paper_value(paper, "Target (Eq. 9)") == 93.5
+    assert np.isnan(results.paper_value(paper, "Target (tolerance 0.02)"))    # the paper has no tolerance rule
+    assert results.paper_value(paper, "Target-3 (tolerance 0.02)") == 93.8
+    assert results.paper_value(paper, "TargetDenseNet (Eq. 9)") == 93.6
 
 
 def test_fig3_data_and_markdown_table(tmp_path):
@@ -55,11 +68,11 @@ def test_fig3_data_and_markdown_table(tmp_path):
     every = _record(("a", "b", "c"))                              # one C = A run drawn for a pair
     from_all = results.fig3_data({"unrelated": every}, tasks={"unrelated": ["a", "b"]})
     assert from_all["unrelated"]["C"] == ["a", "b", "c"] and list(from_all["unrelated"]["tasks"]) == ["a", "b"]
-    frame = results.table_frame(results.table_rows(_record(), _record()), ["b", "a"], paper={"Target": 93.5})
+    frame = results.table_frame(results.table_rows(_record(), _record()), ["b", "a"], paper={"Target (Eq. 9)": 93.5})
     assert list(frame.columns) == ["b", "a", "mAP", "paper mAP"]
     csv, md = results.write_table(frame, tmp_path / "t", "Title")
     text = md.read_text()
-    assert text.startswith("Title") and "| Target " in text and "nan" not in text
+    assert text.startswith("Title") and "| Target (Eq. 9) " in text and "nan" not in text
     assert "93.5" in text and np.isclose(float(csv.read_text().splitlines()[1].split(",")[1]), 70.0)
 
 

@@ -27,7 +27,7 @@ from ..method.branch import forced_branch_points
 from ..method.filters import task_plan
 from ..method.student import init_student, make_filters
 from ..method.targetnet import assemble
-from ..report.results import deep_row
+from ..report.results import EQ9_ROW, target_row
 from ..train import predict
 from .amalgamation import run
 from .baselines import ensemble_run, kd_run, supervised_run
@@ -242,17 +242,27 @@ def load_blocks(preset: Preset, teachers: str | Path, amalgamation: str | Path, 
 
 
 def target_scores(out_dir: str | Path, images: torch.Tensor, variant: str = "table1",
-                  teacher_set: str = "2", device=None) -> tuple[torch.Tensor, list[str]]:
-    """Logits of the fine-tuned TargetNet of a finished run on ``images`` and its task names."""
-    net, meta = load_target(run_dir(out_dir, variant, teacher_set) / "targetnet.pt")
+                  teacher_set: str = "2", device=None, eq9: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Logits of the fine-tuned TargetNet of a finished run on ``images`` and its task names: the run's own
+    rule, or with ``eq9`` its Eq. 9 TargetNet (where the run's rule is another, ``targetnet-eq9.pt``)."""
+    directory = run_dir(out_dir, variant, teacher_set)
+    path = directory / "targetnet-eq9.pt" if eq9 and (directory / "targetnet-eq9.pt").is_file() else \
+        directory / "targetnet.pt"
+    net, meta = load_target(path)
     return predict(net, images, device=device), list(net.tasks)
+
+
+def row_name(teacher_set: str, record: dict) -> str:
+    """The table row of a teacher set's TargetNet, with the branch-out rule its run used (``Target (tolerance
+    0.02)``, ``Target-3 (Eq. 9)``, ...; :func:`kalib.report.results.target_row`)."""
+    return target_row(ROW_OF_SET[teacher_set], record)
 
 
 def row_networks(preset: Preset, out_dir: str | Path) -> dict[str, torch.nn.Module]:
     """The network behind every row of Table 1 that has one, for :func:`kalib.report.efficiency.efficiency`: each
     teacher, the Ensemble, KD, Supervised, Target b1…b4 (every task branching at the end of stage k, Eq. 10),
-    the Eq. 9 Target (and kalib's tolerance TargetNet where the preset has one), Target-3 and
-    TargetDenseNet. Rows whose runs are missing are left out."""
+    every TargetNet under its row name (Target (Eq. 9), and kalib's tolerance TargetNet where the preset has
+    one; Target-3 and TargetDenseNet with their rules). Rows whose runs are missing are left out."""
     student, filters, teachers, plan = load_trained(preset, out_dir)
     nets = {f"Teacher {n}": t for n, t in enumerate(teachers, start=1)}
     nets["Ensemble"] = TeacherEnsemble(teachers, plan)
@@ -265,12 +275,9 @@ def row_networks(preset: Preset, out_dir: str | Path) -> dict[str, torch.nn.Modu
                                            forced_branch_points(student, stage, len(plan.tasks)))
     main = run_dir(out_dir)
     if (main / "targetnet-eq9.pt").is_file():
-        nets["Target"] = load_target(main / "targetnet-eq9.pt")[0]
-        nets[deep_row(load_run(out_dir))] = load_target(main / "targetnet.pt")[0]
-    else:
-        nets["Target"] = load_target(main / "targetnet.pt")[0]
-    for teacher_set in ("3", "dense"):
+        nets[EQ9_ROW] = load_target(main / "targetnet-eq9.pt")[0]
+    for teacher_set in ("2", "3", "dense"):
         path = run_dir(out_dir, "table1", teacher_set) / "targetnet.pt"
         if path.is_file():
-            nets[ROW_OF_SET[teacher_set]] = load_target(path)[0]
+            nets[row_name(teacher_set, load_run(out_dir, "table1", teacher_set))] = load_target(path)[0]
     return nets
