@@ -153,6 +153,7 @@ def markdown(summary: dict) -> str:
     lines += ["", "Settings chosen on the validation split (seed " + str(summary["seeds"][0]) + "):", "",
               "| arm | N | grid (lr: validation mAP) | chosen | at edge |", "|---|---:|---|---|---|"]
     for t in summary["tuning"]:
-        grid = ", ".join(f"{g['setting']['lr']:g}: {g['val_map']:.1f}" for g in t["grid"])
+        grid = ", ".join(f"{g['setting']['lr']:g}: " + (f"{g['val_map']:.1f}" if g["val_map"] is not None else "diverged")
+                         for g in t["grid"])
         lines.append(f"| {t['arm']} | {t['pool']:,} | {grid} | {t['chosen']['lr']:g} | {'yes' if t['at_edge'] else ''} |")
     return "\n".join(lines) + "\n"
