@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .device import as_device, autocast
+from .device import as_device, autocast, resolve_precision
 from .errors import ConfigError, NonFiniteLossError
 from .progress import progress_bar
 
@@ -77,7 +77,7 @@ class EpochStore(Protocol):
 
 def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], schedule: Schedule,
              seed: int = 0, desc: str = "train", *, module: nn.Module | None = None,
-             store: EpochStore | None = None, device=None) -> list[float]:
+             store: EpochStore | None = None, device=None, precision: str | None = None) -> list[float]:
     """SGD + poly lr over ``params`` for ``schedule.epochs`` shuffled passes over ``range(n)``;
     ``batch_loss(idx)`` gives the loss of one batch of indices. Returns the mean loss of each epoch.
 
@@ -85,9 +85,12 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
     ``module``, the module that owns ``params``; SGD momentum, scheduler, shuffling generator, torch RNG)
     goes to ``store.save``, and a state that ``store.load`` returns is resumed from, so an interrupted run
     ends with exactly the weights of an uninterrupted one (on the CPU). ``device``: where ``batch_loss``
-    runs (bfloat16 autocast on CUDA for the forward pass; nothing changes on the CPU). A NaN/inf loss
-    raises :class:`~kalib.errors.NonFiniteLossError` before the step, so the last saved state stays the last
-    good one.
+    runs (bfloat16 autocast on CUDA for the forward pass; nothing changes on the CPU). ``precision``:
+    ``fp32``, ``bf16`` or ``auto`` (:func:`kalib.device.resolve_precision`; default: bf16 on CUDA, fp32
+    elsewhere) for ``batch_loss`` and its backward pass; weights, optimiser state and the loss stay float32.
+    The meta of a bf16 run carries ``precision``, so that it never resumes a float32 run's epoch state (the
+    run layer's fingerprints keep the two apart in both directions). A NaN/inf loss raises
+    :class:`~kalib.errors.NonFiniteLossError` before the step, so the last saved state stays the last good one.
     """
     if schedule.epochs == 0:
         return []
@@ -102,6 +105,8 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
                                                   power=schedule.power)
     gen = torch.Generator().manual_seed(seed)
     meta = {"schedule": dataclasses.asdict(schedule), "n": n, "seed": seed}
+    if precision is not None and resolve_precision(precision, device) == "bf16":
+        meta["precision"] = "bf16"
     saved = store.load(meta) if store is not None else None
     history = _restore(saved, module, opt, sched, gen, device) if saved is not None else []
     for epoch in range(len(history), schedule.epochs):
@@ -109,7 +114,7 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
         bar = progress_bar(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
                            desc=f"{desc} {epoch + 1}/{schedule.epochs}")
         for step, idx in enumerate(bar):
-            with autocast(device):
+            with autocast(device, precision):
                 loss = batch_loss(idx)
             if not torch.isfinite(loss):
                 kept = f"; the last good epoch checkpoint {store} is kept" if store is not None and epoch else ""
@@ -151,13 +156,14 @@ def _batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device, augmen
 def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
         seed: int = 0, desc: str = "train", params=None, *, store: EpochStore | None = None, device=None,
-        augment=None) -> list[float]:
+        augment=None, precision: str | None = None) -> list[float]:
     """Train ``model`` on ``(images, targets)`` with SGD + poly lr; return the mean loss of each epoch.
 
     ``params`` restricts the optimised parameters (default: all that require grad). ``store``: per-epoch
     resume (see :func:`optimise`). ``device``: the model moves there; ``images`` and
     ``targets`` stay where they are and each batch is moved on its own. ``augment(batch, idx)``: a batch
     augmentation (:class:`kalib.augment.BatchAugment`, paper presets), applied on the device.
+    ``precision``: the training precision (:func:`optimise`).
     """
     device = as_device(device)
     model.to(device=device, memory_format=torch.channels_last).train()
@@ -165,7 +171,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     return optimise(params, len(images),
                     lambda idx: loss_fn(model(to_input(_batch(images, idx, device, augment))),
                                         targets[idx].to(device, non_blocking=True)),
-                    schedule, seed, desc, module=model, store=store, device=device)
+                    schedule, seed, desc, module=model, store=store, device=device, precision=precision)
 
 
 @torch.no_grad()

@@ -27,29 +27,31 @@ def teacher_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def train_generic(images: torch.Tensor, labels: torch.Tensor, num_classes: int, arch: str, arch_kwargs: dict,
-                  schedule: Schedule, seed: int = 0, *, store: EpochStore | None = None, device=None) -> BlockNet:
+                  schedule: Schedule, seed: int = 0, *, store: EpochStore | None = None, device=None,
+                  precision: str | None = None) -> BlockNet:
     """The shared initialisation: a ``num_classes``-way softmax classifier of ``arch`` trained on ``images``
     (single-glyph canvases of the train split) with class indices ``labels``.
-    ``store``: per-epoch resume (:func:`kalib.train.optimise`)."""
+    ``store``: per-epoch resume, ``precision``: the training precision (:func:`kalib.train.optimise`)."""
     torch.manual_seed(seed)
     model = build_backbone(arch, num_classes=num_classes, **arch_kwargs)
     fit(model, images, labels, F.cross_entropy, schedule, seed,
-        desc=f"generic {arch}", store=store, device=device)
+        desc=f"generic {arch}", store=store, device=device, precision=precision)
     return model.eval()
 
 
 def train_teacher(generic: BlockNet, images: torch.Tensor, targets: torch.Tensor, schedule: Schedule,
                   seed: int = 0, *, store: EpochStore | None = None, device=None, augment=None,
-                  warm_start: BlockNet | None = None, desc: str = "teacher") -> BlockNet:
+                  warm_start: BlockNet | None = None, desc: str = "teacher", precision: str | None = None) -> BlockNet:
     """Teacher A_n: the generic backbone with a new head of ``targets.shape[1]`` outputs (or a copy of
     ``warm_start``, a teacher for the same labels), trained with Eq. 2 on labelled ``images`` and their 0/1
-    ``targets`` (the columns of its label group). ``store``: per-epoch resume."""
+    ``targets`` (the columns of its label group). ``store``: per-epoch resume; ``precision``: the training
+    precision (:func:`kalib.train.optimise`)."""
     torch.manual_seed(seed)
     if warm_start is not None and warm_start.num_classes != targets.shape[1]:
         raise ConfigError(f"warm_start has {warm_start.num_classes} outputs, the label group {targets.shape[1]}")
     model = copy.deepcopy(warm_start) if warm_start is not None else generic.with_new_head(targets.shape[1])
     fit(model, images, targets, teacher_loss, schedule, seed, desc=desc, store=store, device=device,
-        augment=augment)
+        augment=augment, precision=precision)
     return model.eval()
 
 

@@ -1,6 +1,8 @@
 """The baseline runs of Tables 1 and 2 (:mod:`kalib.method.baselines`) on disk: trained once, checkpointed per
 epoch, re-used while their settings and inputs are unchanged. Each writes ``DIR/<row>.pt`` (+ JSON with its
-settings key, schedule, seconds and APs on the validation and test splits).
+settings key, schedule, training precision, seconds and APs on the validation and test splits). They train in
+the preset's ``precision`` (:func:`kalib.device.resolve_precision`); a precision other than fp32 is part of
+their settings key.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import as_device, resolve_precision
 from ..errors import CheckpointError
 from ..memory import PeakMemory
 from ..method.baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
@@ -54,6 +57,12 @@ def _evaluated(model, bench, tasks, device) -> dict:
     return out
 
 
+def _precision(preset, device) -> dict:
+    """The settings entry of the baseline's training precision: none for fp32 (the keys of before)."""
+    precision = resolve_precision(preset.precision, as_device(device))
+    return {"precision": precision} if precision != "fp32" else {}
+
+
 def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable[..., list], bench, tasks,
                     device, log) -> dict:
     done = _finished(path, key)
@@ -61,8 +70,9 @@ def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable
         log(f"re-using {path}")
         return done
     t0, peak = time.perf_counter(), PeakMemory()
-    history = train(store=EpochFile(path.with_suffix(".partial.pt"), key), device=device)
-    record = {**settings, "loss": [round(v, 5) for v in history], "seconds": round(time.perf_counter() - t0, 1),
+    precision = settings.get("precision", "fp32")
+    history = train(store=EpochFile(path.with_suffix(".partial.pt"), key), device=device, precision=precision)
+    record = {**settings, "precision": precision, "loss": [round(v, 5) for v in history], "seconds": round(time.perf_counter() - t0, 1),
               **_evaluated(model.eval(), bench, tasks, device), "peak_rss_mb": peak.mib()}
     save_model(path, model, role=path.stem.lower(), key=key, record=record)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
@@ -83,7 +93,7 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
     student = init_student(preset.student.student_init, teachers, generic, seed).with_new_head(len(plan.tasks))
     settings = {"row": "KD", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
                 "init": preset.student.student_init, "images": len(train_idx), "schedule": dataclasses.asdict(schedule),
-                "seed": seed, "tasks": list(plan.tasks)}
+                "seed": seed, "tasks": list(plan.tasks), **_precision(preset, device)}
     images = pool[train_idx]
     return _train_and_save(Path(out_dir) / "KD.pt", digest(settings), settings, student,
                            lambda **kw: train_kd(student, images, soft, schedule, seed, **kw), bench, plan.tasks,
@@ -103,7 +113,7 @@ def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, 
     schedule = dataclasses.replace(preset.pretraining.teacher, epochs=preset.pretraining.teacher.epochs * len(paths))
     settings = {"row": "Supervised", "data": bench.spec.key(), "start": file_digest(start_path),
                 "images": len(bench.train_images), "schedule": dataclasses.asdict(schedule), "seed": seed,
-                "tasks": list(plan.tasks)}
+                "tasks": list(plan.tasks), **_precision(preset, device)}
     labels = bench.train_labels[:, bench.label_indices(plan.tasks)]
     return _train_and_save(Path(out_dir) / "Supervised.pt", digest(settings), settings, net,
                            lambda **kw: train_supervised(net, bench.train_images, labels, schedule, seed, **kw),

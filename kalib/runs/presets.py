@@ -20,6 +20,7 @@ from ..data.embedded import LABEL_NAMES, BenchmarkSpec
 from ..data.groups import fig3_pairs, seeded_split
 from ..data.paper import PaperSpec
 from ..data.voc import VOC_CLASSES
+from ..device import PRECISIONS
 from ..errors import ConfigError
 from ..train import Schedule
 from .preset_parts import Baselines, Labels, Networks, Pretraining, SideRuns, Student, non_negative, refuse
@@ -37,9 +38,12 @@ RENAMED = {"side_teacher": "side.teacher", "side_pool_images": "side.pool_images
 @dataclass(frozen=True)
 class Preset:
     """Everything one reproduction needs: its data (``data`` for Table 1, ``hard_data`` for Table 2 or None),
-    the parts (:mod:`kalib.runs.preset_parts`), the seed, and ``augment``: random resized crops and flips
+    the parts (:mod:`kalib.runs.preset_parts`), the seed, ``augment``: random resized crops and flips
     while training teachers, blocks and TargetNet (the paper presets; teacher and student see the same
-    augmented image)."""
+    augmented image), and ``precision``: the precision of every training step, ``fp32``, ``bf16`` (bfloat16
+    autocast) or ``auto`` (bf16 where the device has it natively: :func:`kalib.device.resolve_precision`);
+    evaluation stays float32. The presets whose figures are committed train in fp32, the paper presets in
+    auto (bf16 on a GPU, as kalib always did there)."""
     name: str
     data: BenchmarkSpec | PaperSpec
     pretraining: Pretraining
@@ -51,9 +55,12 @@ class Preset:
     hard_data: BenchmarkSpec | None = None
     seed: int = 0
     augment: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self):
         problems = non_negative(self, "seed")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         pools = (self.student.pool_images or getattr(self.data, "n_pool", 0), self.side.pool_images)
         small = [n for n in pools if n is not None and 0 < n <= self.student.loss_slice]
         if small:
@@ -252,6 +259,7 @@ def _paper_preset(name: str, dataset: str, teacher_epochs: int, block_epochs: in
                         finetune=Schedule(epochs=finetune_epochs),
                         amalgamation_cache="float16"),      # F_u^{k-1} of ResNet-50 at 224 px: 1.6 MB per image in fp16
         augment=True,
+        precision="auto",              # bf16 autocast on a GPU (kalib's behaviour there before presets had a precision)
     )
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..augment import BatchAugment
 from ..data import Benchmark
+from ..device import as_device, resolve_precision
 from ..errors import ConfigError, ConfigMismatchError, ExistingFileError
 from ..labels import resolve_tasks
 from ..memory import PeakMemory
@@ -82,7 +83,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
              generic_schedule: Schedule, teacher_schedule: Schedule, out_dir: str | Path,
              seed: int = 0, log=print, *, device=None, restart: bool = False,
              augment: bool = False, generic_bench: Benchmark | None = None,
-             warm_start: Sequence[Path] | None = None) -> list[Path]:
+             warm_start: Sequence[Path] | None = None, precision: str | None = None) -> list[Path]:
     """Train the generic backbone (once per architecture) and one teacher per label group into
     ``out_dir``; finished checkpoints found there are re-used, not retrained.
 
@@ -96,14 +97,18 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     teacher checkpoint per group, for the same labels, that teacher n starts from instead of the generic
     backbone (Table 2's teachers start from Table 1's, ``kalib.runs.experiments``). One process at a time
     pretrains teachers of one architecture in ``out_dir``; a second waits for it (:func:`kalib.runs.locks.run_lock`)
-    and then re-uses what it finished: the side runs of one reproduce share their teachers' directories."""
+    and then re-uses what it finished: the side runs of one reproduce share their teachers' directories.
+    ``precision``: of the training steps (:func:`kalib.device.resolve_precision`; default: bf16 on CUDA, fp32
+    elsewhere); a precision other than fp32 is part of every configuration hash and in the checkpoints' JSON."""
     out_dir = Path(out_dir)
+    precision = resolve_precision(precision, as_device(device))
+    by_precision = {"precision": precision} if precision != "fp32" else {}      # fp32 hashes as before precisions
     with run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in {out_dir}", wait=True):
         generic_bench = bench if generic_bench is None else generic_bench
         generic_path = out_dir / f"generic-{arch}.pt"
         generic_hash = digest({"role": "generic", "data": generic_bench.spec.key(), "labels": list(bench.label_names),
                                "arch": arch, "arch_kwargs": dict(arch_kwargs),
-                               "schedule": dataclasses.asdict(generic_schedule), "seed": seed})
+                               "schedule": dataclasses.asdict(generic_schedule), "seed": seed, **by_precision})
         partial = _partial(out_dir, generic_path, restart)
         if _finished(generic_path, generic_hash, restart, log):
             generic, _ = load_model(generic_path)
@@ -114,9 +119,9 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                 log(f"generic {arch}: resuming from {partial}")
             generic = train_generic(generic_bench.generic_images, generic_bench.generic_labels,
                                     len(generic_bench.label_names), arch, arch_kwargs, generic_schedule, seed,
-                                    store=EpochFile(partial, generic_hash), device=device)
+                                    store=EpochFile(partial, generic_hash), device=device, precision=precision)
             save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
-                       data=generic_bench.spec.key(), config_hash=generic_hash,
+                       data=generic_bench.spec.key(), config_hash=generic_hash, precision=precision,
                        seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=peak.mib())
             partial.unlink(missing_ok=True)
             log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
@@ -138,7 +143,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                                      f"{list(labels)}; warm_start needs one teacher per group, in order")
             config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
                                   "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
-                                  "seed": seed + n, **({"augment": True} if augment else {}),
+                                  "seed": seed + n, **({"augment": True} if augment else {}), **by_precision,
                                   **({"warm_start": file_digest(start)} if start is not None else {})})
             partial = _partial(out_dir, path, restart)
             if _finished(path, config_hash, restart, log):
@@ -148,7 +153,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                     log(f"teacher {n}/{len(groups)}: resuming from {partial}")
                 jobs.append(lambda n=n, labels=labels, path=path, partial=partial, config_hash=config_hash, start=start:
                             _train_and_save(generic, bench, labels, teacher_schedule, seed + n, path, partial,
-                                            config_hash, device, augment, start))
+                                            config_hash, device, augment, start, precision))
             paths.append(path)
         run_parallel(jobs, device=device, on_done=lambda i, line: log(line))
         if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
@@ -157,7 +162,8 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
 
 
 def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Schedule, seed: int, path: Path,
-                    partial: Path, config_hash: str, device, augment: bool, start: Path | None) -> str:
+                    partial: Path, config_hash: str, device, augment: bool, start: Path | None,
+                    precision: str = "fp32") -> str:
     """Train one teacher (resumable through ``partial``), evaluate it on the test split (and on the
     validation split where the data has one), save it to ``path``; returns the line to log."""
     t0, peak = time.perf_counter(), PeakMemory()
@@ -165,13 +171,13 @@ def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Sched
     teacher = train_teacher(generic, bench.train_images, bench.train_labels[:, idx], schedule, seed,
                             desc=f"teacher[{labels[0]}…]", store=EpochFile(partial, config_hash),
                             device=device, augment=BatchAugment(seed) if augment else None,
-                            warm_start=None if start is None else load_model(start)[0])
+                            warm_start=None if start is None else load_model(start)[0], precision=precision)
     seconds = time.perf_counter() - t0
     ap = evaluate(teacher, bench.test_images, bench.test_labels[:, idx], labels, device=device)
     val = getattr(bench, "val_images", None)
     val_ap = (evaluate(teacher, val, bench.val_labels[:, idx], labels, device=device) if val is not None else None)
     save_model(path, teacher, role="teacher", labels=list(labels), data=bench.spec.key(), config_hash=config_hash,
-               test_ap=ap, seconds=round(seconds, 1), peak_rss_mb=peak.mib(), **({"val_ap": val_ap} if val_ap is not None else {}))
+               precision=precision, test_ap=ap, seconds=round(seconds, 1), peak_rss_mb=peak.mib(), **({"val_ap": val_ap} if val_ap is not None else {}))
     partial.unlink(missing_ok=True)
     return (f"teacher {path.stem} ({', '.join(labels)}): test mAP {ap['mAP']:.1f}"
             + (f", validation mAP {val_ap['mAP']:.1f}" if val_ap is not None else "") + f" in {seconds:.0f} s")
@@ -190,7 +196,7 @@ def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path
                         seed=seed, log=log)
     return pretrain(bench, groups, arch, kwargs, preset.pretraining.generic, preset.pretraining.teacher, out_dir, seed=seed, log=log,
                     device=device, restart=restart, augment=preset.augment, generic_bench=generic_bench,
-                    warm_start=warm_start)
+                    warm_start=warm_start, precision=preset.precision)
 
 
 def prepare_generic(out_dir: str | Path, arch: str, label_names: Sequence[str], *, init: str = "imagenet",
