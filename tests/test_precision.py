@@ -176,3 +176,21 @@ def test_the_preset_field_and_set():
     assert override(get_preset("quick"), ["precision=bf16"]).precision == "bf16"
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto"):
         override(get_preset("quick"), ["precision=fp16"])
+
+
+def test_precision_accuracy_compares_seed_rows_across_renames(tmp_path):
+    import runpy
+    from pathlib import Path
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "precision_accuracy.py"))
+
+    def row(*values):
+        return {"values": list(values), "mean": sum(values) / len(values), "std": 1.0}
+    fp32 = {"seeds": [0, 1, 2], "rows": {"Target": row(1, 2, 3), "KD": row(5, 6, 7), "Target-3": row(0, 0, 0)}}
+    bf16 = {"seeds": [0, 1, 2], "rows": {"Target (Eq. 9)": row(2, 3, 4), "KD": row(5, 6, 10),
+                                         "Target-3 (Eq. 9)": row(0, 0, 0), "New": row(1, 1, 1)}}
+    for name, data in (("fp32", fp32), ("bf16", bf16)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    text = script["main"]([str(tmp_path / "bf16.json"), "--fp32", str(tmp_path / "fp32.json")])
+    assert "| Target (Eq. 9) (fp32: Target) | 2.00 ± 1.00 | 3.00 ± 1.00 | +1.00 | +1.0 | +1.00 ± 0.00 (3 seeds) |" in text
+    assert "| KD | 6.00 ± 1.00 | 7.00 ± 1.00 | +1.00 | +1.0 | +1.00 ± 1.73 (3 seeds) |" in text
+    assert "Target-3 (Eq. 9) (fp32: Target-3)" in text and "| New |" not in text
