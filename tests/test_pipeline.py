@@ -1,5 +1,8 @@
 """``reproduce`` (kalib/pipeline.py) on tiny notebooks: lessons rendered to HTML and copied with the
-figures, the kernel's own log kept off the terminal, a dead kernel reported in one line."""
+figures, the kernel's own log kept off the terminal, a dead kernel reported in one line, each notebook's wall
+and CPU seconds (its kernel's worker processes included) and the precision in results.json."""
+
+import json
 
 import nbformat
 import pytest
@@ -9,6 +12,13 @@ from kalib.runs.pipeline import render_lesson, reproduce
 
 NOISY_KERNEL = ("from ipykernel.kernelapp import IPKernelApp\n"
                 "IPKernelApp.instance().log.error('KeyboardInterrupt')   # what a shutdown's SIGINT logs")
+
+
+# a worker process of the kernel that burns CPU; the kernel writes the CPU seconds it waited for
+WORKER = ("import resource, subprocess, sys\n"
+          "subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(10_000_000))'], check=True)\n"
+          "used = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+          "pathlib.Path(out_dir, 'worker_cpu_s').write_text(str(used.ru_utime + used.ru_stime))")
 
 
 def _notebook(path, *cells):
@@ -29,7 +39,7 @@ def test_lessons_are_rendered_and_copied_and_the_kernel_log_stays_off_the_termin
               nbformat.v4.new_code_cell("import json, pathlib\n"
                                         "pathlib.Path(out_dir, 'results.json').write_text('{}')\n"
                                         "print('written to', out_dir)"),
-              nbformat.v4.new_code_cell(NOISY_KERNEL))
+              nbformat.v4.new_code_cell(NOISY_KERNEL), nbformat.v4.new_code_cell(WORKER))
     lines = []
     reproduce("smoke", tmp_path / "out", notebooks=("a",), notebook_dir=nbs, figures=tmp_path / "figs",
               log=lines.append)
@@ -43,6 +53,13 @@ def test_lessons_are_rendered_and_copied_and_the_kernel_log_stays_off_the_termin
     err = capfd.readouterr().err
     assert "IPKernelApp" not in err and "KeyboardInterrupt" not in err, err
     assert "[IPKernelApp] ERROR | KeyboardInterrupt" in (tmp_path / "out" / "notebooks" / "a.kernel.log").read_text()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    worker = float((tmp_path / "out" / "worker_cpu_s").read_text())
+    cpu, wall = results["cpu_s"], results["timings_s"]
+    assert results["precision"] == "fp32" and results["cores"] >= 1
+    assert wall["notebooks"]["a"] > 0 and wall["total"] >= wall["notebooks"]["a"]
+    assert cpu["notebooks"]["a"] >= worker > 0.1, "the kernel's worker process counts in its notebook's CPU time"
+    assert cpu["total"] >= cpu["notebooks"]["a"]
 
     stale = tmp_path / "out" / "lessons" / "old.html"
     stale.write_text("from an earlier run")

@@ -5,20 +5,27 @@ Each notebook gets the same parameters (``preset``, ``seed``, ``out_dir``), its 
 everything it trains is found and re-used on a second run (teachers, finished blocks). A failing cell stops
 the run with that cell's error. The kernel's own log (not the notebook's output) goes to
 ``OUT/notebooks/NAME.kernel.log``, so the terminal shows only kalib's lines. ``OUT/results.json`` holds
-every number behind Fig. 3 and Tables 1–3; ``OUT/figures/`` the figures and tables (copied with the
-lessons to ``figures`` if given).
+every number behind Fig. 3 and Tables 1–3, the training precision, and each notebook's and the whole run's
+wall seconds (``timings_s``) beside its CPU seconds (``cpu_s``: this process and every process it waited for,
+the kernels and their workers) and the cores it could use (``cores``), so that the packing of the cores,
+CPU seconds / (wall seconds x cores), can be computed; ``OUT/figures/`` the figures and tables (copied with
+the lessons to ``figures`` if given).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
 
+from ..device import resolve_device, resolve_precision
 from ..errors import MissingFileError, NotebookError
 from ..report.results import write_results
+from .config import override
+from .presets import get_preset
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
@@ -64,6 +71,19 @@ def _kernel_name() -> str:
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended and been waited for
+    (``RUSAGE_CHILDREN``: each papermill kernel, with the worker processes it waited for, once it has shut
+    down). A difference around a notebook is that notebook's CPU time."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system says, else the CPU count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 RUN_STATE = ("notebooks", "lessons", "table1", "table2", "figures", "results.json", "teachers.json", "fig3.json")
 
 
@@ -79,6 +99,8 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
+    precision = resolve_precision(override(get_preset(preset), overrides).precision, resolve_device(device))
+
     if not notebook_dir.is_dir():
         raise MissingFileError(f"notebooks not found in {notebook_dir}; run from a clone of the kalib "
                                 "repository (the notebooks are not part of the wheel)")
@@ -93,11 +115,12 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
               "overrides": list(overrides or ())}
     kernel = _kernel_name()
     timings: dict[str, float] = {}
-    start = time.perf_counter()
+    cpu: dict[str, float] = {}
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     for i, name in enumerate(notebooks, start=1):
         executed = out / "notebooks" / f"{name}.ipynb"
         kernel_log = executed.with_suffix(".kernel.log")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         try:
             with kernel_log.open("w") as klog:
                 pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed, parameters=params,
@@ -110,13 +133,17 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
             raise NotebookError(f"{name}: the kernel died (a crash, or out of memory); its log is "
                                 f"{kernel_log}, the executed notebook {executed}") from None
         timings[name] = round(time.perf_counter() - t0, 1)
+        cpu[name] = round(cpu_seconds() - c0, 1)
         render_lesson(executed, out / "lessons" / f"{name}.html")
-        log(f"[{i}/{len(notebooks)}] {name:<18s} {timings[name]:7.1f} s  (total {time.perf_counter() - start:.0f} s)")
+        log(f"[{i}/{len(notebooks)}] {name:<18s} {timings[name]:7.1f} s  (CPU {cpu[name]:.0f} s; total "
+            f"{time.perf_counter() - start:.0f} s)")
 
     results_path = out / "results.json"
     earlier = json.loads(results_path.read_text()).get("timings_s", {}) if results_path.is_file() else {}
     write_results(results_path, timings_s={**earlier, "notebooks": timings,
-                                           "total": round(time.perf_counter() - start, 1)})
+                                           "total": round(time.perf_counter() - start, 1)},
+                  cpu_s={"notebooks": cpu, "total": round(cpu_seconds() - cpu_start, 1)}, cores=usable_cores(),
+                  precision=precision)
     results = json.loads(results_path.read_text())
     if figures is not None:
         dest = Path(figures)
