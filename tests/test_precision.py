@@ -194,3 +194,11 @@ def test_precision_accuracy_compares_seed_rows_across_renames(tmp_path):
     assert "| Target (Eq. 9) (fp32: Target) | 2.00 ± 1.00 | 3.00 ± 1.00 | +1.00 | +1.0 | +1.00 ± 0.00 (3 seeds) |" in text
     assert "| KD | 6.00 ± 1.00 | 7.00 ± 1.00 | +1.00 | +1.0 | +1.00 ± 1.73 (3 seeds) |" in text
     assert "Target-3 (Eq. 9) (fp32: Target-3)" in text and "| New |" not in text
+
+
+def test_seed_summary_keys_of_fp32_are_those_of_before():
+    from kalib.runs.seeds import summary_key
+    quick = get_preset("quick")
+    before = {k: v for k, v in dataclasses.asdict(quick).items() if k != "precision"}
+    assert summary_key(quick) == digest(before)
+    assert summary_key(override(quick, ["precision=bf16"])) != digest(before)

@@ -65,13 +65,22 @@ def _shared_blocks(record: dict) -> int:
     return min(blocks.index(record["chosen_block"][t]) + 1 for t in record["tasks"])
 
 
+def summary_key(preset: Preset) -> str:
+    """The key of a seed's summary: the digest of its whole preset, without ``precision`` when it is fp32 (the
+    keys of summaries written before presets had a precision)."""
+    fields = dataclasses.asdict(preset)
+    if fields.get("precision") == "fp32":
+        del fields["precision"]
+    return digest(fields)
+
+
 def run_seed(preset: Preset, seed: int, out_dir: str | Path, log=print, device=None) -> dict:
     """The main rows of one seed: the two-teacher C = A run, Target-3, the baselines and the Fig. 3 pairs;
     returns (and keeps in ``summary.json``) :func:`summarise_seed`'s numbers."""
     p = seed_preset(preset, seed)
     out = seed_dir(out_dir, preset, seed)
     path = out / "seeds-summary.json"
-    key = digest(dataclasses.asdict(p))
+    key = summary_key(p)
     saved = read_record(path)
     if saved is not None and verify(saved.get("key"), key).valid:     # a summary names no files: its key only
         log(f"seed {seed}: re-using {path}")
