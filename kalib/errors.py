@@ -68,6 +68,16 @@ class CheckpointError(KalibError):
     """A checkpoint is missing, corrupt, truncated, foreign or incompatible."""
 
 
+class TeacherFileError(CheckpointError):
+    """A teacher a user brings (``--teacher ARCH:WEIGHTS:LABELS``) cannot be used: its weights are not a state
+    dict of that architecture, or its labels file does not name its head's outputs."""
+
+
+class ImageFolderError(KalibError):
+    """A folder of images (``--pool``, ``--eval``) holds no readable image, or labels that do not match its
+    files (``--eval-labels``)."""
+
+
 class ConfigMismatchError(CheckpointError):
     """Saved training state belongs to another configuration; resuming from it would mix two runs. The
     message offers ``--restart``."""

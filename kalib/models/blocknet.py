@@ -7,7 +7,15 @@ logits, which is what amalgamation needs: the student's block-k output is filter
 teacher's blocks k+1..B (docs/design.md §1).
 
 Architectures (``ARCHS``): torchvision ``resnet18``/``resnet50``/``densenet121`` split at residual units /
-dense stages, and the 64-px CPU variants ``resnet18_narrow`` and ``densenet_small``.
+dense stages (and ``resnet34``/``resnet101``/``resnet152``, which share ResNet's block structure, for teachers
+a user brings: :mod:`kalib.models.torchvision_teachers`), and the 64-px CPU variants ``resnet18_narrow`` and
+``densenet_small``.
+
+Input normalisation: every network reads kalib's standard input (:func:`kalib.train.to_input`, ``(x/255 -
+0.5)/0.25``). A network trained on another normalisation (torchvision's ImageNet mean and std, say) carries
+it in its config (``input_norm``): :class:`InputNorm` at the front of block 1's stem turns kalib's input into
+what the network was trained on, so the normalisation travels with the network into checkpoints, students and
+TargetNets, and nothing that feeds a network has to know about it.
 """
 from __future__ import annotations
 
@@ -21,7 +29,10 @@ from torchvision.models.resnet import BasicBlock
 
 from ..errors import ConfigError
 
-ARCHS = ("resnet18", "resnet50", "resnet18_narrow", "densenet121", "densenet_small")
+ARCHS = ("resnet18", "resnet50", "resnet18_narrow", "densenet121", "densenet_small", "resnet34", "resnet101",
+         "resnet152")
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+KALIB_INPUT = (0.5, 0.25)     # kalib.train.to_input: (x/255 - 0.5) / 0.25 for every channel
 
 
 def _head(in_features: int, fc: nn.Linear | None = None, num_classes: int | None = None) -> nn.Sequential:
@@ -95,6 +106,38 @@ class BlockNet(nn.Module):
         new.head = _head(self.head.fc.in_features, num_classes=num_classes)
         new.config["num_classes"] = num_classes
         return new
+
+
+class InputNorm(nn.Module):
+    """Maps kalib's network input z = (x/255 - 0.5)/0.25 (:func:`kalib.train.to_input`) to (x/255 - mean)/std,
+    the normalisation a network was trained with (per channel; no parameters, and nothing in the state dict:
+    ``mean`` and ``std`` live in the network's config)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+            raise ConfigError(f"input normalisation needs 3 means and 3 positive stds, got mean {list(mean)}, "
+                              f"std {list(std)}")
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        centre, scale = KALIB_INPUT
+        std_t, mean_t = torch.tensor(self.std), torch.tensor(self.mean)
+        self.register_buffer("scale", (scale / std_t).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((centre - mean_t) / std_t).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
+def _add_input_norm(net: BlockNet, input_norm: dict) -> BlockNet:
+    """``net`` with :class:`InputNorm` first in block 1's stem (state-dict keys unchanged) and in its config."""
+    stem = net.blocks[0].stem
+    net.blocks[0].stem = nn.Sequential(OrderedDict([("norm", InputNorm(input_norm["mean"], input_norm["std"])),
+                                                    *stem.named_children()]))
+    net.config["input_norm"] = {"mean": list(net.blocks[0].stem.norm.mean), "std": list(net.blocks[0].stem.norm.std)}
+    return net
 
 
 # ---------------------------------------------------------------------------------------------- ResNet
@@ -212,13 +255,17 @@ def _densenet_small(num_classes: int, growth_rate: int = 12, block_config=(4, 4,
     return _densenet_blocknet("densenet_small", config, tv, tv.classifier)
 
 
-def build_backbone(arch: str, num_classes: int, **kwargs) -> BlockNet:
+def build_backbone(arch: str, num_classes: int, input_norm: dict | None = None, **kwargs) -> BlockNet:
     """Build ``arch`` (one of ``ARCHS``) as a :class:`BlockNet`; ``build_backbone(**net.config)`` rebuilds it.
 
     ``weights`` (torchvision archs only, default None) is passed to torchvision; the ImageNet fc is then
     replaced by a fresh ``num_classes`` one. Nothing is fetched unless a user passes weights.
+    ``input_norm`` (``{"mean": [r, g, b], "std": [r, g, b]}``): the input normalisation the network was trained
+    with (:class:`InputNorm`); None is kalib's own (:func:`kalib.train.to_input`).
     """
-    if arch in ("resnet18", "resnet50"):
+    if input_norm is not None:
+        return _add_input_norm(build_backbone(arch, num_classes, **kwargs), input_norm)
+    if arch in TORCHVISION_RESNETS:
         return _torchvision_resnet(arch, num_classes, **kwargs)
     if arch == "resnet18_narrow":
         return _resnet18_narrow(num_classes, **kwargs)

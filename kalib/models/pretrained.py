@@ -29,7 +29,10 @@ from .blocknet import BlockNet, build_backbone
 # torchvision weight enums per arch, preferred first (V1: the classic weights, closest to the paper's)
 _WEIGHT_ENUMS = {
     "resnet18": ("ResNet18_Weights", ("IMAGENET1K_V1",)),
+    "resnet34": ("ResNet34_Weights", ("IMAGENET1K_V1",)),
     "resnet50": ("ResNet50_Weights", ("IMAGENET1K_V1", "IMAGENET1K_V2")),
+    "resnet101": ("ResNet101_Weights", ("IMAGENET1K_V1", "IMAGENET1K_V2")),
+    "resnet152": ("ResNet152_Weights", ("IMAGENET1K_V1", "IMAGENET1K_V2")),
     "densenet121": ("DenseNet121_Weights", ("IMAGENET1K_V1",)),
 }
 PRETRAINED_ARCHS = tuple(_WEIGHT_ENUMS)
@@ -110,11 +113,12 @@ def imagenet_state(arch: str, weights_path: str | Path | None = None,
     return state, source
 
 
-def _blocknet_key(arch: str, key: str, net: BlockNet) -> str | None:
-    """The BlockNet name of torchvision parameter ``key`` (``None`` for the ImageNet classifier)."""
+def blocknet_key(arch: str, key: str, net: BlockNet, head: bool = False) -> str | None:
+    """The BlockNet name of torchvision parameter ``key`` of ``arch``: the classifier's (``fc.``,
+    ``classifier.``) is ``head.fc.…`` with ``head``, ``None`` (left out: an ImageNet head) without."""
     if arch.startswith("resnet"):
         if key.startswith(("fc.",)):
-            return None
+            return f"head.{key}" if head else None
         if key.startswith(("conv1.", "bn1.")):
             return f"blocks.0.stem.{key}"
         m = re.match(r"^layer(\d)\.(\d+)\.(.*)$", key)
@@ -123,7 +127,7 @@ def _blocknet_key(arch: str, key: str, net: BlockNet) -> str | None:
             return f"blocks.0.unit.{m.group(3)}" if k == 0 else f"blocks.{k}.{m.group(3)}"
     else:
         if key.startswith("classifier."):
-            return None
+            return f"head.fc.{key.removeprefix('classifier.')}" if head else None
         m = re.match(r"^features\.(conv0|norm0)\.(.*)$", key)
         if m:
             return f"blocks.0.stem.{m.group(1)}.{m.group(2)}"
@@ -137,22 +141,32 @@ def _blocknet_key(arch: str, key: str, net: BlockNet) -> str | None:
 
 def load_imagenet(net: BlockNet, state: dict, source: str = "state dict") -> BlockNet:
     """Copy torchvision's ImageNet ``state`` into every block of ``net`` (its head stays as it is)."""
+    return load_torchvision_state(net, state, source)
+
+
+def load_torchvision_state(net: BlockNet, state: dict, source: str = "state dict", head: bool = False) -> BlockNet:
+    """Copy a torchvision state dict of ``net.arch`` into ``net``: loaded strictly into the torchvision model
+    first (every tensor, with its shape), then mapped block by block (:func:`blocknet_key`). Without ``head``
+    ``state`` is an ImageNet one (1000 classes) and ``net``'s head stays as it is; with ``head`` its classifier
+    has ``net.num_classes`` outputs and becomes ``net``'s head (a teacher a user trained:
+    :mod:`kalib.models.torchvision_teachers`)."""
     arch = net.arch
-    tv = getattr(torchvision.models, arch)(weights=None)
+    tv = getattr(torchvision.models, arch)(weights=None, num_classes=net.num_classes if head else 1000)
     try:
         tv.load_state_dict(state)    # strict: every tensor of the torchvision model, with its shape
     except RuntimeError as err:
-        raise MissingWeightsError(f"{source} is not a torchvision {arch} ImageNet state dict: "
+        what = f"{net.num_classes}-class" if head else "ImageNet"
+        raise MissingWeightsError(f"{source} is not a torchvision {arch} {what} state dict: "
                                   f"{str(err).splitlines()[0]} …") from None
     mapped = {}
     for key, value in tv.state_dict().items():
-        new = _blocknet_key(arch, key, net)
+        new = blocknet_key(arch, key, net, head)
         if new is not None:
             mapped[new] = value
     missing, unexpected = net.load_state_dict(mapped, strict=False)
-    if unexpected or any(not k.startswith("head.") for k in missing):
-        raise RuntimeError(f"ImageNet weights of {arch} do not map onto its blocks: missing "
-                           f"{[k for k in missing if not k.startswith('head.')][:3]}, unexpected {unexpected[:3]}")
+    if unexpected or any(head or not k.startswith("head.") for k in missing):
+        raise RuntimeError(f"weights of {arch} do not map onto its blocks: missing "
+                           f"{[k for k in missing if head or not k.startswith('head.')][:3]}, unexpected {unexpected[:3]}")
     return net
 
 
