@@ -71,11 +71,15 @@ class TaskPlan:
     ``tasks`` (names, in the order of C), ``teacher`` (n, 0-based, for each task), ``local`` (the task's
     output index in teacher n), and per teacher ``per_teacher[n]`` = positions in C of the tasks of C_n
     and ``local_per_teacher[n]`` = their output indices in teacher n (empty when C_n = ∅).
+    ``temperatures`` (beyond the paper; empty: every teacher multi-label, the paper's case): per teacher,
+    ``None`` for a multi-label (sigmoid) head, or the temperature T of a single-label (softmax) head, whose
+    tasks of C are learnt with a cross-entropy against its softmax (:attr:`softmax_groups`).
     """
     tasks: tuple[str, ...]
     teacher: tuple[int, ...]
     local: tuple[int, ...]
     num_teachers: int
+    temperatures: tuple[float | None, ...] = ()
 
     @property
     def per_teacher(self) -> list[list[int]]:
@@ -90,22 +94,47 @@ class TaskPlan:
         """Teachers with at least one selected task (only these need filters and forward passes)."""
         return [n for n, pos in enumerate(self.per_teacher) if pos]
 
+    @property
+    def softmax_groups(self) -> tuple[tuple[tuple[int, ...], float], ...]:
+        """``((positions in C, T), …)``: the tasks of every single-label teacher with tasks in C and its
+        temperature; ``()`` when every teacher is multi-label (the paper's case)."""
+        temps = self.temperatures or (None,) * self.num_teachers
+        return tuple((tuple(pos), float(t)) for pos, t in zip(self.per_teacher, temps) if pos and t is not None)
 
-def task_plan(tasks: str | Iterable[str] | None, teacher_labels: Sequence[Sequence[str]]) -> TaskPlan:
+
+def task_plan(tasks: str | Iterable[str] | None, teacher_labels: Sequence[Sequence[str]], *,
+              shared: str = "refuse", temperatures: Sequence[float | None] = ()) -> TaskPlan:
     """Resolve the customized task set C (names, or a comma-separated string; ``None`` = all labels of
     all teachers, C = A) against the teachers' label lists A_1..A_N.
 
     Raises :class:`~kalib.data.UnknownTaskError` (with a suggestion) for a name no teacher knows, and
-    ``ValueError`` if a name belongs to more than one teacher (the paper's teachers are disjoint).
+    ``ValueError`` if a name belongs to more than one teacher (the paper's teachers are disjoint), unless
+    ``shared="first"``: then such a label is taken from the first teacher that has it (teachers a user
+    brings, :func:`shared_labels` says which). ``temperatures``: :attr:`TaskPlan.temperatures`.
     """
     all_labels = [name for labels in teacher_labels for name in labels]
-    if len(set(all_labels)) != len(all_labels):
+    if shared == "first":
+        all_labels = list(dict.fromkeys(all_labels))
+    elif len(set(all_labels)) != len(all_labels):
         dup = sorted({n for n in all_labels if all_labels.count(n) > 1})
         raise ConfigError(f"teachers share task names {dup}; each task must belong to one teacher")
     names = all_labels if tasks is None else [all_labels[i] for i in resolve_tasks(tasks, all_labels)]
-    owner = {name: (n, labels.index(name)) for n, labels in enumerate(teacher_labels) for name in labels}
+    owner = {}
+    for n, labels in enumerate(teacher_labels):
+        for name in labels:
+            owner.setdefault(name, (n, list(labels).index(name)))
     teacher = tuple(owner[name][0] for name in names)
     local = tuple(owner[name][1] for name in names)
     if not names:
         raise UnknownTaskError("the customized task set C is empty")
-    return TaskPlan(tuple(names), teacher, local, len(teacher_labels))
+    return TaskPlan(tuple(names), teacher, local, len(teacher_labels), tuple(temperatures))
+
+
+def shared_labels(teacher_labels: Sequence[Sequence[str]]) -> dict[str, list[int]]:
+    """Labels that more than one teacher has: name -> the teachers (0-based) that have it, first the one
+    ``task_plan(..., shared="first")`` takes it from."""
+    owners: dict[str, list[int]] = {}
+    for n, labels in enumerate(teacher_labels):
+        for name in labels:
+            owners.setdefault(name, []).append(n)
+    return {name: ns for name, ns in owners.items() if len(ns) > 1}

@@ -1,6 +1,12 @@
 """What each block of Alg. 1 trains on: the split of the unlabeled pool into a training part and the
 held-out slice that measures the converged losses L_i^k (Eq. 9's input), the seeded per-block subsets, the
-epochs of each block, and the frozen student prefix F_u^{k-1}, computed once per block and kept on the CPU."""
+epochs of each block, and the frozen student prefix F_u^{k-1}, computed once per block and kept on the CPU
+(or, where that would take more than :data:`FEATURE_CACHE_BYTES`, recomputed batch by batch:
+:class:`PrefixFeatures`).
+
+The pool may be a tensor or anything that gives its rows batch by batch (``len(images)``, ``images[idx]``
+and ``.to(device)`` of those rows, e.g. :class:`kalib.data.folder.ImageRows` over a memory-mapped folder):
+nothing here holds the whole pool in memory."""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from ..errors import ConfigError
 from ..models.blocknet import BlockNet
 from ..train import batches, to_input
 from .student import CL
+
+FEATURE_CACHE_BYTES = 4 << 30     # F_u^{k-1} of more images than fit in 4 GiB is recomputed per batch instead
 
 
 def split_pool(n: int, heldout: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,16 +49,41 @@ def epochs_per_block(profile: Sequence[int], num_blocks: int) -> list[int]:
 
 @torch.no_grad()
 def prefix_features(student: BlockNet, images: torch.Tensor, k: int, dtype: torch.dtype,
-                    batch_size: int = 250, device=None) -> torch.Tensor | None:
+                    batch_size: int = 250, device=None, max_bytes: int | None = None):
     """F_u^k of the (frozen, eval-mode) student for ``images`` (kept on the CPU as ``dtype``); ``None``
-    for k = 0 (use the images)."""
+    for k = 0 (use the images). Where all of them would take more than ``max_bytes`` (default
+    :data:`FEATURE_CACHE_BYTES`) they are not kept but recomputed batch by batch (:class:`PrefixFeatures`,
+    the same numbers)."""
     if k == 0:
         return None
     device = as_device(device)
     student.eval()
-    with autocast(device):
-        return torch.cat([student.prefix(to_input(images[idx].to(device, non_blocking=True)), k).to(dtype).cpu()
-                          for idx in batches(len(images), batch_size)])
+    limit = FEATURE_CACHE_BYTES if max_bytes is None else max_bytes
+    out = []
+    for idx in batches(len(images), batch_size):
+        with autocast(device):
+            out.append(student.prefix(to_input(images[idx].to(device, non_blocking=True)), k).to(dtype).cpu())
+        if len(out) == 1 and out[0][0].numel() * out[0].element_size() * len(images) > limit:
+            return PrefixFeatures(student, images, k, dtype, device)
+    return torch.cat(out)
+
+
+class PrefixFeatures:
+    """F_u^k of ``images`` computed when asked, batch by batch (``feats[idx]``: rows ``idx`` on ``device``,
+    as ``dtype``), for a pool whose features would not fit in memory: what :func:`prefix_features` gives
+    there. The student's blocks 1..k must stay frozen while it is in use (they are, during block k+1)."""
+
+    def __init__(self, student: BlockNet, images, k: int, dtype: torch.dtype, device: torch.device):
+        self.student, self.images, self.k, self.dtype, self.device = student, images, k, dtype, device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        device = self.device
+        # the features of the cached path: the device's default autocast, whatever the caller's precision
+        with torch.no_grad(), torch.autocast(device.type, enabled=False), autocast(device):
+            return self.student.prefix(to_input(self.images[idx].to(device, non_blocking=True)), self.k).to(self.dtype)
 
 
 def block_inputs(feats: torch.Tensor | None, images: torch.Tensor, idx: torch.Tensor,
