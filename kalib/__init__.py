@@ -12,6 +12,9 @@ kalib`` stays light):
   :class:`TargetNet` (Eq. 10), :func:`finetune` (Alg. 1 line 14);
 * a whole resumable amalgamation: :func:`run_amalgamation`; TargetNet files: :func:`load_target`,
   :func:`save_target`;
+* your own teachers (torchvision models you trained, a folder of unlabelled images):
+  :func:`load_torchvision_teachers`, :func:`image_pool`, :func:`own_schedule`, :func:`amalgamate_teachers`,
+  and :func:`predict_images` (probabilities per label of image files, for any kalib checkpoint);
 * evaluation: :func:`predict`, :func:`mean_ap`, :func:`evaluate`;
 * errors: :class:`KalibError`, the base of every error kalib explains in one line.
 """
@@ -46,6 +49,11 @@ _API = {
     "run_amalgamation": ("kalib.runs.amalgamation", "run"),
     "load_target": ("kalib.runs.checkpoints", "load_target"),
     "save_target": ("kalib.runs.checkpoints", "save_target"),
+    "load_torchvision_teachers": ("kalib.runs.own", "load_torchvision_teachers"),
+    "image_pool": ("kalib.runs.own", "image_pool"),
+    "own_schedule": ("kalib.runs.own", "own_schedule"),
+    "amalgamate_teachers": ("kalib.runs.own", "amalgamate_teachers"),
+    "predict_images": ("kalib.runs.predict", "predict_images"),
     "predict": ("kalib.train", "predict"),
     "mean_ap": ("kalib.metrics", "mean_ap"),
     "evaluate": ("kalib.method.teachers", "evaluate"),

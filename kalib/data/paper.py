@@ -175,28 +175,45 @@ def open_split(spec: PaperSpec, split: str, transform=None):
 
 # ------------------------------------------------------------------------------------ decode + cache
 
-class _Decode(torch.utils.data.Dataset):
-    """Image ``i`` decoded and warped to ``size``×``size``, as a uint8 ``(3, size, size)`` tensor."""
+def decode_image(path: str | Path, size: int) -> np.ndarray:
+    """The image at ``path`` warped to ``size``×``size`` RGB, as a uint8 ``(3, size, size)`` array (raises
+    whatever PIL raises for a file that is not a readable image)."""
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))   # JPEG: let libjpeg decode at a reduced scale >= size
+        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+    return np.asarray(im).transpose(2, 0, 1).copy()
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+
+class _Decode(torch.utils.data.Dataset):
+    """Image ``i`` decoded and warped to ``size``×``size``, as a uint8 ``(3, size, size)`` tensor; with
+    ``skip_broken`` a file PIL cannot read gives zeros and ``ok`` False instead of an exception."""
+
+    def __init__(self, paths: list[Path], size: int, skip_broken: bool = False):
+        self.paths, self.size, self.skip_broken = paths, size, skip_broken
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        with Image.open(self.paths[i]) as im:
-            im.draft("RGB", (self.size, self.size))   # JPEG: let libjpeg decode at a reduced scale >= size
-            im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        return i, torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())
+        try:
+            return i, torch.from_numpy(decode_image(self.paths[i], self.size)), True
+        except Exception:       # PIL's errors for a broken or non-image file are many (OSError, ValueError, ...)
+            if not self.skip_broken:
+                raise
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
 
 
 def decode_images(paths: list[Path], size: int, out: np.ndarray, workers: int = 0,
-                  desc: str = "decode") -> None:
-    """Decode ``paths`` into ``out`` (uint8 ``(N, 3, size, size)``, e.g. a memmap), ``workers`` processes."""
-    loader = torch.utils.data.DataLoader(_Decode(paths, size), batch_size=64, num_workers=workers)
-    for idx, batch in progress_bar(loader, desc=desc):
+                  desc: str = "decode", skip_broken: bool = False) -> list[int]:
+    """Decode ``paths`` into ``out`` (uint8 ``(N, 3, size, size)``, e.g. a memmap), ``workers`` processes.
+    Returns the indices of the files that are not readable images (their rows are zeros) with
+    ``skip_broken``; without it such a file raises."""
+    loader = torch.utils.data.DataLoader(_Decode(paths, size, skip_broken), batch_size=64, num_workers=workers)
+    broken = []
+    for idx, batch, ok in progress_bar(loader, desc=desc):
         out[idx.numpy()] = batch.numpy()
+        broken += idx[~ok].tolist()
+    return broken
 
 
 def _build(spec: PaperSpec, directory: Path, workers: int, log) -> None:

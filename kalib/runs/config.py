@@ -30,7 +30,7 @@ def changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def _parse(text: str, current, name: str):
+def parse_value(text: str, current, name: str):
     """``text`` as a value of the type of ``current``."""
     try:
         if isinstance(current, bool):
@@ -78,7 +78,7 @@ def override(preset: Preset, assignments: Iterable[str] | None) -> Preset:
         if dataclasses.is_dataclass(parent) and path[-1] not in {f.name for f in dataclasses.fields(parent)}:
             raise ConfigError(f"--set {name}: unknown field '{path[-1]}' of {type(parent).__name__}; valid: "
                               f"{', '.join(f.name for f in dataclasses.fields(parent))}")
-        value = _parse(text, _current(preset, path), name)
+        value = parse_value(text, _current(preset, path), name)
         try:
             preset = set_path(preset, path, value)
         except ConfigError as err:
