@@ -5,7 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kalib-installed
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 PRESET ?= quick
-OUT    ?= runs/$(PRESET)
+# PRECISION=bf16 (or auto): training steps in bfloat16 autocast (--precision); its own run directory, and the
+# committed figures/ (fp32) are left alone
+PRECISION ?=
+BF16   := $(filter-out fp32,$(PRECISION))
+OUT    ?= runs/$(PRESET)$(if $(BF16),-$(PRECISION))
 
 .PHONY: install data browser reproduce study test clean-cache
 
@@ -43,7 +47,8 @@ install: $(STAMP) data
 
 # The five notebooks through papermill; the quick preset's figures, tables and results.json go to figures/.
 reproduce: install
-	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(filter quick,$(PRESET)),--figures figures)
+	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(PRECISION),--precision $(PRECISION)) \
+	  $(if $(and $(filter quick,$(PRESET)),$(if $(BF16),,yes)),--figures figures)
 
 # Amalgamate or distil? The crossover study (hours on 2 cores): every finished run is a record in
 # figures/crossover/records (committed), so a rerun, here or on another machine, resumes from them.

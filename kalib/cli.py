@@ -1,9 +1,12 @@
 """Command line: ``python -m kalib <command>`` (also installed as ``kalib``).
 
-Commands: ``pretrain`` (generic stage + teachers, Eq. 2), ``amalgamate`` (Eq. 4-10, Alg. 1), ``evaluate``
-(per-label AP and mAP of a teacher or TargetNet checkpoint), ``reproduce`` (the notebooks, in order).
+Commands: ``pretrain`` (generic stage + teachers, Eq. 2), ``amalgamate`` (Eq. 4-10, Alg. 1; of a preset's
+teachers, or with ``--teacher`` of torchvision models a user trained, :mod:`kalib.runs.own`), ``evaluate``
+(per-label AP and mAP of a teacher or TargetNet checkpoint), ``predict`` (probabilities per label of image
+files), ``reproduce`` (the notebooks, in order).
 They share option names: ``--preset``, ``--out``, ``--data-root``, ``--device``, ``--seed``,
-``--restart``, ``--tasks`` (where it means something) and ``--set FIELD=VALUE`` (preset overrides).
+``--restart``, ``--precision`` (the commands that train), ``--tasks`` (where it means something) and
+``--set FIELD=VALUE`` (preset overrides).
 
 Training resumes: a rerun of the same command continues after the last finished epoch / block; a run
 directory of other settings is refused with a message offering ``--restart``. Expected problems
@@ -34,9 +37,22 @@ from .runs.presets import PRESETS, TEACHER_SETS, get_preset
 
 # ------------------------------------------------------------------------------------------- helpers
 
+def _overrides(args) -> list[str]:
+    """The ``--set`` overrides, and ``--precision`` as ``precision=...`` after them (it wins)."""
+    precision = getattr(args, "precision", None)
+    return [*(getattr(args, "set", None) or ()), *([f"precision={precision}"] if precision else [])]
+
+
 def _preset(args):
-    """The preset named by ``--preset`` with the ``--set`` overrides applied (validated)."""
-    return override(get_preset(args.preset), getattr(args, "set", None))
+    """The preset named by ``--preset`` with the ``--set`` overrides and ``--precision`` applied (validated)."""
+    return override(get_preset(args.preset), _overrides(args))
+
+
+def _precision(preset, device) -> str:
+    """The training precision a run uses, said at its start: the preset's, resolved for ``device``."""
+    from .device import resolve_precision
+    resolved = resolve_precision(preset.precision, device)
+    return resolved if preset.precision != "auto" else f"{resolved} (auto)"
 
 
 def _writable(path: Path, option: str = "--out") -> None:
@@ -90,12 +106,15 @@ def _pretrain(args) -> None:
     t0 = time.perf_counter()
     bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
     print(f"{preset.name} data {bench.spec.key()}: {_describe(bench)} ({time.perf_counter() - t0:.0f} s); "
-          f"training on {device}")
+          f"training on {device}, precision {_precision(preset, device)}")
     for name in names:
         pretrain_set(preset, bench, name, args.out, seed, device=device, restart=args.restart,
                      allow_download=args.allow_download)
     print(f"teachers in {args.out} ({time.perf_counter() - t0:.0f} s)")
     _say_if_at_chance(preset, bench.test_labels)
+
+
+OWN_OPTIONS = ("pool", "eval", "eval_labels", "weights", "mean", "std")     # amalgamate options of --teacher only
 
 
 def _amalgamate(args) -> None:
@@ -104,6 +123,15 @@ def _amalgamate(args) -> None:
     from .runs.amalgamation import run
     from .runs.checkpoints import read_meta
     from .runs.state import check_teachers, teacher_files
+    if args.teacher:
+        return _amalgamate_own(args)
+    if args.teachers is None:
+        raise CommandError("no teachers: give --teachers DIR (written by `kalib pretrain`) or --teacher "
+                           "ARCH:WEIGHTS:LABELS once per teacher (torchvision models you trained)")
+    given = [f"--{o.replace('_', '-')}" for o in OWN_OPTIONS if getattr(args, o) is not None]
+    if given:
+        raise CommandError(f"{', '.join(given)} go with --teacher (your own teachers), not with --teachers DIR")
+    args.preset = args.preset or "quick"
     preset = _preset(args)
     device = resolve_device(args.device)
     _out_dir(args.out)
@@ -112,6 +140,7 @@ def _amalgamate(args) -> None:
     check_teachers(paths, metas, arch, None, data_key=preset.data.key(),          # foreign teachers, before any work
                    arch_kwargs=preset.teacher_set(args.teacher_set)[2])
     task_plan(args.tasks, [meta.get("labels", []) for meta in metas])   # fail fast on unknown tasks
+    print(f"{preset.name}: training on {device}, precision {_precision(preset, device)}")
     t0 = time.perf_counter()
     bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
     record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
@@ -124,6 +153,56 @@ def _amalgamate(args) -> None:
           f"{record['params']['targetnet']:,} parameters (teachers {record['params']['teachers']:,})")
     print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
     _say_if_at_chance(preset, getattr(bench, f"{args.eval_split}_labels")[:, bench.label_indices(record["tasks"])])
+
+
+def _amalgamate_own(args) -> None:
+    """``kalib amalgamate --teacher … --pool DIR``: teachers a user brings (:mod:`kalib.runs.own`)."""
+    from .device import resolve_device
+    from .models.torchvision_teachers import IMAGENET_MEAN, IMAGENET_STD
+    from .runs.own import amalgamate_teachers, own_schedule
+    if args.teachers is not None:
+        raise CommandError("--teacher and --teachers exclude each other: --teacher ARCH:WEIGHTS:LABELS names "
+                           "torchvision models you trained, --teachers DIR the teachers of `kalib pretrain`")
+    if args.preset is not None:
+        raise CommandError("--teacher and --preset exclude each other: your own teachers are amalgamated with "
+                           "their own schedule (change it with --set, e.g. --set block.epochs=3), not a preset's")
+    if args.pool is None:
+        raise CommandError("--teacher needs --pool DIR, a folder of unlabelled images to amalgamate on")
+    schedule = own_schedule(args.set)
+    device = resolve_device(args.device)
+    _out_dir(args.out)
+    t0 = time.perf_counter()
+    record = amalgamate_teachers(args.teacher, args.pool, args.out, tasks=args.tasks, image_size=args.image_size,
+                                 mean=args.mean or IMAGENET_MEAN, std=args.std or IMAGENET_STD,
+                                 init=args.init, weights=args.weights, allow_download=args.allow_download,
+                                 eval_dir=args.eval, eval_labels=args.eval_labels, branch_at=args.branch_at,
+                                 schedule=schedule, seed=args.seed or 0, device=device, restart=args.restart,
+                                 precision=getattr(args, "precision", None))
+    print(f"branch-out ({record['branch_rule']}): "
+          + ", ".join(f"{t}@{b}" for t, b in record["branch_block"].items()))
+    params, macs = record["params"], record["macs_per_image"]
+    print(f"TargetNet {params['targetnet']:,} parameters and {macs['targetnet'] / 1e6:.1f} M MACs per image "
+          f"(teachers {params['teachers']:,} and {macs['teachers'] / 1e6:.1f} M)")
+    if "target_ap" in record:
+        print(f"TargetNet mAP {record['target_ap']['mAP']:.2f} (teachers {record['teacher_ap']['mAP']:.2f}) on "
+              f"{record['evaluated_on']['images']} images of {record['evaluated_on']['folder']}")
+    print(f"TargetNet and run.json in {args.out} ({time.perf_counter() - t0:.0f} s)")
+
+
+def _predict(args) -> None:
+    from .device import resolve_device
+    from .runs.predict import predict_images
+    if not 0 <= args.threshold <= 1:
+        raise CommandError(f"--threshold {args.threshold}: a probability, between 0 and 1")
+    scores = predict_images(args.checkpoint, args.images, device=resolve_device(args.device),
+                            log=lambda line: print(f"kalib predict: warning: {line}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(scores, indent=1))
+        return
+    for path, probs in scores.items():
+        above = sorted(((p, n) for n, p in probs.items() if p >= args.threshold), reverse=True)
+        shown = ", ".join(f"{n} {p:.2f}" for p, n in above) or f"(no label at {args.threshold:g} or above)"
+        print(f"{path}: {shown}")
 
 
 def _evaluation_preset(args, meta: dict):
@@ -229,13 +308,14 @@ def _reproduce(args) -> None:
     device = resolve_device(args.device)
     from .runs import pipeline
     out = _out_dir(args.out if args.out is not None else Path("runs") / args.preset)
+    print(f"{preset.name}: training on {device}, precision {_precision(preset, device)}")
     if args.seeds:      # first, so the notebooks find every run of the preset's own seed and show the spread
         from .report.claims import write_seed_files
         from .runs.seeds import run_seeds
         write_seed_files(run_seeds(preset, args.seeds, out, device=str(device)), Path(out) / "figures", preset.name)
     try:
         pipeline.reproduce(preset=args.preset, out_dir=out, seed=args.seed, data_root=args.data_root,
-                           device=str(device), restart=args.restart, overrides=args.set, figures=args.figures)
+                           device=str(device), restart=args.restart, overrides=_overrides(args), figures=args.figures)
     except pipeline.NotebookError as err:
         raise CommandError(str(err)) from None
 
@@ -305,6 +385,10 @@ def _common(p: argparse.ArgumentParser, *, out_help: str, out_required: bool = T
         p.add_argument("--restart", action="store_true",
                        help="discard this run's saved partial state (and state of other settings) and "
                             "start over; other runs and finished teachers of these settings are kept")
+        p.add_argument("--precision", default=None, choices=["fp32", "bf16", "auto"],
+                       help="precision of the training steps (default: the preset's, fp32 for smoke, lesson and "
+                            "quick): bf16 autocast, or auto (bf16 on a CPU with native bfloat16 or a GPU); "
+                            "evaluation stays fp32")
     if overrides:
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a preset field, e.g. teacher.epochs=3, block.batch_size=64, "
@@ -328,17 +412,85 @@ def _add_amalgamate(sub, common) -> None:
                                                  "(Eq. 4-10, Alg. 1); resumable per block"),
                out_help="directory for the TargetNet, run.json and the block states",
                tasks="comma-separated customized task set C (default: all labels of the teachers, C = A)")
-    p.add_argument("--teachers", type=Path, required=True, help="directory written by `kalib pretrain`")
+    p.set_defaults(preset=None)          # given or not: --teacher refuses it, the preset path defaults to quick
+    p.add_argument("--teachers", type=Path, default=None,
+                   help="directory written by `kalib pretrain` (excludes --teacher)")
     p.add_argument("--teacher-set", default="2", choices=list(TEACHER_SETS),
                    help="2 (10/10 split), 3 (7/7/6) or dense (DenseNet 10/10); default 2")
-    p.add_argument("--init", default=None, choices=list(INITS),
+    p.add_argument("--init", default=None, choices=[*INITS, "imagenet"],
                    help="student init (default: the preset's student_init): the teachers' shared generic "
-                        "backbone, random, teacher 1, or the mean of the teachers' weights (teacher-mean)")
+                        "backbone, random, teacher 1, or the mean of the teachers' weights (teacher-mean); with "
+                        "--teacher: imagenet (the default with --weights), teacher-mean (the default otherwise), "
+                        "teacher1 or random")
     p.add_argument("--branch-at", default=None,
                    help="branch every task at this stage (b1..b4) or block instead of Eq. 9's choice")
     p.add_argument("--eval-split", default="test", choices=["test", "val"],
                    help="split for the reported APs: test (default) or val, the split to choose settings on")
+    _add_own_teachers(p)
     p.set_defaults(func=_amalgamate)
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"'{text}' is not three comma-separated numbers R,G,B")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_own_teachers(p) -> None:
+    """The options of ``kalib amalgamate --teacher``: torchvision models a user trained (kalib.runs.own)."""
+    g = p.add_argument_group(
+        "your own teachers", "amalgamate torchvision models you trained on a folder of unlabelled images, with "
+        "kalib's default schedule (--set block.epochs=N, finetune.lr=X, ... change it; docs/design.md §8). "
+        "--teacher excludes --teachers and --preset; --teacher-set and --eval-split do not apply")
+    g.add_argument("--teacher", action="append", default=[], metavar="ARCH:WEIGHTS:LABELS[:softmax]",
+                   help="a teacher, repeated once per teacher: ARCH a torchvision name (resnet18, resnet34, "
+                        "resnet50, resnet101, resnet152, densenet121; one for all), WEIGHTS the file of "
+                        "torch.save(model.state_dict()) of torchvision.models.ARCH(num_classes=K) (it may hold "
+                        "colons), LABELS a text file of its K label names, one a line, in head order (no "
+                        "colons); :softmax marks a single-label teacher (default: multi-label, sigmoid)")
+    g.add_argument("--pool", type=Path, default=None, metavar="DIR",
+                   help="folder of unlabelled images, searched recursively (every file PIL opens; others are "
+                        "skipped and named)")
+    g.add_argument("--image-size", type=_positive_int, default=224, metavar="N",
+                   help="side the images are resized to (default 224)")
+    g.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
+                   help="the normalisation the teachers were trained with (default ImageNet's 0.485,0.456,0.406)")
+    g.add_argument("--std", type=_floats3, default=None, metavar="R,G,B",
+                   help="(default ImageNet's 0.229,0.224,0.225)")
+    g.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="the ImageNet state dict the teachers were fine-tuned from: the student starts there "
+                        "(never downloaded unless --allow-download)")
+    g.add_argument("--eval", type=Path, default=None, metavar="DIR",
+                   help="a folder of labelled images: report AP per label and mAP of teachers and TargetNet")
+    g.add_argument("--eval-labels", type=Path, default=None, metavar="FILE.csv",
+                   help="the labels of --eval: header file,<label>,..., one row per image (its path relative "
+                        "to DIR, then 0 or 1 per label)")
+
+
+def _add_predict(sub, common) -> None:
+    p = sub.add_parser("predict", help="score image files with a TargetNet or teacher checkpoint: a probability "
+                                       "per label, at the checkpoint's own input size and normalisation")
+    p.add_argument("checkpoint", type=Path, help="a .pt checkpoint written by kalib (TargetNet or teacher)")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR",
+                   help="image files, or folders searched recursively")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object mapping each image path to {label: probability}")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="without --json: list the labels at this probability or above (default 0.5)")
+    p.add_argument("--device", default=None, help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    p.set_defaults(func=_predict)
 
 
 def _add_evaluate(sub, common) -> None:
@@ -399,7 +551,7 @@ def _add_study(sub, common) -> None:
 
 
 # the subcommands, in the order `kalib --help` lists them: each adds its parser with `common`'s shared options
-SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_reproduce, _add_study)
+SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_predict, _add_reproduce, _add_study)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..models.blocknet import BlockNet
 from ..device import as_device
+from ..models.blocknet import BlockNet
 from ..train import Schedule, fit, optimise, to_input
 from .blockwise import filtered_loss
 from .filters import TaskPlan, select_tasks

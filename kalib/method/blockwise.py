@@ -65,19 +65,37 @@ def teacher_logits(teachers: Sequence[BlockNet], plan: TaskPlan, x: torch.Tensor
     return target
 
 
-def task_losses(pred: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+def task_losses(pred: torch.Tensor, target_logits: torch.Tensor,
+                softmax_groups: Sequence[tuple[Sequence[int], float]] = ()) -> torch.Tensor:
     """ℓ(O_n^i, O_un^i) of Eq. 7 for every task i, ``(|C|,)``: the loss of Eq. 2 (binary cross-entropy),
-    with teacher n's sigmoid probability as the soft target, averaged over the batch."""
-    return F.binary_cross_entropy_with_logits(pred, torch.sigmoid(target_logits), reduction="none").mean(0)
+    with teacher n's sigmoid probability as the soft target, averaged over the batch.
+
+    ``softmax_groups`` (beyond the paper; :attr:`~kalib.method.filters.TaskPlan.softmax_groups`): the columns of
+    each single-label (softmax) teacher and its temperature T. Those columns take the cross-entropy against
+    the teacher's softmax at T instead, -T² p_i log q_i for task i (p, q: softmax at T of the teacher's and the
+    prediction's columns of the group), so that a group's terms sum to its cross-entropy (scaled by T², as in
+    knowledge distillation). Without groups the numbers are exactly the multi-label ones."""
+    losses = F.binary_cross_entropy_with_logits(pred, torch.sigmoid(target_logits), reduction="none").mean(0)
+    if not softmax_groups:
+        return losses
+    losses = losses.clone()
+    for columns, temperature in softmax_groups:
+        cols = list(columns)
+        p = torch.softmax(target_logits[:, cols].float() / temperature, dim=1)
+        log_q = torch.log_softmax(pred[:, cols].float() / temperature, dim=1)
+        losses[cols] = (-(p * log_q) * temperature ** 2).mean(0).to(losses.dtype)
+    return losses
 
 
-def filtered_loss(pred: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def filtered_loss(pred: torch.Tensor, target_logits: torch.Tensor,
+                  softmax_groups: Sequence[tuple[Sequence[int], float]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 7: L_u = 1/|C| Σ_n Σ_{i∈C_n} ℓ(O_n^i, O_un^i), with |C| = Σ_n |C_n| (Eq. 8).
 
     ``pred``/``target_logits`` are ``(batch, |C|)``, columns in C's order (all teachers together).
+    ``softmax_groups``: the single-label teachers' columns (:func:`task_losses`).
     Returns the scalar loss and the per-task terms.
     """
-    per_task = task_losses(pred, target_logits)
+    per_task = task_losses(pred, target_logits, softmax_groups)
     return per_task.sum() / per_task.numel(), per_task
 
 
@@ -122,7 +140,7 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
                heldout: int = 500, seed: int = 0, reduction: int = 4, soft: torch.Tensor | None = None,
                filters: nn.ModuleList | None = None, start_block: int = 1, previous: Amalgamation | None = None,
                last_block: int | None = None, cache_dtype: torch.dtype = torch.float32, augment=None,
-               device=None, hooks: BlockHooks | None = None) -> Amalgamation:
+               device=None, hooks: BlockHooks | None = None, precision: str | None = None) -> Amalgamation:
     """Alg. 1 lines 1–11: train student blocks 1..B one after the other with the loss of Eq. 7.
 
     ``images`` are unlabeled uint8 pool canvases (nothing else is read); the last ``heldout`` are only used
@@ -135,8 +153,10 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
     same augmented images reach the frozen student prefix and the teachers, so features and targets are
     recomputed per batch instead of cached (the held-out losses stay on the plain images). ``device``: where
     the networks run (default CPU); images, soft targets and cached features stay on the CPU. ``hooks``:
-    per-epoch resume and per-block callbacks (:class:`BlockHooks`). The teachers are frozen (eval mode, no
-    gradients) and never modified.
+    per-epoch resume and per-block callbacks (:class:`BlockHooks`). ``precision``: the precision of the
+    training steps (:func:`kalib.train.optimise`); the cached prefix features and the held-out losses L_i^k
+    keep the device's default (float32 on the CPU). The teachers are frozen (eval mode, no gradients) and
+    never modified.
     """
     device = as_device(device)
     hooks = hooks or BlockHooks()
@@ -160,7 +180,8 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
         idx = block_subset(train_idx, k, images_per_block, seed)
         history = train_block(student, filters[k - 1], teachers, plan, images[idx], soft[idx], k,
                               dataclasses.replace(schedule, epochs=epochs[k - 1]), seed=seed * 7919 + k,
-                              cache_dtype=cache_dtype, augment=augment, device=device, store=hooks.epoch_store(k))
+                              cache_dtype=cache_dtype, augment=augment, device=device, store=hooks.epoch_store(k),
+                              precision=precision)
         result.losses[k - 1], held_feats = converged_losses(student.blocks[k - 1], filters[k - 1], teachers, plan,
                                                             held_feats, images[held_idx], soft[held_idx], k,
                                                             cache_dtype, device=device)
@@ -178,13 +199,14 @@ def amalgamate(student: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, 
 def train_block(student: BlockNet, filters_k: Sequence[nn.Module], teachers: Sequence[BlockNet], plan: TaskPlan,
                 images: torch.Tensor, soft: torch.Tensor, k: int, schedule: Schedule, *, seed: int = 0,
                 cache_dtype: torch.dtype = torch.float32, augment=None, device=None,
-                store: EpochStore | None = None) -> list[float]:
+                store: EpochStore | None = None, precision: str | None = None) -> list[float]:
     """One block of Alg. 1 (lines 5–9): student block k and the filters f_n^k of the teachers with tasks in C
     learn to minimise Eq. 7 on ``images`` (uint8 pool canvases, targets ``soft``: the teachers' logits for
     C); every other weight stays frozen. Per batch: F_u^{k-1} from the frozen student blocks 1..k-1
     (computed once for all ``images`` and kept on the CPU, :func:`~kalib.method.pool.prefix_features`),
     F_u^k = student block k, then Eq. 6 (:func:`entangled_predictions`) and Eq. 7 (:func:`filtered_loss`).
-    Returns the mean training loss of each epoch; block and filters are left frozen, in eval mode."""
+    ``precision``: the training precision (:func:`kalib.train.optimise`). Returns the mean training loss of
+    each epoch; block and filters are left frozen, in eval mode."""
     device = as_device(device)
     feats = prefix_features(student, images, k - 1, cache_dtype, device=device) if augment is None else None
     block = student.blocks[k - 1]
@@ -199,11 +221,12 @@ def train_block(student: BlockNet, filters_k: Sequence[nn.Module], teachers: Seq
         else:                              # the same augmented batch reaches the student prefix and the teachers
             x = to_input(augment(images[b].to(device, non_blocking=True), b))
             h, target = _augmented_inputs(student, teachers, plan, x, k, device)
-        return filtered_loss(entangled_predictions(block(h), k, filters_k, teachers, plan), target)[0]
+        return filtered_loss(entangled_predictions(block(h), k, filters_k, teachers, plan), target,
+                             plan.softmax_groups)[0]
 
     history = optimise([p for part in (block, *active) for p in part.parameters()], len(images), batch_loss,
                        schedule, seed, desc=f"block {student.block_names[k - 1]} ({k}/{student.num_blocks})",
-                       module=nn.ModuleList([block, *active]), store=store, device=device)
+                       module=nn.ModuleList([block, *active]), store=store, device=device, precision=precision)
     for part in (block, *active):
         part.requires_grad_(False).eval()
     return history
@@ -234,7 +257,7 @@ def converged_losses(block: nn.Module, filters_k, teachers, plan, feats, images,
             h = block(block_inputs(feats, images, idx, device))
             out.append(h.to(dtype).cpu())
             losses = task_losses(entangled_predictions(h, k, filters_k, teachers, plan),
-                                 soft[idx].to(device, non_blocking=True))
+                                 soft[idx].to(device, non_blocking=True), plan.softmax_groups)
         total += losses.double().cpu() * len(idx)
     return (total / max(len(images), 1)).numpy(), torch.cat(out)
 

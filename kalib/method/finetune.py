@@ -38,37 +38,41 @@ class _FrozenBatchNorm(nn.Module):
 
 def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule,
              seed: int = 0, freeze_bn: bool = False, *, device=None, store: EpochStore | None = None, augment=None, teachers: Sequence[BlockNet] = (),
-             plan: TaskPlan | None = None) -> list[float]:
+             plan: TaskPlan | None = None, precision: str | None = None) -> list[float]:
     """Alg. 1 line 14: fine-tune the whole assembled TargetNet against the teachers' soft predictions
     (``soft``, logits in C's order) on unlabeled ``images`` with the loss of Eq. 7 and the poly schedule.
     ``freeze_bn`` keeps the BatchNorm statistics (those of the teachers in the copied branches).
-    ``store``: per-epoch resume (:func:`kalib.train.optimise`).
+    ``store``: per-epoch resume, ``precision``: the training precision (:func:`kalib.train.optimise`).
     Every weight of ``target`` is trained: its parts are copies, and the copies of frozen parts (teacher
     blocks, student blocks and filters after their block) would otherwise stay frozen, and whether a part
     had been frozen would depend on whether its block was trained in this process or loaded on resume.
     With ``augment`` the targets come from ``teachers`` (task plan ``plan``) on each augmented batch.
+    The columns of single-label teachers take their own loss (``plan.softmax_groups``, :func:`task_losses`).
     Returns the mean loss per epoch; ``target`` is left in eval mode."""
     target.requires_grad_(True)
     model = _FrozenBatchNorm(target) if freeze_bn else target
+    groups = plan.softmax_groups if plan is not None else ()
     if augment is None:
-        history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t)[0], schedule, seed,
-                      desc="finetune", store=store, device=device)
+        history = fit(model, images, soft, lambda pred, t: filtered_loss(pred, t, groups)[0], schedule, seed,
+                      desc="finetune", store=store, device=device, precision=precision)
     else:
         device = as_device(device)
         model.to(device=device, memory_format=CL).train()
 
         def batch_loss(b):
             x = to_input(augment(images[b].to(device, non_blocking=True), b))
-            return filtered_loss(model(x), teacher_logits(teachers, plan, x, device))[0]
+            return filtered_loss(model(x), teacher_logits(teachers, plan, x, device), groups)[0]
 
         history = optimise([p for p in target.parameters()], len(images), batch_loss, schedule, seed,
-                           desc="finetune", module=model, store=store, device=device)
+                           desc="finetune", module=model, store=store, device=device, precision=precision)
     target.eval()
     return history
 
 
 @torch.no_grad()
-def heldout_loss(model: nn.Module, images: torch.Tensor, soft: torch.Tensor, device=None) -> np.ndarray:
-    """Per-task Eq. 7 loss of a network with output in C's order on held-out pool images."""
-    return task_losses(predict(model, images, device=device), soft).numpy()
+def heldout_loss(model: nn.Module, images: torch.Tensor, soft: torch.Tensor, device=None,
+                 softmax_groups=()) -> np.ndarray:
+    """Per-task Eq. 7 loss of a network with output in C's order on held-out pool images (``softmax_groups``:
+    :func:`task_losses`)."""
+    return task_losses(predict(model, images, device=device), soft, softmax_groups).numpy()
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..augment import BatchAugment
-from ..device import as_device
+from ..device import as_device, resolve_precision
 from ..errors import ConfigError, MissingFileError
 from ..files import atomic_write, file_sha
 from ..memory import PeakMemory
@@ -58,6 +58,7 @@ class _Job:
     log: Callable[[str], None]
     device: torch.device
     eval_split: str
+    precision: str          # of the training steps, resolved: fp32 or bf16
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     :class:`~kalib.errors.ConfigMismatchError` unless ``restart``, which deletes the finished record,
     the TargetNets and ``out_dir/blocks`` first (the teachers are never touched). Settings that cannot run
     and foreign teachers are refused before any work; one process at a time works in ``out_dir``
-    (:func:`kalib.runs.locks.run_lock`). ``device``: where the networks run (default CPU).
+    (:func:`kalib.runs.locks.run_lock`). ``device``: where the networks run (default CPU). The training steps
+    (blocks, fine-tuning) run in ``preset.precision`` resolved for the device (:func:`kalib.device.resolve_precision`),
+    recorded as ``precision``; evaluation stays float32 on the CPU.
 
     The steps: :func:`_check_inputs` (before any work), :func:`_settings` and :func:`_run_key` (what the
     saved state and the finished record belong to), :func:`_soft_targets`, :func:`_train_blocks` (Alg. 1
@@ -111,7 +114,8 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     """
     job = _Job(bench, preset, Path(teachers_dir), Path(out_dir), teacher_set,
                preset.student.student_init if init is None else init, branch_at, evaluate, branch_curves,
-               preset.seed if seed is None else seed, log, as_device(device), eval_split)
+               preset.seed if seed is None else seed, log, as_device(device), eval_split,
+               resolve_precision(preset.precision, as_device(device)))
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     peak = PeakMemory()
@@ -182,7 +186,8 @@ def _settings(job: _Job, inputs: _Inputs) -> dict:
             "tasks": list(inputs.plan.tasks), "block": dataclasses.asdict(student.block),
             "block_images": student.block_images, "loss_slice": student.loss_slice, "seed": job.seed,
             **({"block_epochs": list(student.block_epochs)} if student.block_epochs else {}),
-            "reduction": student.filter_reduction, **({"augment": True} if job.preset.augment else {})}
+            "reduction": student.filter_reduction, **({"augment": True} if job.preset.augment else {}),
+            **({"precision": job.precision} if job.precision != "fp32" else {})}   # fp32: the fingerprint of before
 
 
 def _run_key(job: _Job, store: BlockStore) -> str:
@@ -217,7 +222,8 @@ def _train_blocks(job: _Job, inputs: _Inputs, store: BlockStore, soft: torch.Ten
     return amalgamate(student, inputs.teachers, inputs.plan, inputs.pool, s.block, images_per_block=s.block_images,
                       block_epochs=s.block_epochs, heldout=s.loss_slice, seed=job.seed, soft=soft, filters=filters,
                       start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
-                      augment=augment, device=job.device, hooks=store.hooks(done, student.block_names, job.log))
+                      augment=augment, device=job.device, hooks=store.hooks(done, student.block_names, job.log),
+                      precision=job.precision)
 
 
 def _branch_out(job: _Job, inputs: _Inputs, result: Amalgamation, run_key: str) -> tuple[dict, dict]:
@@ -230,7 +236,7 @@ def _branch_out(job: _Job, inputs: _Inputs, result: Amalgamation, run_key: str) 
               else inputs.forced)
     record = {
         "run_key": run_key, "preset": preset.name, "teacher_set": job.teacher_set, "arch": inputs.arch,
-        "init": job.init, "seed": job.seed,
+        "init": job.init, "seed": job.seed, "precision": job.precision,
         "teachers": [str(p) for p in inputs.paths], "tasks": list(plan.tasks),
         "task_teacher": [n + 1 for n in plan.teacher], "blocks": names,
         "pool": {"train": len(inputs.pool) - preset.student.loss_slice, "heldout": preset.student.loss_slice,
@@ -289,7 +295,8 @@ def _assemble_and_finetune(job: _Job, inputs: _Inputs, result: Amalgamation, sof
     pre_finetune = predict(target, inputs.eval_images, device=device) if job.evaluate else None
     held_before = heldout_loss(target, pool[held], soft[held], device=device)
     losses = finetune(target, pool[ft_idx], soft[ft_idx], s.finetune, job.seed, freeze_bn=s.finetune_freeze_bn,
-                      device=device, store=store, augment=augment, teachers=inputs.teachers, plan=plan)
+                      device=device, store=store, augment=augment, teachers=inputs.teachers, plan=plan,
+                      precision=job.precision)
     held_after = heldout_loss(target, pool[held], soft[held], device=device)
     names = inputs.student.block_names
     entry = {"branch_block": {t: names[k - 1] for t, k in zip(plan.tasks, pts)},

@@ -25,6 +25,9 @@ from torch import nn
 from ..macs import counted_macs, forward_macs_per_image, passes, step_macs_per_image
 from ..method.blockwise import entangled_predictions, filtered_loss, teacher_logits
 from ..method.filters import TaskPlan
+from ..method.pool import epochs_per_block
+from ..method.student import init_student, make_filters
+from ..method.targetnet import assemble
 from ..models import BlockNet
 from ..train import to_input
 
@@ -116,3 +119,23 @@ def kd_passes(budget: int, net: nn.Module, teachers: Sequence[BlockNet], plan: T
     left = budget - train_images * teacher_macs(teachers, plan, x)
     steps = round(left / (network_step_macs(net, x, len(plan.tasks)) * batch_size))
     return max(steps, 1) * batch_size
+
+
+def run_macs(preset, teachers: Sequence[BlockNet], plan: TaskPlan, branch_blocks: Sequence[str], sample: torch.Tensor,
+             *, train_images: int) -> dict[str, int]:
+    """Training MACs of an amalgamation run of ``preset`` (Alg. 1 with its block schedule and fine-tuning)
+    on ``train_images`` pool images whose TargetNet branches out at ``branch_blocks`` (one block name per
+    task of C, as a run record's ``branch_block`` holds them). The MACs do not depend on the weights, so the
+    networks are built fresh from the teachers' architecture."""
+    s = preset.student
+    student = init_student("teacher1", teachers)
+    filters = make_filters(student, teachers, s.filter_reduction)
+    points = [student.block_index(b) for b in branch_blocks]
+    epochs = (epochs_per_block(s.block_epochs, student.num_blocks) if s.block_epochs
+              else [s.block.epochs] * student.num_blocks)
+    return amalgamation_macs(
+        student, filters, teachers, plan, sample, block_images=min(s.block_images or train_images, train_images),
+        block_epochs=epochs, block_batch=s.block.batch_size, train_images=train_images, heldout=s.loss_slice,
+        target=assemble(student, filters, teachers, plan, points),
+        finetune_images=min(s.finetune_images or train_images, train_images), finetune_epochs=s.finetune.epochs,
+        finetune_batch=s.finetune.batch_size)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import resolve_precision
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..method.baselines import kd_student, train_kd_passes
@@ -157,13 +158,20 @@ def record_path(ctx: Context, arm: str, pool: int, seed: int, lr: float) -> Path
     return ctx.records / f"{arm}-N{pool}-s{seed}-lr{lr:g}.json"
 
 
+def train_precision(ctx: Context) -> str:
+    """The training precision of every arm: the preset's, resolved for the CPU (fp32 or bf16)."""
+    return resolve_precision(ctx.preset.precision, torch.device("cpu"))
+
+
 def record_key(ctx: Context, arm: str, pool: int, seed: int, lr: float) -> str:
-    """What a record's numbers depend on: data, teachers, the arm's settings, pool, seed, learning rate."""
+    """What a record's numbers depend on: data, teachers, the arm's settings, pool, seed, learning rate, and
+    a training precision other than fp32 (fp32 records keep the keys they had before precisions existed)."""
     settings = (dataclasses.asdict(ctx.preset.student) if arm in ("amalgamation", "amalgamation-eq9")
                 else {"kd": dataclasses.asdict(ctx.preset.baselines.kd), "arm": KD_ARMS[arm],
                       "budget_of": dataclasses.asdict(ctx.preset.student)})
     return digest({"version": VERSION, "data": ctx.bench.spec.key(), "teachers": ctx.teacher_key, "arm": arm,
-                   "pool": pool, "seed": seed, "lr": lr, "settings": settings})
+                   "pool": pool, "seed": seed, "lr": lr, "settings": settings,
+                   **({"precision": train_precision(ctx)} if train_precision(ctx) != "fp32" else {})})
 
 
 def read_record(ctx: Context, arm: str, pool: int, seed: int, lr: float) -> dict | None:
@@ -177,7 +185,8 @@ def read_record(ctx: Context, arm: str, pool: int, seed: int, lr: float) -> dict
 
 def write_record(ctx: Context, record: dict) -> dict:
     record = {**record, "key": record_key(ctx, record["arm"], record["pool"], record["seed"], record["setting"]["lr"]),
-              "commit": ctx.commit, "threads": torch.get_num_threads()}
+              "commit": ctx.commit, "threads": torch.get_num_threads(),
+              **({"precision": train_precision(ctx)} if train_precision(ctx) != "fp32" else {})}
     path = record_path(ctx, record["arm"], record["pool"], record["seed"], record["setting"]["lr"])
     atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
     return record
@@ -274,7 +283,7 @@ def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[di
     result = amalgamate(student, ctx.teachers, ctx.plan, images, s.block, images_per_block=s.block_images,
                         block_epochs=s.block_epochs, heldout=s.loss_slice, seed=seed, soft=soft, filters=filters,
                         start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
-                        hooks=store.hooks(done, names))
+                        hooks=store.hooks(done, names), precision=train_precision(ctx))
     blocks_s = time.perf_counter() - t0
     rules = {"amalgamation": tolerant_branch_points(result.losses, s.branch_tolerance),
              "amalgamation-eq9": branch_points(result.losses)}
@@ -294,7 +303,7 @@ def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[di
             def train(partial: EpochFile) -> dict:
                 target = assemble(student, filters, ctx.teachers, ctx.plan, points)
                 finetune(target, images[ft_idx], soft[ft_idx], dataclasses.replace(s.finetune, lr=lr), seed,
-                         freeze_bn=s.finetune_freeze_bn, store=partial)
+                         freeze_bn=s.finetune_freeze_bn, store=partial, precision=train_precision(ctx))
                 return {**scores(ctx, target), "params": count_parameters(target), "train_macs": macs["total"],
                         "macs": macs, "blocks_wall_s": round(blocks_s, 1),
                         "branch_block": {t: names[k - 1] for t, k in zip(ctx.plan.tasks, points)}}
@@ -325,7 +334,8 @@ def kd_runs(ctx: Context, arm: str, pool: int, seed: int, tune: bool) -> list[di
     def run_one(lr: float) -> dict:
         def train(partial: EpochFile) -> dict:
             net = network()
-            train_kd_passes(net, images, soft, dataclasses.replace(kd, lr=lr), image_passes, seed, store=partial)
+            train_kd_passes(net, images, soft, dataclasses.replace(kd, lr=lr), image_passes, seed, store=partial,
+                            precision=train_precision(ctx))
             return {**scores(ctx, net.eval()), "params": count_parameters(net), "train_macs": macs["total"],
                     "macs": macs, "image_passes": image_passes, "budget_macs": int(budget)}
         return finished_or_run(ctx, arm, pool, seed, lr, train)
