@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from ..device import resolve_precision
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError
 from ..files import atomic_write
 from ..method.baselines import kd_student, train_kd_passes
 from ..method.blockwise import Amalgamation, amalgamate
@@ -217,7 +218,10 @@ def finished_or_run(ctx: Context, arm: str, pool: int, seed: int, lr: float,
     partial = EpochFile(ctx.cache / "partial" / record_path(ctx, arm, pool, seed, lr).with_suffix(".pt").name,
                         record_key(ctx, arm, pool, seed, lr))
     wall, cpu = time.perf_counter(), time.process_time()
-    out = train(partial)
+    try:
+        out = train(partial)
+    except NonFiniteLossError as err:        # this learning rate diverges: a result of the grid, not a failure
+        out = {"diverged": str(err), "val_map": None, "test_map": None}
     record = write_record(ctx, {"arm": arm, "pool": pool, "seed": seed, "setting": {"lr": lr}, **out,
                                 "wall_s": round(time.perf_counter() - wall, 1),
                                 "cpu_s": round(time.process_time() - cpu, 1)})
@@ -227,11 +231,16 @@ def finished_or_run(ctx: Context, arm: str, pool: int, seed: int, lr: float,
 
 # --------------------------------------------------------------------------------------- learning rates
 
-def grid_step(results: dict[float, float], max_grid: int) -> float | None:
+def rank(val_map: float | None) -> float:
+    """A run's validation mAP for choosing: a run whose loss diverged (None) ranks below every other."""
+    return -math.inf if val_map is None else val_map
+
+
+def grid_step(results: dict[float, float | None], max_grid: int) -> float | None:
     """The next learning rate to try, or None: halve below the lowest or double above the highest while the
     best validation mAP sits at that edge and the grid has fewer than ``max_grid`` points."""
     lrs = sorted(results)
-    best = max(lrs, key=lambda lr: (results[lr], -lr))
+    best = max(lrs, key=lambda lr: (rank(results[lr]), -lr))
     if len(lrs) >= max_grid or lrs[0] < best < lrs[-1] or len(lrs) < 2:
         return None
     return round(best / 2, 6) if best == lrs[0] else round(best * 2, 6)
@@ -257,7 +266,7 @@ def chosen_lr(ctx: Context, arm: str, pool: int) -> float:
     if not grid:
         raise ConfigError(f"{arm} at N = {pool} has no tuning records for seed {seed} in {ctx.records}; run the "
                           "study with that seed first")
-    return max(grid, key=lambda lr: (grid[lr], -lr))
+    return max(grid, key=lambda lr: (rank(grid[lr]), -lr))
 
 
 # ---------------------------------------------------------------------------------------------- the arms
@@ -349,7 +358,7 @@ def amalgamation_budget(ctx: Context, pool: int, seed: int) -> int:
     learning rate): the KD arms' budget."""
     for path in sorted(ctx.records.glob(f"amalgamation-N{pool}-s{seed}-lr*.json")):
         record = json.loads(path.read_text())
-        if read_record(ctx, "amalgamation", pool, seed, record["setting"]["lr"]) is not None:
+        if read_record(ctx, "amalgamation", pool, seed, record["setting"]["lr"]) is not None and "train_macs" in record:
             return record["train_macs"]
     raise ConfigError(f"no amalgamation record at N = {pool}, seed {seed} in {ctx.records}: the KD arms' budget "
                       "is its training MACs, so it runs first")
@@ -410,7 +419,7 @@ def run_study(study: Study, out_dir: Path, records: Path, figures: Path | None =
             elapsed = time.perf_counter() - started
             left = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
             arm, pool, seed, _ = stage[i]
-            best = max(records_of_job, key=lambda r: r["val_map"])
+            best = max(records_of_job, key=lambda r: rank(r["val_map"]))
             log(f"  {arm} N={pool} seed {seed}: {len(records_of_job)} runs, best validation mAP {best['val_map']:.1f} "
                 f"(lr {best['setting']['lr']:g}); {100 * done_cost / total:.0f}% of the work done, "
                 f"about {left / 60:.0f} min left")
@@ -438,7 +447,7 @@ def summarise(ctx: Context) -> dict | None:
             grid = sorted((r for r in grid if r is not None), key=lambda r: r["setting"]["lr"])
             if not grid:
                 return None
-            best = max(grid, key=lambda r: (r["val_map"], -r["setting"]["lr"]))
+            best = max(grid, key=lambda r: (rank(r["val_map"]), -r["setting"]["lr"]))
             tuning.append({"arm": arm, "pool": pool, "chosen": best["setting"], "at_edge": best in (grid[0], grid[-1]),
                            "grid": [{"setting": r["setting"], "val_map": r["val_map"]} for r in grid]})
             for seed in study.seeds:
