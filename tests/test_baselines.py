@@ -1,6 +1,5 @@
 """Baselines (KD, Supervised, Ensemble), the efficiency counts, and the seeds' claims."""
 
-import dataclasses
 import json
 import re
 
@@ -8,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from kalib.method.baselines import TeacherEnsemble, kd_epochs
+from kalib.method.baselines import TeacherEnsemble, kd_student
 from kalib.method.filters import task_plan
-from kalib.method.student import freeze
+from kalib.method.student import freeze, init_student
 from kalib.report import claims
 from kalib.report.efficiency import count_macs, efficiency
 from kalib.runs import baselines as baseline_runs
 from kalib.runs import seeds
+from kalib.runs.budget import run_macs
 from kalib.runs.checkpoints import load_model
 from kalib.runs.presets import get_preset
 from kalib.runs.state import teacher_files
@@ -34,32 +34,41 @@ class Guarded:
         return getattr(self._bench, name)
 
 
-def test_kd_epochs_match_the_image_passes_of_block_training_and_finetuning():
-    quick = get_preset("quick")
-    # (1+1+2+2+4+4+8+8) epochs x 7,000 images + 3 x 7,000 fine-tuning = 231,000 passes over 15,500 images
-    assert kd_epochs(quick, 8, 15500) == 15
-    assert kd_epochs(quick.replace(kd=dataclasses.replace(quick.baselines.kd, epochs=4)), 8, 15500) == 4
-    smoke = get_preset("smoke")      # 1 epoch per block over all 448 training images, 1 fine-tuning epoch
-    assert kd_epochs(smoke, 8, 448) == 9
-
-
-def test_kd_reads_no_labels_and_is_reused_then_retrained_when_corrupt(smoke_bench, smoke_teachers, tmp_path):
+def test_kd_trains_at_the_main_targetnet_s_training_macs_and_reads_no_labels(smoke_bench, smoke_teachers,
+                                                                              smoke_target, tmp_path):
     preset = get_preset("smoke")
-    fast = preset.replace(kd=dataclasses.replace(preset.baselines.kd, epochs=1))
     bench = Guarded(smoke_bench, ["train_labels", "pool_labels", "train_images"])
     logs = []
-    record = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
-    assert record["row"] == "KD" and record["schedule"]["epochs"] == 1 and len(record["loss"]) == 1
+    main = smoke_target[1]
+    record = baseline_runs.kd_run(preset, bench, smoke_teachers, tmp_path, seed=0, log=logs.append, main_record=main)
+    assert record["row"] == "KD" and record["head"] == "teachers" and len(record["loss"]) == 1
     assert record["images"] == len(smoke_bench.pool_images) - preset.student.loss_slice
+    assert abs(record["train_macs"] / record["budget_macs"] - 1) <= 0.10        # equal compute
+    assert record["image_passes"] % preset.baselines.kd.batch_size == 0
     assert set(record["test_ap"]) == set(smoke_bench.label_names) | {"mAP"}
+    teachers, plan, _, _ = baseline_runs._teachers(preset, smoke_teachers)
+    macs = run_macs(preset, teachers, plan, [main["branch_block"][t] for t in plan.tasks], smoke_bench.pool_images[:8],
+                    train_images=record["images"])
+    assert record["budget_macs"] == macs["total"]                 # the budget is the main run's training MACs
     weights = (tmp_path / "KD.pt").read_bytes()
-    again = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
+    again = baseline_runs.kd_run(preset, bench, smoke_teachers, tmp_path, seed=0, log=logs.append, main_record=main)
     assert again == record and any("re-using" in line for line in logs)
     assert (tmp_path / "KD.pt").read_bytes() == weights
     (tmp_path / "KD.pt").write_bytes(weights[:100])                     # truncated: trained again
-    redone = baseline_runs.kd_run(fast, bench, smoke_teachers, tmp_path, seed=0, log=logs.append)
+    redone = baseline_runs.kd_run(preset, bench, smoke_teachers, tmp_path, seed=0, log=logs.append, main_record=main)
     assert redone["test_ap"] == record["test_ap"]                      # deterministic
     load_model(tmp_path / "KD.pt")
+
+
+def test_the_kd_student_starts_with_the_teachers_head_rows(smoke_teachers):
+    preset = get_preset("smoke")
+    teachers, plan, _, _ = baseline_runs._teachers(preset, smoke_teachers)
+    student = kd_student(init_student("teacher-mean", teachers), teachers, plan)
+    for i, (n, j) in enumerate(zip(plan.teacher, plan.local)):
+        assert torch.equal(student.head.fc.weight[i], teachers[n].head.fc.weight[j])
+    torch.manual_seed(0)
+    assert not torch.equal(kd_student(init_student("teacher-mean", teachers), teachers, plan, "random").head.fc.weight,
+                           student.head.fc.weight)
 
 
 def test_supervised_reads_only_the_train_split(smoke_bench, smoke_teachers, tmp_path):

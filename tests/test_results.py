@@ -171,3 +171,12 @@ def test_the_readme_headline_numbers_are_the_committed_seed_means():
     quoted = re.findall(r"(\d+\.\d) ± (\d\.\d)\b", headline + brief)
     assert len(quoted) >= 8
     assert not set(quoted) - pairs, f"README numbers not in figures/seeds.json: {set(quoted) - pairs}"
+
+
+def test_a_run_says_the_epochs_each_block_gets():
+    from kalib.runs.amalgamation import block_plan
+    quick = get_preset("quick").student
+    line = block_plan(quick, ["b1_1", "b1_2", "b2_1", "b2_2", "b3_1", "b3_2", "b4_1", "b4_2"], 15500)
+    assert "b1_1 1, b1_2 1, b2_1 2, b2_2 2, b3_1 4, b3_2 4, b4_1 8, b4_2 8 epochs" in line and "7,000 pool images" in line
+    assert "d1 1, d2 2, d3 4, d4 8 epochs" in block_plan(quick, ["d1", "d2", "d3", "d4"], 1000)   # a depth profile
+    assert "1,000 pool images" in block_plan(quick, ["d1", "d2", "d3", "d4"], 1000)

@@ -2,10 +2,11 @@
 amalgamation, each on the student's architecture.
 
 * ``KD``: multi-teacher knowledge distillation. The student network, from the same start as the
-  amalgamation student, trained end to end on the unlabeled pool against every teacher's sigmoid outputs
-  for the tasks of C: the loss of Eq. 7 on the student's own head instead of through filters and teacher
-  layers. No labels. Its epochs are matched to the image passes of block-wise training plus fine-tuning
-  (:func:`kd_epochs`), so it costs at least as much as the student.
+  amalgamation student and with the teachers' own head rows (:func:`kd_student`), trained end to end on the
+  unlabeled pool against every teacher's sigmoid outputs for the tasks of C: the loss of Eq. 7 on the
+  student's own head instead of through filters and teacher layers. No labels. It trains for a given number
+  of image passes (:func:`train_kd_passes`), which the run layer chooses so that KD's training MACs equal
+  the amalgamation's (:mod:`kalib.runs.budget`).
 * ``Supervised``: the same network from the generic start, trained with Eq. 2 on the train split's labels of
   every task of C, as long as the teachers together (what labels would buy).
 * ``Ensemble``: the teachers side by side (:class:`TeacherEnsemble`), i.e. the networks the TargetNet replaces.
@@ -14,7 +15,6 @@ amalgamation, each on the student's architecture.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import torch
@@ -25,35 +25,9 @@ from ..models.blocknet import BlockNet
 from ..train import Schedule, fit, optimise, to_input
 from .blockwise import filtered_loss
 from .filters import TaskPlan, select_tasks
-from .pool import epochs_per_block
 from .teachers import teacher_loss
 
 ROWS = ("Ensemble", "KD", "Supervised")
-
-
-def kd_epochs(preset, num_blocks: int, train_images: int) -> int:
-    """Epochs of the KD baseline over ``train_images`` pool images: at least the image passes of block-wise
-    training (``preset.student.block_epochs`` or ``preset.student.block.epochs`` per block over ``preset.student.block_images``) plus
-    fine-tuning, so KD never gets less training than the student. ``preset.baselines.kd.epochs > 0`` overrides."""
-    if preset.baselines.kd.epochs > 0:
-        return preset.baselines.kd.epochs
-    per_block = min(preset.student.block_images or train_images, train_images)
-    profile = epochs_per_block(preset.student.block_epochs, num_blocks) if preset.student.block_epochs else \
-        [preset.student.block.epochs] * num_blocks
-    passes = sum(profile) * per_block + preset.student.finetune.epochs * min(preset.student.finetune_images or train_images,
-                                                                    train_images)
-    return max(1, math.ceil(passes / train_images))
-
-
-def train_kd(student: BlockNet, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule, seed: int = 0,
-             **fit_kwargs) -> list[float]:
-    """The KD student: ``student`` (with a head of |C| outputs) fitted to the teachers' logits ``soft``
-    (``(len(images), |C|)``, C's order) on unlabeled ``images`` with the loss of Eq. 7. Returns the mean loss
-    per epoch (``fit_kwargs``: ``store``, ``device`` of :func:`kalib.train.fit`)."""
-    if student.num_classes != soft.shape[1]:
-        raise ValueError(f"the KD student has {student.num_classes} outputs, the soft targets {soft.shape[1]} tasks")
-    return fit(student, images, soft, lambda pred, target: filtered_loss(pred, target)[0], schedule, seed,
-               desc="KD", **fit_kwargs)
 
 
 def kd_student(start: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, head: str = "teachers") -> BlockNet:

@@ -24,7 +24,7 @@ from ..method.blockwise import Amalgamation, amalgamate, branch_logits
 from ..method.branch import branch_points, forced_branch_points, tolerant_branch_points
 from ..method.filters import TaskPlan, select_tasks, task_plan
 from ..method.finetune import finetune, heldout_loss
-from ..method.pool import block_subset, split_pool
+from ..method.pool import block_subset, epochs_per_block, split_pool
 from ..method.student import init_student, make_filters
 from ..method.targetnet import assemble, count_parameters
 from ..metrics import ap_dict, ap_voc07, mean_of
@@ -195,7 +195,16 @@ def _run_key(job: _Job, store: BlockStore) -> str:
     student = job.preset.student
     return digest([store.fingerprint, job.branch_at, dataclasses.asdict(student.finetune), student.finetune_images,
                    student.finetune_freeze_bn, job.evaluate, job.branch_curves, student.branch_tolerance,
-                   job.eval_split])
+                   job.eval_split, *([student.eq9_finetune_lr] if student.eq9_finetune_lr else [])])
+
+
+def finetune_schedule(student, variant: str):
+    """The fine-tuning schedule of a TargetNet variant: the preset's, at ``eq9_finetune_lr`` for the Eq. 9
+    TargetNet where the preset chose one for it (each rule's net gets the learning rate chosen for it on the
+    validation split)."""
+    if variant == "eq9" and student.eq9_finetune_lr:
+        return dataclasses.replace(student.finetune, lr=student.eq9_finetune_lr)
+    return student.finetune
 
 
 def _soft_targets(job: _Job, inputs: _Inputs) -> torch.Tensor:
@@ -219,11 +228,22 @@ def _train_blocks(job: _Job, inputs: _Inputs, store: BlockStore, soft: torch.Ten
     if done:
         store.load(done, result)
         job.log(f"resuming after block {student.block_names[done - 1]} ({done}/{student.num_blocks} finished)")
+    job.log(block_plan(s, student.block_names, len(inputs.train_idx)))
     return amalgamate(student, inputs.teachers, inputs.plan, inputs.pool, s.block, images_per_block=s.block_images,
                       block_epochs=s.block_epochs, heldout=s.loss_slice, seed=job.seed, soft=soft, filters=filters,
                       start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
                       augment=augment, device=job.device, hooks=store.hooks(done, student.block_names, job.log),
                       precision=job.precision)
+
+
+def block_plan(student, names, train_images: int) -> str:
+    """One line for the start of a run: the epochs each block gets (``block_epochs`` read as a depth profile
+    where its length is not the number of blocks) and the images it trains on."""
+    epochs = (epochs_per_block(student.block_epochs, len(names)) if student.block_epochs
+              else [student.block.epochs] * len(names))
+    images = min(student.block_images or train_images, train_images)
+    return (f"block-wise training: {', '.join(f'{n} {e}' for n, e in zip(names, epochs))} epochs, "
+            f"{images:,} pool images per block at lr {student.block.lr:g}")
 
 
 def _branch_out(job: _Job, inputs: _Inputs, result: Amalgamation, run_key: str) -> tuple[dict, dict]:
@@ -265,7 +285,7 @@ def _finetune_variants(job: _Job, inputs: _Inputs, store: BlockStore, result: Am
     the epoch files of the fine-tunings (removed once the record is saved); those of other branch blocks or
     fine-tuning settings are removed first."""
     s = job.preset.student
-    keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(s.finetune), s.finetune_images,
+    keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(finetune_schedule(s, name)), s.finetune_images,
                           s.finetune_freeze_bn]) for name, pts in variants.items()}
     partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
     for stale in store.dir.glob("finetune-*.partial.pt"):
@@ -294,7 +314,8 @@ def _assemble_and_finetune(job: _Job, inputs: _Inputs, result: Amalgamation, sof
     target = assemble(inputs.student, result.filters, inputs.teachers, plan, pts)
     pre_finetune = predict(target, inputs.eval_images, device=device) if job.evaluate else None
     held_before = heldout_loss(target, pool[held], soft[held], device=device)
-    losses = finetune(target, pool[ft_idx], soft[ft_idx], s.finetune, job.seed, freeze_bn=s.finetune_freeze_bn,
+    losses = finetune(target, pool[ft_idx], soft[ft_idx], finetune_schedule(s, name), job.seed,
+                      freeze_bn=s.finetune_freeze_bn,
                       device=device, store=store, augment=augment, teachers=inputs.teachers, plan=plan,
                       precision=job.precision)
     held_after = heldout_loss(target, pool[held], soft[held], device=device)

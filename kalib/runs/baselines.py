@@ -18,11 +18,12 @@ import torch
 from ..device import as_device, resolve_precision
 from ..errors import CheckpointError
 from ..memory import PeakMemory
-from ..method.baselines import TeacherEnsemble, kd_epochs, train_kd, train_supervised
+from ..method.baselines import TeacherEnsemble, kd_student, train_kd_passes, train_supervised
 from ..method.filters import task_plan
 from ..method.pool import split_pool
 from ..method.student import init_student
 from ..method.teachers import evaluate
+from .budget import kd_macs, kd_passes, run_macs
 from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest
 from .records import verify
@@ -79,25 +80,35 @@ def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable
     return record
 
 
-def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,
-           log=print) -> dict:
-    """The KD baseline (:func:`kalib.method.baselines.train_kd`) on the preset's amalgamation pool (its training
-    part; the held-out slice of Eq. 9 is left out as for the student), from the student's start."""
+def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None, log=print, *,
+           main_record: dict) -> dict:
+    """The KD baseline at equal training compute: the student's start with the teachers' own head rows
+    (:func:`kalib.method.baselines.kd_student`), trained end to end against the teachers' soft targets on the
+    preset's amalgamation pool (its training part; Eq. 9's held-out slice is left out, as for the student)
+    for as many image passes as give it the training MACs of the table's main TargetNet (``main_record``:
+    that run's record, whose branch blocks decide its fine-tuning's cost; :mod:`kalib.runs.budget`), at the
+    learning rate ``preset.baselines.kd.lr`` (chosen on the validation split at that budget)."""
     teachers, plan, paths, generic_path = _teachers(preset, teachers_dir)
     pool = bench.pool_images[:preset.student.pool_images or None]
     train_idx, _ = split_pool(len(pool), preset.student.loss_slice)
     soft = pool_soft_targets(teachers, plan, paths, bench, pool, teachers_dir, device)[train_idx]
-    schedule = dataclasses.replace(preset.baselines.kd, epochs=kd_epochs(preset, teachers[0].num_blocks, len(train_idx)))
-    generic = load_model(generic_path)[0] if preset.student.student_init == "generic" else None
-    torch.manual_seed(seed)
-    student = init_student(preset.student.student_init, teachers, generic, seed).with_new_head(len(plan.tasks))
-    settings = {"row": "KD", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
-                "init": preset.student.student_init, "images": len(train_idx), "schedule": dataclasses.asdict(schedule),
-                "seed": seed, "tasks": list(plan.tasks), **_precision(preset, device)}
     images = pool[train_idx]
+    budget = run_macs(preset, teachers, plan, [main_record["branch_block"][t] for t in plan.tasks], images[:8],
+                      train_images=len(train_idx))["total"]
+    generic = load_model(generic_path)[0] if preset.student.student_init == "generic" else None
+    torch.manual_seed(seed)                   # as the crossover study's KD arm: the same network from a seed
+    student = kd_student(init_student(preset.student.student_init, teachers, generic, seed), teachers, plan)
+    kd = preset.baselines.kd
+    image_passes = kd_passes(budget, student, teachers, plan, images[:8], train_images=len(train_idx),
+                             batch_size=kd.batch_size)
+    macs = kd_macs(student, teachers, plan, images[:8], train_images=len(train_idx), image_passes=image_passes)
+    settings = {"row": "KD", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
+                "init": preset.student.student_init, "head": "teachers", "images": len(train_idx),
+                "schedule": dataclasses.asdict(kd), "budget_macs": budget, "image_passes": image_passes,
+                "train_macs": macs["total"], "seed": seed, "tasks": list(plan.tasks), **_precision(preset, device)}
     return _train_and_save(Path(out_dir) / "KD.pt", digest(settings), settings, student,
-                           lambda **kw: train_kd(student, images, soft, schedule, seed, **kw), bench, plan.tasks,
-                           device, log)
+                           lambda **kw: train_kd_passes(student, images, soft, kd, image_passes, seed, **kw),
+                           bench, plan.tasks, device, log)
 
 
 def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,

@@ -56,7 +56,7 @@ from .teachers import pretrain_set
 
 ARMS = ("amalgamation", "amalgamation-eq9", "kd", "kd-2x", "kd-randhead")
 KD_ARMS = {"kd": (1.0, "teachers"), "kd-2x": (2.0, "teachers"), "kd-randhead": (1.0, "random")}   # (MACs, head)
-VERSION = 1            # of the records' content; a record of another version is made again
+VERSION = 2            # of the records' keys (2: without the preset's learning rates); others are made again
 
 
 @dataclass(frozen=True)
@@ -165,11 +165,15 @@ def train_precision(ctx: Context) -> str:
 
 
 def record_key(ctx: Context, arm: str, pool: int, seed: int, lr: float) -> str:
-    """What a record's numbers depend on: data, teachers, the arm's settings, pool, seed, learning rate, and
-    a training precision other than fp32 (fp32 records keep the keys they had before precisions existed)."""
-    settings = (dataclasses.asdict(ctx.preset.student) if arm in ("amalgamation", "amalgamation-eq9")
-                else {"kd": dataclasses.asdict(ctx.preset.baselines.kd), "arm": KD_ARMS[arm],
-                      "budget_of": dataclasses.asdict(ctx.preset.student)})
+    """What a record's numbers depend on: data, teachers, the arm's settings (not the preset's own learning
+    rates of fine-tuning and KD, which a run replaces by its ``lr``), pool, seed, learning rate, and a
+    training precision other than fp32."""
+    student = dataclasses.asdict(ctx.preset.student)      # less the learning rates a run sets itself
+    student.pop("eq9_finetune_lr")
+    student["finetune"].pop("lr")
+    kd = {k: v for k, v in dataclasses.asdict(ctx.preset.baselines.kd).items() if k != "lr"}
+    settings = student if arm in ("amalgamation", "amalgamation-eq9") else {"kd": kd, "arm": KD_ARMS[arm],
+                                                                            "budget_of": student}
     return digest({"version": VERSION, "data": ctx.bench.spec.key(), "teachers": ctx.teacher_key, "arm": arm,
                    "pool": pool, "seed": seed, "lr": lr, "settings": settings,
                    **({"precision": train_precision(ctx)} if train_precision(ctx) != "fp32" else {})})

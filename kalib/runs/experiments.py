@@ -117,6 +117,8 @@ def ensure_amalgamation(preset: Preset, bench, out_dir: str | Path, variant: str
     (Alg. 1); finished blocks and runs are re-used. The branch-out curves (Fig. 3, the Target b1…b4 rows)
     are measured for the two-teacher runs only. Returns the run record (also in ``run.json``)."""
     ensure_teachers(preset, bench, out_dir, variant, teacher_set, seed, log, device)
+    if (variant, teacher_set) != ("table1", "2"):
+        log(f"{variant} {ROW_OF_SET[teacher_set]} (a side run) changes: {side_run_changes(preset, variant, teacher_set)}")
     return run(bench, for_run(preset, variant, teacher_set), teachers_dir(out_dir, variant),
                run_dir(out_dir, variant, teacher_set), teacher_set=teacher_set, seed=seed, log=log, device=device,
                branch_curves=teacher_set == "2")
@@ -151,20 +153,22 @@ def baselines_dir(out_dir: str | Path, variant: str = "table1") -> Path:
 def baseline_jobs(preset: Preset, bench, out_dir: str | Path, variant: str = "table1", seed: int | None = None,
                   log=print, device=None) -> dict[str, Callable[[], dict]]:
     """The KD and Supervised baselines of one table (:mod:`kalib.runs.baselines`) as independent jobs; their
-    teachers must exist. Table 2's supervised network starts from Table 1's (as its teachers do)."""
+    teachers, and for KD the table's main amalgamation (its budget), must exist. Table 2's supervised network
+    starts from Table 1's (as its teachers do)."""
     seed = preset.seed if seed is None else seed
     run_preset = for_run(preset, variant, "2")
     tdir, bdir = teachers_dir(out_dir, variant), baselines_dir(out_dir, variant)
     warm = baselines_dir(out_dir, "table1") / "Supervised.pt" if variant != "table1" else None
-    return {"KD": lambda: kd_run(run_preset, bench, tdir, bdir, seed, device, log),
+    return {"KD": lambda: kd_run(run_preset, bench, tdir, bdir, seed, device, log,
+                                 main_record=load_run(out_dir, variant, "2")),
             "Supervised": lambda: supervised_run(run_preset, bench, tdir, bdir, seed, device, log, warm_start=warm)}
 
 
 def ensure_baselines(preset: Preset, bench, out_dir: str | Path, variant: str = "table1", seed: int | None = None,
                      log=print, device=None) -> dict[str, dict]:
-    """Teachers, then the rows ``KD``, ``Supervised`` (trained side by side, or re-used) and ``Ensemble`` of one
-    table: row -> record with ``test_ap`` and ``val_ap``."""
-    ensure_teachers(preset, bench, out_dir, variant, "2", seed, log, device)
+    """The table's main amalgamation (KD's budget), then the rows ``KD``, ``Supervised`` (trained side by side, or
+    re-used) and ``Ensemble`` of one table: row -> record with ``test_ap`` and ``val_ap``."""
+    ensure_amalgamation(preset, bench, out_dir, variant, "2", seed, log, device)
     jobs = baseline_jobs(preset, bench, out_dir, variant, seed, log, device)
     records = dict(zip(jobs, run_parallel(list(jobs.values()), device=device)))
     records["Ensemble"] = _ensemble(preset, bench, out_dir, variant, device)
@@ -194,12 +198,13 @@ def side_jobs(preset: Preset, bench, out_dir: str | Path, variant: str, seed: in
 def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int | None = None, log=print,
                   device=None) -> dict[tuple[str, str], dict]:
     """Every run of Tables 1 and 2: (variant, teacher set) -> amalgamation run record, and (variant, row) ->
-    baseline record for the rows ``KD``, ``Supervised`` and ``Ensemble``. The main run first (it is notebook
-    02's), then Table 1's baselines and side runs side by side (:func:`side_jobs`), then Table 2's (its
-    teachers start from Table 1's); independent runs share the CPU cores (:func:`kalib.runs.parallel.run_parallel`)."""
-    runs = {("table1", "2"): ensure_amalgamation(preset, benches["table1"], out_dir, "table1", "2", seed, log, device)}
+    baseline record for the rows ``KD``, ``Supervised`` and ``Ensemble``. Per table its main run first (Table 1's
+    is notebook 02's; KD's budget is its training MACs), then its baselines and side runs side by side
+    (:func:`side_jobs`); Table 2 after Table 1 (its teachers start from Table 1's); independent runs share the CPU cores (:func:`kalib.runs.parallel.run_parallel`)."""
+    runs = {}
     for variant in variants(preset):
-        ensure_teachers(preset, benches[variant], out_dir, variant, "2", seed, log, device)
+        # the table's main run first: the KD baseline trains at its training MACs
+        runs[variant, "2"] = ensure_amalgamation(preset, benches[variant], out_dir, variant, "2", seed, log, device)
         jobs = side_jobs(preset, benches[variant], out_dir, variant, seed, log, device, done=runs)
         todo = list(jobs)
         records = run_parallel(list(jobs.values()), device=device, on_done=lambda i, r: log(

@@ -92,7 +92,8 @@ class Student:
     ``branch_tolerance`` 0 is Eq. 9; > 0 (beyond the paper) takes the deepest block within that many nats of
     the minimum. The TargetNet is fine-tuned with ``finetune`` over ``finetune_images`` pool images, keeping
     the BatchNorm statistics where ``finetune_freeze_bn``. ``filter_reduction``: Eq. 4's hidden width is
-    channels / reduction. ``amalgamation_cache``: dtype of the cached F_u^{k-1}. ``pair_block_images``:
+    channels / reduction. ``eq9_finetune_lr``: the learning rate of the Eq. 9 TargetNet's fine-tuning where a
+    preset shows it beside another rule's (0: ``finetune.lr``). ``amalgamation_cache``: dtype of the cached F_u^{k-1}. ``pair_block_images``:
     images per block of the two-task Fig. 3 students (0: ``block_images``)."""
     block: Schedule = Schedule(epochs=1, lr=0.1, batch_size=32, weight_decay=5e-4)
     pool_images: int = 0
@@ -103,13 +104,15 @@ class Student:
     finetune: Schedule = Schedule(epochs=1, lr=0.01, batch_size=32, weight_decay=5e-4)
     finetune_images: int = 0
     finetune_freeze_bn: bool = True
+    eq9_finetune_lr: float = 0.0
     filter_reduction: int = 4
     branch_tolerance: float = 0.0
     amalgamation_cache: str = "float32"
     pair_block_images: int = 0
 
     def __post_init__(self):
-        problems = non_negative(self, "pool_images", "block_images", "finetune_images", "pair_block_images")
+        problems = non_negative(self, "pool_images", "block_images", "finetune_images", "pair_block_images",
+                                "eq9_finetune_lr")
         if not self.loss_slice >= 1:
             problems.append(f"loss_slice must be >= 1 (held-out pool images), got {self.loss_slice}")
         if any(not e >= 0 for e in self.block_epochs):
@@ -128,8 +131,9 @@ class Student:
 
 @dataclass(frozen=True)
 class Baselines:
-    """The KD baseline (beyond the paper): its schedule; ``kd.epochs`` 0 means as many epochs as match the
-    student's training (:func:`kalib.method.baselines.kd_epochs`)."""
+    """The KD baseline (beyond the paper): its batch size, learning rate and optimiser. It trains for the image
+    passes that give it the training MACs of its table's main TargetNet (:func:`kalib.runs.baselines.kd_run`),
+    so ``kd.epochs`` is not read."""
     kd: Schedule = Schedule(epochs=0, lr=0.1, batch_size=64, weight_decay=5e-4)
 
 
