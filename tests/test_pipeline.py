@@ -85,3 +85,29 @@ def test_a_lesson_run_from_the_file_system_root_keeps_its_paths(tmp_path):
     assert f"Output in {tmp_path}/out" in (tmp_path / "a.html").read_text()
     render_lesson(tmp_path / "a.ipynb", tmp_path / "b.html", root=tmp_path)
     assert "Output in out" in (tmp_path / "b.html").read_text()
+
+
+def test_the_notebooks_are_found_in_a_checkout_or_where_pip_installs_them(tmp_path, monkeypatch):
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from kalib.runs import pipeline
+    root = Path(pipeline.__file__).resolve().parents[2]
+    assert pipeline.find_notebooks() == root / "notebooks"            # this source checkout
+    # the wheel carries them as data-files under share/kalib/notebooks (pyproject.toml) ...
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    patterns = data["share/kalib/notebooks"]
+    shipped = {p.name for pattern in patterns for p in root.glob(pattern)}
+    assert {f"{name}.ipynb" for name in pipeline.NOTEBOOKS} <= shipped
+    # ... where an installed kalib (no checkout beside its package) finds them
+    installed = tmp_path / "share" / "kalib" / "notebooks"
+    installed.mkdir(parents=True)
+    for name in pipeline.NOTEBOOKS:
+        (installed / f"{name}.ipynb").write_text("{}")
+    monkeypatch.setattr(pipeline, "__file__", str(tmp_path / "site-packages" / "kalib" / "runs" / "pipeline.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert pipeline.find_notebooks() == installed
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="lesson notebooks are in none of"):
+        pipeline.find_notebooks()

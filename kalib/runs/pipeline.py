@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,16 @@ from ..report.results import write_results
 from .config import override
 from .presets import get_preset
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+def find_notebooks() -> Path:
+    """Where the lesson notebooks are: a source checkout's ``notebooks/`` (a clone, an editable install), else
+    the copy an installed kalib carries (``share/kalib/notebooks`` under the environment's prefix, pyproject's
+    data-files)."""
+    places = [Path(__file__).resolve().parents[2] / "notebooks", Path(sys.prefix) / "share" / "kalib" / "notebooks"]
+    for place in places:
+        if (place / f"{NOTEBOOKS[0]}.ipynb").is_file():
+            return place
+    raise MissingFileError(f"the lesson notebooks are in none of {', '.join(map(str, places))}; reinstall kalib "
+                           "(pip install kalib puts them in the second) or run from a clone")
 NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
 KERNEL = "kalib"
 
@@ -90,7 +100,7 @@ RUN_STATE = ("notebooks", "lessons", "table1", "table2", "figures", "results.jso
 def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: int | None = None,
               data_root: str | Path | None = None, device: str | None = None, restart: bool = False,
               overrides=(),
-              figures: str | Path | None = None, notebooks=NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
+              figures: str | Path | None = None, notebooks=NOTEBOOKS, notebook_dir: Path | None = None,
               log=print) -> dict:
     """Run ``notebooks`` in order with papermill; returns the content of ``OUT/results.json``.
 
@@ -101,9 +111,9 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
 
     precision = resolve_precision(override(get_preset(preset), overrides).precision, resolve_device(device))
 
+    notebook_dir = find_notebooks() if notebook_dir is None else Path(notebook_dir)
     if not notebook_dir.is_dir():
-        raise MissingFileError(f"notebooks not found in {notebook_dir}; run from a clone of the kalib "
-                                "repository (the notebooks are not part of the wheel)")
+        raise MissingFileError(f"notebooks not found in {notebook_dir}")
     out = Path(out_dir).resolve()
     if restart:
         for name in RUN_STATE:
