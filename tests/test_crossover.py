@@ -121,6 +121,8 @@ def test_a_grid_grows_until_its_best_is_inside():
     assert grid_step({0.02: 3.0, 0.05: 2.0, 0.1: 1.0}, 6) == 0.01
     assert grid_step({0.02: 1.0, 0.05: 3.0, 0.1: 2.0}, 6) is None
     assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: 3.0}, 3) is None          # full: stays at the edge
+    assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: None}, 6) is None         # 0.1 diverged: the best is inside
+    assert grid_step({0.02: None, 0.05: 2.0, 0.1: 1.0}, 6) is None
     peak = 0.4
     runs = tuned(lambda lr: {"setting": {"lr": lr}, "val_map": -abs(math.log(lr / peak))}, [0.02, 0.05, 0.1], 6)
     assert [r["setting"]["lr"] for r in runs] == [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
