@@ -1,0 +1,206 @@
+"""The lessons' exercise checkers (kalib.report.exercises): each accepts the right answer, refuses a wrong one with a
+hint that does not give the answer away, and says "not answered yet" for ``answer = None`` without computing
+anything. Tiny random networks stand in for a run: the checkers compute their answers from whatever they are
+given."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kalib.method.filters import task_plan
+from kalib.method.student import freeze, init_student, make_filters
+from kalib.models import build_backbone
+from kalib.report import exercises as ex
+from kalib.report.crossover import interval
+from kalib.report.notebook import chance_map
+
+LABELS = [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2"]]
+TINY = {"width": 8}
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    teachers = freeze([build_backbone("resnet18_narrow", num_classes=len(g), **TINY) for g in LABELS])
+    plan = task_plan(None, LABELS)
+    student = init_student("teacher-mean", teachers).eval()
+    filters = make_filters(student, teachers, 4).eval()
+    images = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8)
+    return student, filters, teachers, plan, images
+
+
+def _record(losses: dict, chosen: dict, best: dict) -> dict:
+    tasks = list(losses)
+    return {"tasks": tasks, "blocks": list(next(iter(losses.values()))), "task_teacher": [1, 1, 2, 2][:len(tasks)],
+            "converged_loss": losses, "chosen_block": chosen, "ap_best_block": best}
+
+
+RECORD = _record({"a0": {"b1": 0.20, "b2": 0.21, "b3": 0.23}, "a1": {"b1": 0.30, "b2": 0.28, "b3": 0.29},
+                  "b0": {"b1": 0.10, "b2": 0.12, "b3": 0.15}, "b1": {"b1": 0.40, "b2": 0.41, "b3": 0.40}},
+                 chosen={"a0": "b1", "a1": "b2", "b0": "b1", "b1": "b1"},
+                 best={"a0": "b1", "a1": "b3", "b0": "b1", "b1": "b2"})
+
+
+def _assert_refused_without_the_answer(check: ex.Check, truth) -> None:
+    assert check.ok is False and not check and "Hint:" in check.message
+    shown = [str(truth)] if not isinstance(truth, float) else [f"{truth:.{d}f}" for d in (2, 3, 4)]
+    assert not any(s in check.message for s in shown), f"the hint gives the answer away: {check.message}"
+
+
+def _assert_unanswered(check: ex.Check) -> None:
+    assert check.ok is None and not check and check.message.startswith("Not answered yet")
+
+
+def test_a_check_shows_its_message_and_is_true_only_when_right():
+    assert bool(ex.right()) and repr(ex.right("Well done.")) == "Right. Well done."
+    assert not ex.wrong("look again") and ex.wrong("look again")._repr_markdown_() == "Not yet. Hint: look again"
+    assert not ex.Check(None, ex.NOT_ANSWERED)
+
+
+def test_numbers_are_told_too_high_or_too_low_and_non_numbers_refused():
+    assert ex.number(1.0001, 1.0, 1e-3, "h")
+    assert "too high" in ex.number(1.2, 1.0, 1e-3, "h").message
+    assert "too low" in ex.number(0.8, 1.0, 0.1, "h", relative=True).message
+    assert "one number" in ex.number("one", 1.0, 1e-3, "h").message
+    assert "one number" in ex.number(math.nan, 1.0, 1e-3, "h").message
+    _assert_unanswered(ex.number(None, 1.0, 1e-3, "h"))
+
+
+def test_teacher2_loss(nets):
+    teachers, images = nets[2], nets[4]
+    labels = (torch.rand(len(images), 3) > 0.5).float()
+    from kalib.method.teachers import teacher_loss
+    from kalib.train import to_input
+    with torch.no_grad():
+        truth = float(teacher_loss(teachers[1](to_input(images)), labels))
+    assert ex.check_teacher2_loss(truth, teachers[1], images, labels)
+    _assert_refused_without_the_answer(ex.check_teacher2_loss(truth * 1.1, teachers[1], images, labels), truth)
+    _assert_unanswered(ex.check_teacher2_loss(None, teachers[1], images, labels))
+
+
+def test_rarest_chance_and_percent_not_fraction():
+    rng = np.random.default_rng(0)
+    labels = torch.tensor((rng.random((400, 4)) < [0.4, 0.3, 0.1, 0.5]).astype(np.float32))
+    truth = float(np.mean([chance_map(labels[:, [2]].numpy(), seed=s) for s in range(5)]))
+    assert ex.check_rarest_chance(chance_map(labels[:, [2]]), labels)
+    _assert_refused_without_the_answer(ex.check_rarest_chance(chance_map(labels[:, [3]]), labels), truth)
+    assert "percent" in ex.check_rarest_chance(truth / 100, labels).message
+    _assert_unanswered(ex.check_rarest_chance(None, labels))
+
+
+def test_last_stage_share():
+    truth = ex.stage_share("resnet18_narrow", TINY)
+    assert 0.5 < truth < 1
+    assert ex.check_last_stage_share(truth, "resnet18_narrow", TINY)
+    _assert_refused_without_the_answer(ex.check_last_stage_share(truth - 0.1, "resnet18_narrow", TINY), truth)
+    assert "fraction" in ex.check_last_stage_share(100 * truth, "resnet18_narrow", TINY).message
+    _assert_unanswered(ex.check_last_stage_share(None, "resnet18_narrow", TINY))
+
+
+def test_task_plan_by_hand():
+    c = ["a2", "b1", "a0"]
+    assert ex.check_task_plan([[2, 0], [1]], c, LABELS)
+    assert "order" in ex.check_task_plan([[0, 2], [1]], c, LABELS).message
+    assert "one list per teacher" in ex.check_task_plan([[2, 0]], c, LABELS).message
+    assert "position" in ex.check_task_plan([[0, 2], [4]], c, LABELS).message
+    assert "list" in ex.check_task_plan(3, c, LABELS).message
+    _assert_unanswered(ex.check_task_plan(None, c, LABELS))
+
+
+def test_half_gate_and_eq5_balance(nets):
+    student, filters, teachers, _, images = nets
+    shift = ex.half_gate_shift(student, teachers, images)
+    assert shift > 0
+    assert ex.check_half_gate(shift, student, teachers, images)
+    _assert_refused_without_the_answer(ex.check_half_gate(shift * 2, student, teachers, images), shift)
+    _assert_unanswered(ex.check_half_gate(None, student, teachers, images))
+    lam = 1 / ex.eq5_by_block(student, filters, teachers, images)[-1]
+    assert ex.check_eq5_balance(lam, student, filters, teachers, images)
+    _assert_refused_without_the_answer(ex.check_eq5_balance(lam * 1.5, student, filters, teachers, images), lam)
+    _assert_unanswered(ex.check_eq5_balance(None, student, filters, teachers, images))
+
+
+def test_teacher2_share():
+    truth = (0.15 + 0.40) / 2
+    assert ex.teacher_mean_loss(RECORD, 2) == pytest.approx(truth)
+    assert ex.check_teacher2_share(truth, RECORD)
+    _assert_refused_without_the_answer(ex.check_teacher2_share(ex.teacher_mean_loss(RECORD, 1), RECORD), truth)
+    _assert_unanswered(ex.check_teacher2_share(None, RECORD))
+
+
+def test_floors_and_temperature(nets):
+    _, _, teachers, plan, images = nets
+    h = ex.floors(teachers, plan, images)
+    top = max(h, key=h.get)
+    assert ex.check_highest_floor(top, teachers, plan, images)
+    other = min(h, key=h.get)
+    assert not ex.check_highest_floor(other, teachers, plan, images)
+    assert "task name" in ex.check_highest_floor("nothing", teachers, plan, images).message
+    assert "task name" in ex.check_highest_floor(["a0"], teachers, plan, images).message
+    _assert_unanswered(ex.check_highest_floor(None, teachers, plan, images))
+    hot = float(np.mean(list(ex.floors(teachers, plan, images, 2.0).values())))
+    assert hot >= float(np.mean(list(h.values()))), "a temperature above 1 raises the entropy floor"
+    assert ex.check_temperature_floor(hot, teachers, plan, images, 2.0)
+    _assert_refused_without_the_answer(ex.check_temperature_floor(hot * 0.9, teachers, plan, images, 2.0), hot)
+    _assert_unanswered(ex.check_temperature_floor(None, teachers, plan, images))
+
+
+def test_forced_params(nets):
+    student, filters, teachers, plan, _ = nets
+    truth = ex.forced_params(student, filters, teachers, plan, "b3")
+    assert ex.check_forced_params(truth, student, filters, teachers, plan, "b3")
+    _assert_refused_without_the_answer(ex.check_forced_params(truth - 1, student, filters, teachers, plan, "b3"), truth)
+    assert "int" in ex.check_forced_params("many", student, filters, teachers, plan, "b3").message
+    _assert_unanswered(ex.check_forced_params(None, student, filters, teachers, plan, "b3"))
+
+
+def test_all_last_tolerance_and_eq9_matches():
+    truth = ex.all_last_tolerance(RECORD)
+    assert truth == pytest.approx(0.05)                 # b0: 0.15 at the last block against its minimum 0.10
+    assert ex.check_all_last_tolerance(truth, RECORD)
+    assert "still leaves" in ex.check_all_last_tolerance(0.02, RECORD).message
+    assert "smaller" in ex.check_all_last_tolerance(0.1, RECORD).message
+    _assert_unanswered(ex.check_all_last_tolerance(None, RECORD))
+    assert ex.check_eq9_matches(2, RECORD)
+    _assert_refused_without_the_answer(ex.check_eq9_matches(3, RECORD), 2)
+    _assert_unanswered(ex.check_eq9_matches(None, RECORD))
+
+
+def test_top1_of1():
+    rng = np.random.default_rng(1)
+    targets = torch.tensor((rng.random((60, 5)) < 0.3).astype(np.float32))
+    scores = torch.tensor(rng.random((60, 5)), dtype=torch.float32)
+    from kalib.metrics import topk_metrics
+    truth = float(topk_metrics(scores.numpy(), targets.numpy(), k=1)["OF1"])
+    assert ex.check_top1_of1(truth, scores, targets)
+    _assert_refused_without_the_answer(ex.check_top1_of1(truth + 5, scores, targets), truth)
+    assert "percent" in ex.check_top1_of1(truth / 100, scores, targets).message
+    _assert_unanswered(ex.check_top1_of1(None, scores, targets))
+
+
+def test_paired_interval():
+    diffs = [0.8, 1.6, 0.9]
+    _, (low, high) = interval(diffs)
+    assert ex.check_paired_interval([low, high], diffs)
+    assert "centred" in ex.check_paired_interval([low + 1, high + 1], diffs).message
+    assert "half-width" in ex.check_paired_interval([low + 0.3, high - 0.3], diffs).message
+    assert "pair" in ex.check_paired_interval(1.0, diffs).message
+    _assert_unanswered(ex.check_paired_interval(None, diffs))
+    assert ex.check_paired_interval([0, 1], [0.5]).ok is None
+
+
+def test_crossover_wins():
+    summary = {"paired": [{"pool": 500, "a": "amalgamation", "b": "kd", "ci95": [0.2, 1.0]},
+                          {"pool": 1000, "a": "amalgamation", "b": "kd", "ci95": [-0.1, 0.9]},
+                          {"pool": 2000, "a": "amalgamation", "b": "kd", "ci95": [-1.0, -0.2]},
+                          {"pool": 500, "a": "amalgamation", "b": "kd-2x", "ci95": [0.1, 0.5]}]}
+    assert ex.crossover_wins(summary) == [500]
+    assert ex.check_crossover_wins([500], summary)
+    assert "tie" in ex.check_crossover_wins([500, 1000], summary).message
+    assert not ex.check_crossover_wins([], summary)
+    assert "list" in ex.check_crossover_wins(500, summary).message
+    _assert_unanswered(ex.check_crossover_wins(None, summary))
+    missing = ex.check_crossover_wins([500], None)
+    assert missing.ok is None and "make study" in missing.message
