@@ -43,8 +43,18 @@ def copy_set2(preset, src: Path, out: Path) -> None:
         (shutil.copytree if path.is_dir() else shutil.copyfile)(path, dst / path.name)
 
 
-def time_order(preset, bench, src: Path, out: Path, order) -> dict:
+def main_record(preset, bench, src: Path, work: Path) -> Path:
+    """The run.json of Table 1's main amalgamation (notebook 02's; the KD baseline's budget is its training
+    MACs), made once in ``work`` from a copy of the teachers."""
+    copy_set2(preset, src, work)
+    experiments.ensure_amalgamation(preset, bench, work, log=lambda *a, **k: None)
+    return experiments.run_dir(work) / "run.json"
+
+
+def time_order(preset, bench, src: Path, out: Path, order, main: Path) -> dict:
     copy_set2(preset, src, out)
+    experiments.run_dir(out).mkdir(parents=True)
+    shutil.copyfile(main, experiments.run_dir(out) / "run.json")
     jobs = experiments.side_jobs(preset, bench, out, "table1", log=lambda *a, **k: None, done={("table1", "2")})
     keys = order(list(jobs))
     rows = [experiments.ROW_OF_SET.get(k[1], k[1]) for k in keys]
@@ -67,9 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     bench = experiments.load_variant(preset, "table1")
     result = {"preset": preset.name, "workers": default_workers(), "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg()[0], "orders": {}}
+    main = main_record(preset, bench, Path(args.teachers), Path(args.work) / "main")
     for name, order in ORDERS.items():
         result["orders"][name] = timed = time_order(preset, bench, Path(args.teachers), Path(args.work) / name.split()[0],
-                                                    order)
+                                                    order, main)
         print(f"{name}: {timed['wall_s']:.0f} s; started {', '.join(timed['started'])}; ended "
               + ", ".join(f"{job} at {s:.0f} s" for job, s in timed["ended_s"].items()), flush=True)
     old, new = (result["orders"][n]["wall_s"] for n in ORDERS)

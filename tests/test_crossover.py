@@ -168,3 +168,19 @@ def test_the_command_refuses_what_the_study_does_not_have(capsys, tmp_path):
     assert main(["study", "crossover", "--preset", "smoke", "--out", str(tmp_path), "--pools", "96,999"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--pools 999: not part of the smoke study; choose from 96,192" in err
+
+
+def test_a_record_s_key_ignores_the_preset_s_own_learning_rates():
+    from types import SimpleNamespace
+
+    from kalib.runs import crossover
+    smoke = crossover.get_preset("smoke")
+    retuned = smoke.replace(finetune=smoke.student.finetune.__class__(**{**smoke.student.finetune.__dict__, "lr": 0.3}),
+                            eq9_finetune_lr=0.01, kd=smoke.baselines.kd.__class__(**{**smoke.baselines.kd.__dict__,
+                                                                                      "lr": 0.7}))
+    ctx = lambda p: SimpleNamespace(preset=p, bench=SimpleNamespace(spec=SimpleNamespace(key=lambda: "d")),
+                                    teacher_key=["t"])
+    for arm in ("amalgamation", "amalgamation-eq9", "kd", "kd-2x"):
+        assert crossover.record_key(ctx(smoke), arm, 96, 0, 0.1) == crossover.record_key(ctx(retuned), arm, 96, 0, 0.1)
+    assert crossover.record_key(ctx(smoke.replace(block_images=7)), "kd", 96, 0, 0.1) != \
+        crossover.record_key(ctx(smoke), "kd", 96, 0, 0.1)
