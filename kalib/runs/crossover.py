@@ -20,6 +20,7 @@ started on another machine from a clone, re-uses every record and ends with the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import subprocess
@@ -279,51 +280,58 @@ def chosen_lr(ctx: Context, arm: str, pool: int) -> float:
 def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[dict]:
     """Both amalgamation arms at ``pool`` and ``seed``: block-wise training once (its blocks cached and
     resumable in ``cache/blocks``), then for each branch-out rule the TargetNet fine-tuned at every
-    learning rate of the grid (``tune``, the first seed) or at the chosen one. Returns the records."""
-    s, names = ctx.preset.student, None
+    learning rate of the grid (``tune``, the first seed) or at the chosen one. Returns the records. The
+    blocks are trained (or loaded) only when a run has no record yet."""
+    s = ctx.preset.student
     idx = torch.cat([pool_subset(ctx, pool, seed), ctx.held_idx])
     images, soft = ctx.bench.pool_images[idx], ctx.soft[idx]
-    student = init_student(s.student_init, ctx.teachers, None, seed)
-    torch.manual_seed(seed)                                  # the filters' start, as in every run of this seed
-    filters = make_filters(student, ctx.teachers, s.filter_reduction)
-    store = BlockStore(ctx.cache / "blocks" / f"N{pool}-s{seed}", record_key(ctx, "amalgamation", pool, seed, 0))
-    store.prepare({"pool": pool, "seed": seed, "teachers": ctx.teacher_key})
-    names = student.block_names
-    result = Amalgamation(student, filters, ctx.plan, np.full((len(names), len(ctx.plan.tasks)), np.nan))
-    done = store.last_finished(len(names))
-    if done:
-        store.load(done, result)
-    t0 = time.perf_counter()
-    result = amalgamate(student, ctx.teachers, ctx.plan, images, s.block, images_per_block=s.block_images,
-                        block_epochs=s.block_epochs, heldout=s.loss_slice, seed=seed, soft=soft, filters=filters,
-                        start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
-                        hooks=store.hooks(done, names), precision=train_precision(ctx))
-    blocks_s = time.perf_counter() - t0
-    rules = {"amalgamation": tolerant_branch_points(result.losses, s.branch_tolerance),
-             "amalgamation-eq9": branch_points(result.losses)}
     train_idx, _ = split_pool(len(images), s.loss_slice)
     ft_idx = block_subset(train_idx, 0, s.finetune_images, seed)
+
+    @functools.cache
+    def blocks() -> tuple[Amalgamation, float]:
+        student = init_student(s.student_init, ctx.teachers, None, seed)
+        torch.manual_seed(seed)                              # the filters' start, as in every run of this seed
+        filters = make_filters(student, ctx.teachers, s.filter_reduction)
+        store = BlockStore(ctx.cache / "blocks" / f"N{pool}-s{seed}", record_key(ctx, "amalgamation", pool, seed, 0))
+        store.prepare({"pool": pool, "seed": seed, "teachers": ctx.teacher_key})
+        names = student.block_names
+        result = Amalgamation(student, filters, ctx.plan, np.full((len(names), len(ctx.plan.tasks)), np.nan))
+        done = store.last_finished(len(names))
+        if done:
+            store.load(done, result)
+        t0 = time.perf_counter()
+        result = amalgamate(student, ctx.teachers, ctx.plan, images, s.block, images_per_block=s.block_images,
+                            block_epochs=s.block_epochs, heldout=s.loss_slice, seed=seed, soft=soft, filters=filters,
+                            start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
+                            hooks=store.hooks(done, names), precision=train_precision(ctx))
+        return result, time.perf_counter() - t0
+
+    def run_one(lr: float, arm: str) -> dict:
+        def train(partial: EpochFile) -> dict:
+            result, blocks_s = blocks()
+            student, filters, names = result.student, result.filters, result.student.block_names
+            points = (tolerant_branch_points(result.losses, s.branch_tolerance) if arm == "amalgamation"
+                      else branch_points(result.losses))
+            macs = amalgamation_macs(
+                student, filters, ctx.teachers, ctx.plan, images[:8], block_images=min(s.block_images or pool, pool),
+                block_epochs=(epochs_per_block(s.block_epochs, len(names)) if s.block_epochs
+                              else [s.block.epochs] * len(names)),
+                block_batch=s.block.batch_size, train_images=pool, heldout=s.loss_slice,
+                target=assemble(student, filters, ctx.teachers, ctx.plan, points), finetune_images=len(ft_idx),
+                finetune_epochs=s.finetune.epochs, finetune_batch=s.finetune.batch_size)
+            target = assemble(student, filters, ctx.teachers, ctx.plan, points)
+            finetune(target, images[ft_idx], soft[ft_idx], dataclasses.replace(s.finetune, lr=lr), seed,
+                     freeze_bn=s.finetune_freeze_bn, store=partial, precision=train_precision(ctx))
+            return {**scores(ctx, target), "params": count_parameters(target), "train_macs": macs["total"],
+                    "macs": macs, "blocks_wall_s": round(blocks_s, 1),
+                    "branch_block": {t: names[k - 1] for t, k in zip(ctx.plan.tasks, points)}}
+        return finished_or_run(ctx, arm, pool, seed, lr, train)
+
     records = []
     for arm in [a for a in ("amalgamation", "amalgamation-eq9") if a in ctx.study.arms]:
-        points = rules[arm]
-        macs = amalgamation_macs(
-            student, filters, ctx.teachers, ctx.plan, images[:8], block_images=min(s.block_images or pool, pool),
-            block_epochs=epochs_per_block(s.block_epochs, len(names)) if s.block_epochs else [s.block.epochs] * len(names),
-            block_batch=s.block.batch_size, train_images=pool, heldout=s.loss_slice,
-            target=assemble(student, filters, ctx.teachers, ctx.plan, points), finetune_images=len(ft_idx),
-            finetune_epochs=s.finetune.epochs, finetune_batch=s.finetune.batch_size)
-
-        def run_one(lr: float, arm=arm, points=points, macs=macs) -> dict:
-            def train(partial: EpochFile) -> dict:
-                target = assemble(student, filters, ctx.teachers, ctx.plan, points)
-                finetune(target, images[ft_idx], soft[ft_idx], dataclasses.replace(s.finetune, lr=lr), seed,
-                         freeze_bn=s.finetune_freeze_bn, store=partial, precision=train_precision(ctx))
-                return {**scores(ctx, target), "params": count_parameters(target), "train_macs": macs["total"],
-                        "macs": macs, "blocks_wall_s": round(blocks_s, 1),
-                        "branch_block": {t: names[k - 1] for t, k in zip(ctx.plan.tasks, points)}}
-            return finished_or_run(ctx, arm, pool, seed, lr, train)
-        records += (tuned(run_one, ctx.study.finetune_lrs, ctx.study.max_grid) if tune
-                    else [run_one(chosen_lr(ctx, arm, pool))])
+        records += (tuned(lambda lr, arm=arm: run_one(lr, arm), ctx.study.finetune_lrs, ctx.study.max_grid) if tune
+                    else [run_one(chosen_lr(ctx, arm, pool), arm)])
     return records
 
 
