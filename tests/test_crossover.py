@@ -92,7 +92,7 @@ def test_paired_means_and_intervals_recompute_from_the_runs(study):
         half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
         assert e["mean"] == pytest.approx(np.mean(diffs), abs=1e-3)
         assert e["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=2e-3)
-    assert summary["verdict"] == report.verdict(summary["paired"])
+    assert summary["verdict"] == report.study_verdict(summary["paired"])
 
 
 def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_path):
@@ -148,9 +148,13 @@ def test_the_verdict_names_the_crossover_from_the_numbers():
     text = report.verdict(pairs)
     assert "ahead of KD, same MACs on pools of 500 images (largest gap +2.0 mAP [+1.0, +3.0] at 500)" in text
     assert "behind KD, same MACs on pools of 8,000 images" in text and "level with" in text
-    assert "crossover lies between 500 and 8,000 pool images: amalgamation pays below it" in text
+    assert "crossover lies between 500 and 8,000 pool images: amalgamation (tolerance rule) pays below it" in text
     never = report.verdict([{**e, "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs])
     assert "beats KD, same MACs at no pool size tried" in never
+    eq9 = [{**e, "a": "amalgamation-eq9", "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs]
+    both = report.study_verdict(pairs + eq9)
+    assert both.startswith(text + " Amalgamation (Eq. 9) is behind KD, same MACs on pools of 500 to 8,000 images")
+    assert both.endswith("Amalgamation (Eq. 9) beats KD, same MACs at no pool size tried.")
 
 
 def test_the_amalgamation_macs_match_the_counter_around_the_real_training():

@@ -18,7 +18,7 @@ ARM_LABELS = {"amalgamation": "amalgamation (tolerance rule)", "amalgamation-eq9
 ARM_STYLES = {"amalgamation": ("#d62728", "o"), "amalgamation-eq9": ("#ff9896", "s"), "kd": ("#1f77b4", "^"),
               "kd-2x": ("#17becf", "v"), "kd-randhead": ("#7f7f7f", "x")}
 COMPARISONS = (("amalgamation", "kd"), ("amalgamation", "kd-2x"), ("amalgamation", "amalgamation-eq9"),
-               ("kd", "kd-randhead"))
+               ("amalgamation-eq9", "kd"), ("amalgamation-eq9", "kd-2x"), ("kd", "kd-randhead"))
 
 
 def interval(diffs: Sequence[float]) -> tuple[float, list[float]]:
@@ -68,10 +68,19 @@ def _gap(entry: dict) -> str:
     return f"{entry['mean']:+.1f} mAP [{low:+.1f}, {high:+.1f}] at {entry['pool']:,}"
 
 
-def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd") -> str:
+def study_verdict(pairs: Sequence[dict]) -> str:
+    """The study's verdict: each amalgamation arm (the tolerance rule, then the paper's Eq. 9) against KD at
+    the same training MACs (:func:`verdict`)."""
+    text = verdict(pairs)
+    if any(e["a"] == "amalgamation-eq9" and e["b"] == "kd" for e in pairs):
+        text += " " + verdict(pairs, "amalgamation-eq9", "kd", lead=False)
+    return text
+
+
+def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd", lead: bool = True) -> str:
     """One or two sentences, generated from the paired differences of ``a`` − ``b`` over pool sizes: where
     ``a`` is ahead (95 % interval above 0), behind (below 0) or level (the interval contains 0), by how much
-    at the extremes, and where the crossover lies."""
+    at the extremes, and where the crossover lies. ``lead``: open with what the numbers are."""
     rows = sorted((e for e in pairs if e["a"] == a and e["b"] == b), key=lambda e: e["pool"])
     if not rows:
         return f"no paired runs of {a} and {b}"
@@ -86,16 +95,18 @@ def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd") -> st
             best = max(groups[outcome], key=lambda e: abs(e["mean"]))
             parts.append(f"{words} {name_b} on pools of {_span([e['pool'] for e in groups[outcome]])} "
                          f"(largest gap {_gap(best)})")
-    sentence = f"Test mAP, mean over {seeds} paired seeds with 95 % intervals: {name_a} is " + "; ".join(parts) + "."
+    title = name_a[0].upper() + name_a[1:]
+    opening = f"Test mAP, mean over {seeds} paired seeds with 95 % intervals: {name_a}" if lead else title
+    sentence = f"{opening} is " + "; ".join(parts) + "."
     outcomes = [_outcome(e) for e in rows]
     if "wins" in outcomes and "loses" in outcomes:
         last_win = max(e["pool"] for e in groups["wins"])
         first_loss = min(e["pool"] for e in groups["loses"])
         side = "below" if last_win < first_loss else "above"
         sentence += (f" The crossover lies between {min(last_win, first_loss):,} and {max(last_win, first_loss):,} "
-                     f"pool images: amalgamation pays {side} it.")
+                     f"pool images: {name_a} pays {side} it.")
     elif "wins" not in outcomes:
-        sentence += f" Amalgamation beats {name_b} at no pool size tried."
+        sentence += f" {title} beats {name_b} at no pool size tried."
     return sentence
 
 

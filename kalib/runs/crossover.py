@@ -483,7 +483,7 @@ def summarise(ctx: Context) -> dict | None:
     return {"preset": study.preset, "pool_sizes": list(study.pools), "seeds": list(study.seeds),
             "arms": list(study.arms), "teachers_test_map": teachers["test_map"],
             "teachers_val_map": teachers["val_map"], "runs": runs, "tuning": tuning, "paired": pairs,
-            "verdict": report.verdict(pairs), "commits": sorted({r["commit"] for r in runs}),
+            "verdict": report.study_verdict(pairs), "commits": sorted({r["commit"] for r in runs}),
             "tuning_runs": len(seen)}
 
 
