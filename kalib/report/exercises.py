@@ -225,8 +225,9 @@ def floors(teachers, plan, images: torch.Tensor, temperature: float = 1.0) -> di
     """The floor of Eq. 7 per task (the entropy of the teacher's sigmoid output at ``temperature``),
     averaged over ``images``."""
     from ..method.blockwise import soft_targets
-    q = torch.sigmoid(soft_targets(teachers, images, plan) / temperature).double().clamp(1e-12, 1 - 1e-12)
-    h = (-(q * torch.log(q) + (1 - q) * torch.log(1 - q))).mean(0)
+    z = soft_targets(teachers, images, plan).double() / temperature
+    q = torch.sigmoid(z)                          # log q and log(1 - q) from the logits: exact where q rounds to 1
+    h = (-(q * torch.nn.functional.logsigmoid(z) + (1 - q) * torch.nn.functional.logsigmoid(-z))).mean(0)
     return dict(zip(plan.tasks, h.tolist()))
 
 
