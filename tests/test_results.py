@@ -173,6 +173,19 @@ def test_the_readme_headline_numbers_are_the_committed_seed_means():
     assert not set(quoted) - pairs, f"README numbers not in figures/seeds.json: {set(quoted) - pairs}"
 
 
+def test_the_readme_states_the_crossover_verdict_word_for_word():
+    """Once the crossover study has a summary, the README's "Amalgamate or distil?" quotes its verdict as the
+    JSON states it; while the study is unfinished it says so and gives the command that resumes it."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Amalgamate or distil?"):readme.index("## Glossary")]
+    summary = root / "figures" / "crossover.json"
+    if summary.is_file():
+        assert json.loads(summary.read_text())["verdict"] in section.replace("\n", " ")
+    else:
+        assert "make study" in section and "figures/crossover/records" in section
+
+
 def test_a_run_says_the_epochs_each_block_gets():
     from kalib.runs.amalgamation import block_plan
     quick = get_preset("quick").student
