@@ -1,7 +1,7 @@
 """The order in which a table's independent runs start, measured side by side in one run: Table 1's KD,
 Supervised, Target-3 and TargetDenseNet runs (notebook 05's first phase) on two single-thread workers,
-once with the side amalgamations started first (kalib before this benchmark) and once in kalib's order,
-baselines first (:func:`kalib.runs.experiments.side_jobs`). Each order starts from a copy of the same finished
+once with the baselines started first and once in kalib's order, side amalgamations first
+(:func:`kalib.runs.experiments.side_jobs`). Each order starts from a copy of the same finished
 generic stage, teachers of set 2 and soft targets, and trains everything else from scratch.
 
     python benchmarks/side_run_order.py --teachers runs/quick/table1/teachers --work runs/side-order \\
@@ -25,8 +25,8 @@ from kalib.runs.parallel import default_workers, run_parallel
 from kalib.runs.presets import get_preset
 from kalib.runs.state import teacher_files
 
-ORDERS = {"side amalgamations first": lambda keys: sorted(keys, key=lambda k: k[1] in ("KD", "Supervised")),
-          "baselines first (kalib)": list}
+ORDERS = {"baselines first": lambda keys: sorted(keys, key=lambda k: k[1] not in ("KD", "Supervised")),
+          "side amalgamations first (kalib)": list}
 
 
 def copy_set2(preset, src: Path, out: Path) -> None:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     result["ratio"] = round(old / new, 3)
     maps = [result["orders"][n]["test_mAP"] for n in ORDERS]
     result["same_results"] = maps[0] == maps[1]
-    print(f"side amalgamations first / baselines first: {result['ratio']:.2f} ({old - new:+.0f} s); test mAP "
+    print(f"baselines first / side amalgamations first: {result['ratio']:.2f} ({old - new:+.0f} s); test mAP "
           + ", ".join(f"{row} {v:.2f}" for row, v in maps[1].items())
           + ("; the same in both orders" if result["same_results"] else f"; DIFFERENT in the other order: {maps[0]}"))
     if args.json:

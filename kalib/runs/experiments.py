@@ -183,15 +183,14 @@ def _ensemble(preset: Preset, bench, out_dir: str | Path, variant: str, device=N
 def side_jobs(preset: Preset, bench, out_dir: str | Path, variant: str, seed: int | None = None, log=print,
               device=None, done=()) -> dict[tuple[str, str], Callable[[], dict]]:
     """The independent runs of one table, keyed (variant, teacher set or row), in the order they are
-    started: the baselines (KD, then Supervised), then the amalgamations of every teacher set whose key is not
-    in ``done`` (Table 1's main run is notebook 02's). Longest first: KD is the longest job of Table 1, and
-    started last it ran alone at the end of the phase while the other core idled (docs/performance.md). The
-    table's teachers of set 2 must exist."""
-    jobs = {(variant, row): job for row, job in baseline_jobs(preset, bench, out_dir, variant, seed, log,
-                                                               device).items()}
-    for s in TEACHER_SETS:
-        if (variant, s) not in done:
-            jobs[variant, s] = lambda s=s: ensure_amalgamation(preset, bench, out_dir, variant, s, seed, log, device)
+    started: the amalgamations of every teacher set whose key is not in ``done`` (Table 1's main run is
+    notebook 02's; each side run trains its own teachers first), then the baselines (KD, then Supervised).
+    Longest first: at equal training MACs KD is shorter than a side run with its teachers (replayed on the
+    committed seconds, docs/performance.md). The table's teachers of set 2 must exist."""
+    jobs = {(variant, s): (lambda s=s: ensure_amalgamation(preset, bench, out_dir, variant, s, seed, log, device))
+            for s in TEACHER_SETS if (variant, s) not in done}
+    jobs.update({(variant, row): job for row, job in baseline_jobs(preset, bench, out_dir, variant, seed, log,
+                                                                    device).items()})
     return jobs
 
 
