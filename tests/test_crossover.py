@@ -25,7 +25,8 @@ from kalib.method.student import init_student, make_filters
 from kalib.method.targetnet import assemble
 from kalib.report import crossover as report
 from kalib.runs.budget import amalgamation_macs
-from kalib.runs.crossover import STUDIES, grid_step, run_study, tuned
+from kalib.errors import NonFiniteLossError
+from kalib.runs.crossover import STUDIES, amalgamation_budget, finished_or_run, grid_step, load_context, run_study, tuned
 from kalib.train import Schedule
 
 STUDY = STUDIES["smoke"]
@@ -92,7 +93,7 @@ def test_paired_means_and_intervals_recompute_from_the_runs(study):
         half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
         assert e["mean"] == pytest.approx(np.mean(diffs), abs=1e-3)
         assert e["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=2e-3)
-    assert summary["verdict"] == report.study_verdict(summary["paired"])
+    assert summary["verdict"] == report.study_verdict(summary["paired"], report.failures(summary["runs"]))
 
 
 def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_path):
@@ -128,6 +129,35 @@ def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_p
     summary = run(out)
     assert json.dumps({**summary, "runs": [strip(r) for r in summary["runs"]], "commits": None}, sort_keys=True) == \
         json.dumps({**study[1], "runs": [strip(r) for r in study[1]["runs"]], "commits": None}, sort_keys=True)
+
+
+def test_a_run_that_diverges_keeps_its_budget_and_is_reported_as_a_failure(study, tmp_path):
+    """A run whose loss diverges keeps what it knew before training (the KD arms' budget needs its MACs);
+    at a chosen setting it is a failure of its arm: named in the verdict and the table, out of its pairs."""
+    out, summary = study
+    ctx = load_context(STUDY, out, tmp_path / "records", log=lambda *_: None)
+
+    def train(partial, known):
+        known.update({"params": 7, "train_macs": 123})
+        raise NonFiniteLossError("finetune: loss became nan at epoch 1, step 3; lower the learning rate")
+    record = finished_or_run(ctx, "amalgamation", 96, 1, 0.5, train)
+    assert record["val_map"] is None and "loss became nan" in record["diverged"]
+    assert (record["train_macs"], record["params"]) == (123, 7) and amalgamation_budget(ctx, 96, 1) == 123
+
+    runs = [dict(r) for r in summary["runs"]]
+    victim = next(r for r in runs if (r["arm"], r["pool"], r["seed"]) == ("amalgamation", 192, 1))
+    victim.update(val_map=None, test_map=None)
+    pairs = report.paired(runs)
+    assert all(e["seeds"] == [0] for e in pairs if e["pool"] == 192 and "amalgamation" in (e["a"], e["b"]))
+    assert all(e["seeds"] == [0, 1] for e in pairs if e["pool"] == 96)
+    failed = report.failures(runs)
+    assert failed == [{"arm": "amalgamation", "pool": 192, "seed": 1, "setting": victim["setting"]}]
+    text = report.study_verdict(pairs, failed)
+    assert text.endswith(f"1 run, amalgamation (tolerance rule) at 192 images, seed 1 (lr {victim['setting']['lr']:g}).")
+    table = report.markdown({**summary, "runs": runs, "paired": pairs, "verdict": text})
+    assert " (1 diverged) |" in table and text in table
+    report.figure({**summary, "runs": runs}, tmp_path / "with-failure.png")
+    assert (tmp_path / "with-failure.png").stat().st_size > 0
 
 
 def test_a_grid_grows_until_its_best_is_inside():

@@ -32,8 +32,9 @@ def interval(diffs: Sequence[float]) -> tuple[float, list[float]]:
 
 def paired(runs: Sequence[dict], comparisons=COMPARISONS) -> list[dict]:
     """For every pool and pair of arms (a, b) with runs on the same seeds: per-seed test-mAP differences
-    a − b, their mean and 95 % interval."""
-    by = {(r["arm"], r["pool"], r["seed"]): r["test_map"] for r in runs}
+    a − b, their mean and 95 % interval. A run whose loss diverged (no test mAP) has no difference: its seed
+    is left out of that pool's pairs (:func:`failures` names it)."""
+    by = {(r["arm"], r["pool"], r["seed"]): r["test_map"] for r in runs if r["test_map"] is not None}
     out = []
     for pool in sorted({r["pool"] for r in runs}):
         for a, b in comparisons:
@@ -68,13 +69,30 @@ def _gap(entry: dict) -> str:
     return f"{entry['mean']:+.1f} mAP [{low:+.1f}, {high:+.1f}] at {entry['pool']:,}"
 
 
-def study_verdict(pairs: Sequence[dict]) -> str:
+def failures(runs: Sequence[dict]) -> list[dict]:
+    """The runs at a chosen setting whose loss diverged: arm, pool, seed and learning rate."""
+    return [{"arm": r["arm"], "pool": r["pool"], "seed": r["seed"], "setting": r["setting"]}
+            for r in runs if r["test_map"] is None]
+
+
+def failure_sentence(failed: Sequence[dict]) -> str:
+    """One sentence naming every diverged run at a chosen setting, or "" when there is none."""
+    if not failed:
+        return ""
+    each = "; ".join(f"{ARM_LABELS[f['arm']]} at {f['pool']:,} images, seed {f['seed']} (lr {f['setting']['lr']:g})"
+                     for f in failed)
+    runs = "run" if len(failed) == 1 else "runs"
+    return (f"Diverged at the learning rate chosen on the first seed, and left out of the pairs at its pool: "
+            f"{len(failed)} {runs}, {each}.")
+
+
+def study_verdict(pairs: Sequence[dict], failed: Sequence[dict] = ()) -> str:
     """The study's verdict: each amalgamation arm (the tolerance rule, then the paper's Eq. 9) against KD at
-    the same training MACs (:func:`verdict`)."""
+    the same training MACs (:func:`verdict`), and the runs that diverged (:func:`failure_sentence`)."""
     text = verdict(pairs)
     if any(e["a"] == "amalgamation-eq9" and e["b"] == "kd" for e in pairs):
         text += " " + verdict(pairs, "amalgamation-eq9", "kd", lead=False)
-    return text
+    return " ".join(t for t in (text, failure_sentence(failed)) if t)
 
 
 def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd", lead: bool = True) -> str:
@@ -88,7 +106,7 @@ def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd", lead:
     for e in rows:
         groups[_outcome(e)].append(e)
     name_a, name_b = ARM_LABELS[a], ARM_LABELS[b]
-    seeds = len(rows[0]["seeds"])
+    seeds = max(len(e["seeds"]) for e in rows)
     parts = []
     for outcome, words in (("wins", "ahead of"), ("loses", "behind"), ("ties", "level with")):
         if groups[outcome]:
@@ -118,7 +136,8 @@ def figure(summary: dict, path=None):
     for arm in summary["arms"]:
         colour, marker = ARM_STYLES[arm]
         pools = sorted({r["pool"] for r in runs if r["arm"] == arm})
-        values = [[r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == p] for p in pools]
+        values = [[r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == p and r["test_map"] is not None]
+                  for p in pools]
         macs = [statistics.fmean(r["train_macs"] for r in runs if r["arm"] == arm and r["pool"] == p) for p in pools]
         ax.plot(pools, [statistics.fmean(v) for v in values], marker=marker, color=colour, label=ARM_LABELS[arm])
         ax.fill_between(pools, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.15, lw=0)
@@ -130,7 +149,7 @@ def figure(summary: dict, path=None):
         a.xaxis.set_minor_formatter(NullFormatter())
         a.set_xlabel("unlabelled pool images N (log scale)")
         a.grid(alpha=0.3)
-    ax.set_ylabel("test mAP (%): mean over seeds, band = min-max")
+    ax.set_ylabel("test mAP (%): mean over seeds, band = min-max", fontsize=8)
     ax_macs.set_ylabel("training MACs (10^12)")
     ax_macs.set_ylim(bottom=0)
     ax.legend(fontsize=7, loc="lower right")
@@ -152,9 +171,11 @@ def markdown(summary: dict) -> str:
     for arm in arms:
         cells = []
         for p in pools:
-            v = [r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == p]
-            cells.append(f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else
-                         (f"{v[0]:.1f}" if v else ""))
+            at = [r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == p]
+            v = [m for m in at if m is not None]
+            cell = (f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else
+                    (f"{v[0]:.1f}" if v else ""))
+            cells.append(cell + (f" ({len(at) - len(v)} diverged)" if len(v) < len(at) else ""))
         lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences of test mAP (a − b), mean and 95 % interval over seeds:", "",
               "| N | a − b | per seed | mean | 95 % interval |", "|---:|---|---|---:|---|"]

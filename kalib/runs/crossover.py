@@ -215,18 +215,20 @@ def scores(ctx: Context, net: torch.nn.Module) -> dict[str, float]:
 
 
 def finished_or_run(ctx: Context, arm: str, pool: int, seed: int, lr: float,
-                    train: Callable[[EpochFile], dict]) -> dict:
-    """The record of this run: the finished one, or ``train(partial)`` timed and written as a record (its
-    epochs kept in ``partial`` meanwhile, so a killed run resumes inside its training)."""
+                    train: Callable[[EpochFile, dict], dict]) -> dict:
+    """The record of this run: the finished one, or ``train(partial, known)`` timed and written as a record
+    (its epochs kept in ``partial`` meanwhile, so a killed run resumes inside its training). ``train`` puts
+    what it knows before training (network size, training MACs, branch points) into ``known``: a run whose
+    loss diverges keeps it, with ``diverged`` and no mAP, so its MACs still set the KD arms' budget."""
     if (record := read_record(ctx, arm, pool, seed, lr)) is not None:
         return record
     partial = EpochFile(ctx.cache / "partial" / record_path(ctx, arm, pool, seed, lr).with_suffix(".pt").name,
                         record_key(ctx, arm, pool, seed, lr))
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, known = time.perf_counter(), time.process_time(), {}
     try:
-        out = train(partial)
+        out = train(partial, known)
     except NonFiniteLossError as err:        # this learning rate diverges: a result of the grid, not a failure
-        out = {"diverged": str(err), "val_map": None, "test_map": None}
+        out = {**known, "diverged": str(err), "val_map": None, "test_map": None}
     record = write_record(ctx, {"arm": arm, "pool": pool, "seed": seed, "setting": {"lr": lr}, **out,
                                 "wall_s": round(time.perf_counter() - wall, 1),
                                 "cpu_s": round(time.process_time() - cpu, 1)})
@@ -307,7 +309,7 @@ def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[di
         return result, time.perf_counter() - t0
 
     def run_one(lr: float, arm: str) -> dict:
-        def train(partial: EpochFile) -> dict:
+        def train(partial: EpochFile, known: dict) -> dict:
             result, blocks_s = blocks()
             student, filters, names = result.student, result.filters, result.student.block_names
             points = (tolerant_branch_points(result.losses, s.branch_tolerance) if arm == "amalgamation"
@@ -320,11 +322,12 @@ def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[di
                 target=assemble(student, filters, ctx.teachers, ctx.plan, points), finetune_images=len(ft_idx),
                 finetune_epochs=s.finetune.epochs, finetune_batch=s.finetune.batch_size)
             target = assemble(student, filters, ctx.teachers, ctx.plan, points)
+            known.update({"params": count_parameters(target), "train_macs": macs["total"], "macs": macs,
+                          "blocks_wall_s": round(blocks_s, 1),
+                          "branch_block": {t: names[k - 1] for t, k in zip(ctx.plan.tasks, points)}})
             finetune(target, images[ft_idx], soft[ft_idx], dataclasses.replace(s.finetune, lr=lr), seed,
                      freeze_bn=s.finetune_freeze_bn, store=partial, precision=train_precision(ctx))
-            return {**scores(ctx, target), "params": count_parameters(target), "train_macs": macs["total"],
-                    "macs": macs, "blocks_wall_s": round(blocks_s, 1),
-                    "branch_block": {t: names[k - 1] for t, k in zip(ctx.plan.tasks, points)}}
+            return {**scores(ctx, target), **known}
         return finished_or_run(ctx, arm, pool, seed, lr, train)
 
     records = []
@@ -353,12 +356,13 @@ def kd_runs(ctx: Context, arm: str, pool: int, seed: int, tune: bool) -> list[di
     macs = kd_macs(network(), ctx.teachers, ctx.plan, images[:8], train_images=pool, image_passes=image_passes)
 
     def run_one(lr: float) -> dict:
-        def train(partial: EpochFile) -> dict:
+        def train(partial: EpochFile, known: dict) -> dict:
             net = network()
+            known.update({"params": count_parameters(net), "train_macs": macs["total"], "macs": macs,
+                          "image_passes": image_passes, "budget_macs": int(budget)})
             train_kd_passes(net, images, soft, dataclasses.replace(kd, lr=lr), image_passes, seed, store=partial,
                             precision=train_precision(ctx))
-            return {**scores(ctx, net.eval()), "params": count_parameters(net), "train_macs": macs["total"],
-                    "macs": macs, "image_passes": image_passes, "budget_macs": int(budget)}
+            return {**scores(ctx, net.eval()), **known}
         return finished_or_run(ctx, arm, pool, seed, lr, train)
     if tune:
         return tuned(run_one, ctx.study.kd_lrs, ctx.study.max_grid)
@@ -439,7 +443,8 @@ def run_study(study: Study, out_dir: Path, records: Path, figures: Path | None =
             left = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
             arm, pool, seed, _ = stage[i]
             best = max(records_of_job, key=lambda r: rank(r["val_map"]))
-            log(f"  {arm} N={pool} seed {seed}: {len(records_of_job)} runs, best validation mAP {best['val_map']:.1f} "
+            score = "diverged" if best["val_map"] is None else f"{best['val_map']:.1f}"
+            log(f"  {arm} N={pool} seed {seed}: {len(records_of_job)} runs, best validation mAP {score} "
                 f"(lr {best['setting']['lr']:g}); {100 * done_cost / total:.0f}% of the work done, "
                 f"about {left / 60:.0f} min left")
         run_parallel([lambda j=j: run_job(ctx, j) for j in stage], on_done=report_done)
@@ -475,14 +480,16 @@ def summarise(ctx: Context) -> dict | None:
                     return None
                 runs.append({**{k: record[k] for k in ("arm", "pool", "seed", "val_map", "test_map", "train_macs",
                                                        "params", "cpu_s", "setting", "commit")},
-                             "wall_s": round(record["wall_s"] + record.get("blocks_wall_s", 0), 1)})
+                             "wall_s": round(record["wall_s"] + record.get("blocks_wall_s", 0), 1),
+                             **({"diverged": record["diverged"]} if "diverged" in record else {})})
             seen.update({(arm, pool, r["seed"], r["setting"]["lr"]): r for r in grid})
     pairs = report.paired(runs)
     teachers = scores_of_teachers(ctx)
     return {"preset": study.preset, "pool_sizes": list(study.pools), "seeds": list(study.seeds),
             "arms": list(study.arms), "teachers_test_map": teachers["test_map"],
             "teachers_val_map": teachers["val_map"], "runs": runs, "tuning": tuning, "paired": pairs,
-            "verdict": report.study_verdict(pairs), "commits": sorted({r["commit"] for r in runs}),
+            "failures": report.failures(runs), "verdict": report.study_verdict(pairs, report.failures(runs)),
+            "commits": sorted({r["commit"] for r in runs}),
             "tuning_runs": len(seen)}
 
 
