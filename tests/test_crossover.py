@@ -121,8 +121,10 @@ def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_p
     strip = lambda r: {k: v for k, v in r.items() if k not in varying}
     resumed = sorted((out / "records").glob("*.json"))
     assert len(resumed) == 4                                      # 2 rules x 2 learning rates
+    block_seconds = sum(json.loads(sorted(blocks.glob("block*.json"))[-1].read_text())["seconds"])
     for path in resumed:
         assert strip(json.loads(path.read_text())) == strip(json.loads((study[0] / "records" / path.name).read_text()))
+        assert json.loads(path.read_text())["blocks_wall_s"] == pytest.approx(block_seconds, abs=0.1)  # killed ones too
     for path in (study[0] / "records").glob("*.json"):            # the rest of the study, as it was
         if not (out / "records" / path.name).exists():
             shutil.copyfile(path, out / "records" / path.name)

@@ -301,12 +301,11 @@ def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[di
         done = store.last_finished(len(names))
         if done:
             store.load(done, result)
-        t0 = time.perf_counter()
         result = amalgamate(student, ctx.teachers, ctx.plan, images, s.block, images_per_block=s.block_images,
                             block_epochs=s.block_epochs, heldout=s.loss_slice, seed=seed, soft=soft, filters=filters,
                             start_block=done + 1, previous=result, cache_dtype=getattr(torch, s.amalgamation_cache),
                             hooks=store.hooks(done, names), precision=train_precision(ctx))
-        return result, time.perf_counter() - t0
+        return result, sum(result.seconds)            # every block's training seconds, resumed ones included
 
     def run_one(lr: float, arm: str) -> dict:
         def train(partial: EpochFile, known: dict) -> dict:
