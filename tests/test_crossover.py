@@ -60,6 +60,10 @@ def test_the_json_has_every_key_and_one_run_per_arm_pool_and_seed(study):
     for r in summary["runs"]:
         assert {"val_map", "test_map", "train_macs", "params", "wall_s", "setting"} <= set(r) and "lr" in r["setting"]
         assert 0 <= r["test_map"] <= 100 and r["train_macs"] > 0 and r["params"] > 0
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    blocks = {(r["pool"], r["seed"]): r["blocks_wall_s"] for r in records if "blocks_wall_s" in r}
+    assert summary["cost"]["records"] == len(records) > len(summary["runs"])          # the tuning grids too
+    assert summary["cost"]["core_s"] == round(sum(r["cpu_s"] for r in records) + sum(blocks.values()))
     assert len(summary["tuning"]) == len(STUDY.arms) * len(STUDY.pools)
 
 

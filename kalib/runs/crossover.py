@@ -489,7 +489,26 @@ def summarise(ctx: Context) -> dict | None:
             "teachers_val_map": teachers["val_map"], "runs": runs, "tuning": tuning, "paired": pairs,
             "failures": report.failures(runs), "verdict": report.study_verdict(pairs, report.failures(runs)),
             "commits": sorted({r["commit"] for r in runs}),
-            "tuning_runs": len(seen)}
+            "tuning_runs": len(seen), "cost": cost(ctx)}
+
+
+def cost(ctx: Context) -> dict:
+    """What the study's records cost, in seconds of one thread (each job runs on one): every run's own
+    seconds (fine-tuning or KD, the tuning grids included) plus the block-wise training of every pool and
+    seed once (both amalgamation rules and every learning rate share it)."""
+    study, records = ctx.study, []
+    for path in ctx.records.glob("*.json"):
+        r = json.loads(path.read_text())
+        if (r.get("arm") in study.arms and r.get("pool") in study.pools and r.get("seed") in study.seeds
+                and read_record(ctx, r["arm"], r["pool"], r["seed"], r["setting"]["lr"]) is not None):
+            records.append(r)
+    blocks: dict[tuple[int, int], float] = {}
+    for r in records:
+        key = (r["pool"], r["seed"])
+        blocks[key] = max(blocks.get(key, 0.0), r.get("blocks_wall_s", 0.0))
+    runs_s, blocks_s = sum(r["cpu_s"] for r in records), sum(blocks.values())
+    return {"records": len(records), "runs_cpu_s": round(runs_s), "blocks_s": round(blocks_s),
+            "core_s": round(runs_s + blocks_s), "core_h": round((runs_s + blocks_s) / 3600, 2)}
 
 
 def scores_of_teachers(ctx: Context) -> dict[str, float]:
