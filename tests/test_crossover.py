@@ -185,6 +185,11 @@ def test_the_verdict_names_the_crossover_from_the_numbers():
     assert "ahead of KD, same MACs on pools of 500 images (largest gap +2.0 mAP [+1.0, +3.0] at 500)" in text
     assert "behind KD, same MACs on pools of 8,000 images" in text and "level with" in text
     assert "crossover lies between 500 and 8,000 pool images: amalgamation (tolerance rule) pays below it" in text
+    apart = report.verdict([{**e, "mean": 1.0, "ci95": [0.5, 1.5]} if e["pool"] == 2000 else e for e in pairs]
+                           + [{**pairs[0], "pool": 250}])
+    assert "ahead of KD, same MACs on pools of 250 to 2,000 images" in apart
+    behind = report.verdict([{**e, "mean": -1.0, "ci95": [-2.0, -0.5]} if e["pool"] == 500 else e for e in pairs])
+    assert "behind KD, same MACs on pools of 500 and 8,000 images" in behind   # 2,000 between them is level
     never = report.verdict([{**e, "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs])
     assert "beats KD, same MACs at no pool size tried" in never
     eq9 = [{**e, "a": "amalgamation-eq9", "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs]
@@ -238,3 +243,30 @@ def test_a_record_s_key_ignores_the_preset_s_own_learning_rates():
         assert crossover.record_key(ctx(smoke), arm, 96, 0, 0.1) == crossover.record_key(ctx(retuned), arm, 96, 0, 0.1)
     assert crossover.record_key(ctx(smoke.replace(block_images=7)), "kd", 96, 0, 0.1) != \
         crossover.record_key(ctx(smoke), "kd", 96, 0, 0.1)
+
+
+def test_the_committed_study_is_compute_matched_tuned_inside_its_grids_and_recomputes():
+    """figures/crossover.json, as committed: KD within ±10 % of the amalgamation arm's training MACs and
+    KD-2x within 1.8–2.2× at every pool and seed; every chosen learning rate the validation best of its grid
+    and inside it, and used by every seed; the paired means, intervals and the verdict recomputed from the
+    runs."""
+    summary = json.loads((Path(__file__).resolve().parents[1] / "figures" / "crossover.json").read_text())
+    assert REQUIRED <= set(summary)
+    runs = {(r["arm"], r["pool"], r["seed"]): r for r in summary["runs"]}
+    assert len(runs) == len(summary["arms"]) * len(summary["pool_sizes"]) * len(summary["seeds"])
+    for (arm, pool, seed), r in runs.items():
+        low, high = {"kd": (0.9, 1.1), "kd-2x": (1.8, 2.2)}.get(arm, (0, math.inf))
+        assert low <= r["train_macs"] / runs["amalgamation", pool, seed]["train_macs"] <= high, (arm, pool, seed)
+    for t in summary["tuning"]:
+        scored = [(g["val_map"] if g["val_map"] is not None else -math.inf, -g["setting"]["lr"]) for g in t["grid"]]
+        best = t["grid"][scored.index(max(scored))]
+        assert t["chosen"] == best["setting"] and not t["at_edge"] and best not in (t["grid"][0], t["grid"][-1])
+        assert all(runs[t["arm"], t["pool"], s]["setting"] == t["chosen"] for s in summary["seeds"])
+    failed = report.failures(summary["runs"])
+    assert summary["paired"] == report.paired(summary["runs"]) and summary.get("failures", []) == failed
+    for e in summary["paired"]:
+        diffs = [runs[e["a"], e["pool"], s]["test_map"] - runs[e["b"], e["pool"], s]["test_map"] for s in e["seeds"]]
+        half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+        assert e["mean"] == pytest.approx(np.mean(diffs), abs=2e-3)
+        assert e["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=3e-3)
+    assert summary["verdict"] == report.study_verdict(summary["paired"], failed)

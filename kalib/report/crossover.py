@@ -57,11 +57,15 @@ def _outcome(entry: dict) -> str:
     return "ties"
 
 
-def _span(pools: list[int]) -> str:
-    pools = sorted(pools)
+def _span(pools: list[int], every: list[int]) -> str:
+    """``pools`` in words: "a to b images" where they are a run of consecutive pools of ``every`` (all the
+    pools compared), else each named."""
+    pools, every = sorted(pools), sorted(every)
     if len(pools) == 1:
         return f"{pools[0]:,} images"
-    return f"{pools[0]:,} to {pools[-1]:,} images"
+    if every[every.index(pools[0]):every.index(pools[-1]) + 1] == pools:
+        return f"{pools[0]:,} to {pools[-1]:,} images"
+    return ", ".join(f"{p:,}" for p in pools[:-1]) + f" and {pools[-1]:,} images"
 
 
 def _gap(entry: dict) -> str:
@@ -105,13 +109,13 @@ def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd", lead:
     groups: dict[str, list[dict]] = {"wins": [], "loses": [], "ties": []}
     for e in rows:
         groups[_outcome(e)].append(e)
-    name_a, name_b = ARM_LABELS[a], ARM_LABELS[b]
+    name_a, name_b, pools = ARM_LABELS[a], ARM_LABELS[b], [e["pool"] for e in rows]
     seeds = max(len(e["seeds"]) for e in rows)
     parts = []
     for outcome, words in (("wins", "ahead of"), ("loses", "behind"), ("ties", "level with")):
         if groups[outcome]:
             best = max(groups[outcome], key=lambda e: abs(e["mean"]))
-            parts.append(f"{words} {name_b} on pools of {_span([e['pool'] for e in groups[outcome]])} "
+            parts.append(f"{words} {name_b} on pools of {_span([e['pool'] for e in groups[outcome]], pools)} "
                          f"(largest gap {_gap(best)})")
     title = name_a[0].upper() + name_a[1:]
     opening = f"Test mAP, mean over {seeds} paired seeds with 95 % intervals: {name_a}" if lead else title
