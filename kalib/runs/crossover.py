@@ -34,7 +34,7 @@ import torch
 
 from ..device import resolve_precision
 from ..errors import ConfigError, NonFiniteLossError
-from ..files import atomic_write
+from ..files import atomic_write, file_sha
 from ..method.baselines import kd_student, train_kd_passes
 from ..method.blockwise import Amalgamation, amalgamate
 from ..method.branch import branch_points, tolerant_branch_points
@@ -49,7 +49,7 @@ from ..train import predict
 from . import experiments
 from .budget import amalgamation_macs, kd_macs, kd_passes
 from .checkpoints import EpochFile
-from .config import digest, file_digest
+from .config import digest
 from .parallel import run_parallel
 from .presets import Preset, get_preset
 from .state import BlockStore, load_teachers, pool_soft_targets, teacher_files
@@ -57,7 +57,7 @@ from .teachers import pretrain_set
 
 ARMS = ("amalgamation", "amalgamation-eq9", "kd", "kd-2x", "kd-randhead")
 KD_ARMS = {"kd": (1.0, "teachers"), "kd-2x": (2.0, "teachers"), "kd-randhead": (1.0, "random")}   # (MACs, head)
-VERSION = 2            # of the records' keys (2: without the preset's learning rates); others are made again
+VERSION = 3            # of the records' keys (3: teachers by their weights); others are made again
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Context:
     soft: torch.Tensor
     train_idx: torch.Tensor
     held_idx: torch.Tensor
-    teacher_key: list[str]
+    teacher_key: list[str]      # the teachers' weights (SHA-256 of each checkpoint): retrained alike, still equal
     records: Path
     cache: Path
     commit: str
@@ -138,7 +138,7 @@ def load_context(study: Study, out_dir: Path, records: Path, teachers_dir: Path 
     if max(study.pools) > len(train_idx):
         raise ConfigError(f"pool size {max(study.pools)} is larger than the pool's training part ({len(train_idx)})")
     return Context(study, preset, bench, teachers, plan, soft, train_idx, held_idx,
-                   [file_digest(p) for p in paths], Path(records), Path(out_dir), code_version())
+                   [file_sha(p) for p in paths], Path(records), Path(out_dir), code_version())
 
 
 def code_version() -> str:
