@@ -161,7 +161,8 @@ def _summary() -> dict:
     return {"preset": "quick", "pool_sizes": pools, "seeds": seeds,
             "arms": ["amalgamation", "amalgamation-eq9", "kd", "kd-2x"], "teachers_test_map": 80.0,
             "teachers_val_map": 80.5, "runs": runs, "tuning": [], "paired": pairs, "verdict": report.verdict(pairs),
-            "commits": ["abc"], "tuning_runs": 0}
+            "commits": ["abc"], "tuning_runs": 0, "failures": report.failures(runs),
+            "cost": {"records": len(runs), "runs_cpu_s": len(runs), "blocks_s": 0, "core_s": len(runs), "core_h": 0.0}}
 
 
 def _crossover_cells(namespace: dict, capsys) -> str:
@@ -209,3 +210,21 @@ def test_the_keys_notebook_05_reads_are_those_the_study_writes():
     returned = [n.value for n in ast.walk(tree) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)]
     keys = {k.value for d in returned for k in d.keys if isinstance(k, ast.Constant)}
     assert set(lessons.CROSSOVER_KEYS) <= keys <= set(_summary())
+
+
+def test_notebook_05_reads_a_study_with_a_diverged_run(tmp_path, monkeypatch, capsys):
+    """A run that diverged at its chosen setting (no test mAP) is named by the verdict; the notebook's means
+    at the largest pool are over the runs that finished."""
+    summary = _summary()
+    victim = next(r for r in summary["runs"] if (r["arm"], r["pool"], r["seed"]) == ("amalgamation", 8000, 2))
+    victim.update(val_map=None, test_map=None)
+    summary["paired"] = report.paired(summary["runs"])
+    summary["failures"] = report.failures(summary["runs"])
+    summary["verdict"] = report.study_verdict(summary["paired"], summary["failures"])
+    (tmp_path / "crossover.json").write_text(json.dumps(summary, indent=1))
+    monkeypatch.setattr(lessons, "CROSSOVER_JSON", tmp_path / "crossover.json")
+    printed = _crossover_cells(_namespace(), capsys)
+    assert summary["verdict"] in printed.splitlines() and "amalgamation (tolerance rule) at 8,000 images, seed 2" in printed
+    finished = [r["test_map"] for r in summary["runs"] if r["arm"] == "amalgamation" and r["pool"] == 8000
+                and r["test_map"] is not None]
+    assert f"amalgamation (tolerance rule) {sum(finished) / 2:.1f}" in printed

@@ -546,8 +546,9 @@ def crossover_explanation(summary: Mapping) -> str:
         text.append(f"Amalgamation's training costs {macs[first] / 1e12:.2f} TMAC at {first:,} pool images and "
                     f"{macs[last] / 1e12:.2f} TMAC at {last:,}.")
     largest = max(summary["pool_sizes"])
-    means = {arm: statistics.fmean(r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == largest)
-             for arm in summary["arms"] if any(r["arm"] == arm and r["pool"] == largest for r in runs)}
+    finished = [r for r in runs if r["pool"] == largest and r["test_map"] is not None]    # not a diverged run
+    means = {arm: statistics.fmean(r["test_map"] for r in finished if r["arm"] == arm)
+             for arm in summary["arms"] if any(r["arm"] == arm for r in finished)}
     if means:
         text.append(f"At {largest:,} images the teachers score {summary['teachers_test_map']:.1f} test mAP; " +
                     ", ".join(f"{ARM_LABELS.get(a, a)} {v:.1f}" for a, v in means.items()) + " (means over seeds).")
