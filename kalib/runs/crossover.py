@@ -189,6 +189,21 @@ def read_record(ctx: Context, arm: str, pool: int, seed: int, lr: float) -> dict
     return record if record.get("key") == record_key(ctx, arm, pool, seed, lr) else None
 
 
+def records_of(ctx: Context, arm: str = "*", pool: int | str = "*", seed: int | str = "*") -> list[dict]:
+    """The finished records of ``arm`` at ``pool`` and ``seed`` (``*``: any), every learning rate, in file
+    order: each file read once, kept where its key is that of the run it describes (:func:`read_record`)."""
+    found = []
+    for path in sorted(ctx.records.glob(f"{arm}-N{pool}-s{seed}-lr*.json")):
+        try:
+            record = json.loads(path.read_text())
+            key = record_key(ctx, record["arm"], record["pool"], record["seed"], record["setting"]["lr"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if record.get("key") == key:
+            found.append(record)
+    return found
+
+
 def write_record(ctx: Context, record: dict) -> dict:
     record = {**record, "key": record_key(ctx, record["arm"], record["pool"], record["seed"], record["setting"]["lr"]),
               "commit": ctx.commit, "threads": torch.get_num_threads(),
@@ -265,11 +280,7 @@ def tuned(run_one: Callable[[float], dict], grid: Sequence[float], max_grid: int
 def chosen_lr(ctx: Context, arm: str, pool: int) -> float:
     """The learning rate of ``arm`` at ``pool`` chosen on the validation split with the first seed."""
     seed = ctx.study.seeds[0]
-    grid = {}
-    for path in ctx.records.glob(f"{arm}-N{pool}-s{seed}-lr*.json"):
-        record = json.loads(path.read_text())
-        if read_record(ctx, arm, pool, seed, record["setting"]["lr"]) is not None:
-            grid[record["setting"]["lr"]] = record["val_map"]
+    grid = {r["setting"]["lr"]: r["val_map"] for r in records_of(ctx, arm, pool, seed)}
     if not grid:
         raise ConfigError(f"{arm} at N = {pool} has no tuning records for seed {seed} in {ctx.records}; run the "
                           "study with that seed first")
@@ -371,9 +382,8 @@ def kd_runs(ctx: Context, arm: str, pool: int, seed: int, tune: bool) -> list[di
 def amalgamation_budget(ctx: Context, pool: int, seed: int) -> int:
     """The training MACs of the ``amalgamation`` arm at ``pool`` and ``seed`` (the same at every fine-tuning
     learning rate): the KD arms' budget."""
-    for path in sorted(ctx.records.glob(f"amalgamation-N{pool}-s{seed}-lr*.json")):
-        record = json.loads(path.read_text())
-        if read_record(ctx, "amalgamation", pool, seed, record["setting"]["lr"]) is not None and "train_macs" in record:
+    for record in records_of(ctx, "amalgamation", pool, seed):
+        if "train_macs" in record:
             return record["train_macs"]
     raise ConfigError(f"no amalgamation record at N = {pool}, seed {seed} in {ctx.records}: the KD arms' budget "
                       "is its training MACs, so it runs first")
@@ -465,9 +475,7 @@ def summarise(ctx: Context) -> dict | None:
     tuning, runs, seen = [], [], {}
     for arm in study.arms:
         for pool in study.pools:
-            grid = [read_record(ctx, arm, pool, first, json.loads(p.read_text())["setting"]["lr"])
-                    for p in ctx.records.glob(f"{arm}-N{pool}-s{first}-lr*.json")]
-            grid = sorted((r for r in grid if r is not None), key=lambda r: r["setting"]["lr"])
+            grid = sorted(records_of(ctx, arm, pool, first), key=lambda r: r["setting"]["lr"])
             if not grid:
                 return None
             best = max(grid, key=lambda r: (rank(r["val_map"]), -r["setting"]["lr"]))
@@ -482,12 +490,12 @@ def summarise(ctx: Context) -> dict | None:
                              "wall_s": round(record["wall_s"] + record.get("blocks_wall_s", 0), 1),
                              **({"diverged": record["diverged"]} if "diverged" in record else {})})
             seen.update({(arm, pool, r["seed"], r["setting"]["lr"]): r for r in grid})
-    pairs = report.paired(runs)
+    pairs, failed = report.paired(runs), report.failures(runs)
     teachers = scores_of_teachers(ctx)
     return {"preset": study.preset, "pool_sizes": list(study.pools), "seeds": list(study.seeds),
             "arms": list(study.arms), "teachers_test_map": teachers["test_map"],
             "teachers_val_map": teachers["val_map"], "runs": runs, "tuning": tuning, "paired": pairs,
-            "failures": report.failures(runs), "verdict": report.study_verdict(pairs, report.failures(runs)),
+            "failures": failed, "verdict": report.study_verdict(pairs, failed),
             "commits": sorted({r["commit"] for r in runs}),
             "tuning_runs": len(seen), "cost": cost(ctx)}
 
@@ -496,12 +504,9 @@ def cost(ctx: Context) -> dict:
     """What the study's records cost, in seconds of one thread (each job runs on one): every run's own
     seconds (fine-tuning or KD, the tuning grids included) plus the block-wise training of every pool and
     seed once (both amalgamation rules and every learning rate share it)."""
-    study, records = ctx.study, []
-    for path in ctx.records.glob("*.json"):
-        r = json.loads(path.read_text())
-        if (r.get("arm") in study.arms and r.get("pool") in study.pools and r.get("seed") in study.seeds
-                and read_record(ctx, r["arm"], r["pool"], r["seed"], r["setting"]["lr"]) is not None):
-            records.append(r)
+    study = ctx.study
+    records = [r for r in records_of(ctx) if r["arm"] in study.arms and r["pool"] in study.pools
+               and r["seed"] in study.seeds]
     blocks: dict[tuple[int, int], float] = {}
     for r in records:
         key = (r["pool"], r["seed"])
