@@ -324,14 +324,14 @@ def amalgamation_runs(ctx: Context, pool: int, seed: int, tune: bool) -> list[di
             student, filters, names = result.student, result.filters, result.student.block_names
             points = (tolerant_branch_points(result.losses, s.branch_tolerance) if arm == "amalgamation"
                       else branch_points(result.losses))
+            target = assemble(student, filters, ctx.teachers, ctx.plan, points)
             macs = amalgamation_macs(
                 student, filters, ctx.teachers, ctx.plan, images[:8], block_images=min(s.block_images or pool, pool),
                 block_epochs=(epochs_per_block(s.block_epochs, len(names)) if s.block_epochs
                               else [s.block.epochs] * len(names)),
                 block_batch=s.block.batch_size, train_images=pool, heldout=s.loss_slice,
-                target=assemble(student, filters, ctx.teachers, ctx.plan, points), finetune_images=len(ft_idx),
+                target=target, finetune_images=len(ft_idx),
                 finetune_epochs=s.finetune.epochs, finetune_batch=s.finetune.batch_size)
-            target = assemble(student, filters, ctx.teachers, ctx.plan, points)
             known.update({"params": count_parameters(target), "train_macs": macs["total"], "macs": macs,
                           "blocks_wall_s": round(blocks_s, 1),
                           "branch_block": {t: names[k - 1] for t, k in zip(ctx.plan.tasks, points)}})
