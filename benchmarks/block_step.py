@@ -4,9 +4,11 @@
                                     [--precision fp32|bf16|both]
     python benchmarks/block_step.py --smoke          # width 8, 32 px, 2 steps: checks that it runs
     python benchmarks/block_step.py --precision both # fp32 and bf16 side by side, the ratio of every phase
+    python benchmarks/block_step.py --precision both --width 64   # the same at ResNet-18's own width
 
 The quick preset's shapes (resnet18_narrow, width 16, 64-px uint8 canvases, two teachers of 10 labels,
-C = A) with random weights and random canvases: speed does not depend on the values. Every measurement
+C = A) with random weights and random canvases: speed does not depend on the values; ``--width`` changes
+only the network's base width (64 gives ResNet-18's own widths, 64-512, on the same 64-px canvases). Every measurement
 times ``--steps`` steps with ``time.perf_counter`` after ``--warmup`` untimed ones; a step lasts from one
 call of the trained module's forward to the next, and images/s are those of the median step (the JSON
 also has the mean). Variants that are compared (floor, step and naive of a block; the two fine-tunings)
@@ -327,7 +329,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--blocks", default="all", help="comma-separated block names, or 'all' (default)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
                         help="precision of the training steps; both: fp32 and bf16 side by side (default fp32)")
-    parser.add_argument("--smoke", action="store_true", help="width 8, 32 px, 2 steps after 1 warm-up step")
+    parser.add_argument("--width", type=int, default=None,
+                        help="the network's base width instead of the quick preset's 16 (64: ResNet-18's own)")
+    parser.add_argument("--smoke", action="store_true", help="width 8 (unless --width), 32 px, 2 steps after 1 warm-up step")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -375,7 +379,9 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     preset = get_preset("quick")
-    arch_kwargs = {**preset.nets.arch_kwargs, "width": 8} if args.smoke else dict(preset.nets.arch_kwargs)
+    arch_kwargs = dict(preset.nets.arch_kwargs)
+    if args.smoke or args.width:
+        arch_kwargs["width"] = args.width or 8
     size = 32 if args.smoke else 64
     batches = {"teacher": preset.pretraining.teacher.batch_size, "block": preset.student.block.batch_size,
                "finetune": preset.student.finetune.batch_size}

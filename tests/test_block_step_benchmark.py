@@ -23,3 +23,10 @@ def test_smoke_run_reports_floor_step_and_naive_per_block(tmp_path):
             assert block[ratio] > 0
     assert result["teacher"]["flop_ratio"] > 0
     assert all(f["images_per_s"] > 0 for f in result["finetune"].values())
+
+
+def test_width_sets_the_networks_base_width(tmp_path):
+    main = runpy.run_path(str(BENCHMARK))["main"]
+    out = tmp_path / "block_step.json"
+    main(["--smoke", "--width", "12", "--threads", "1", "--blocks", "b4_2", "--json", str(out)])
+    assert json.loads(out.read_text())["arch_kwargs"]["width"] == 12
