@@ -1,6 +1,6 @@
 """What would make bf16 block training faster on the CPU: the levers docs/performance.md names, measured.
 
-    python benchmarks/bf16_levers.py [--threads 2] [--steps 20] [--blocks all] [--profile b4_2] [--json PATH]
+    python benchmarks/bf16_levers.py [--threads 2] [--steps 20] [--blocks all] [--width W] [--profile b4_2] [--json PATH]
     python benchmarks/bf16_levers.py --smoke        # width 8, 32 px, 2 steps: checks that it runs
 
 The floor of block k (``block_step.py``'s: student block k, the filters f_n^k, the teachers' frozen blocks
@@ -38,11 +38,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import block_step  # noqa: E402  (the benchmark next to this one: its shapes, floor and timing)
 
-from kalib.device import autocast  # noqa: E402
 from kalib.method.filters import TeacherFilter  # noqa: E402
 from kalib.runs.presets import get_preset  # noqa: E402
 
-CPU = torch.device("cpu")
 VARIANTS = {  # name: (precision, cache in bf16, teachers in bf16, small FCs in fp32)
     "fp32": ("fp32", False, False, False),
     "bf16": ("bf16", False, False, False),
@@ -65,13 +63,13 @@ class Float32Head(nn.Module):
             return self.head(x.float())
 
 
+_CHANNEL_WEIGHTS = TeacherFilter.channel_weights
+
+
 def _float32_channel_weights(self: TeacherFilter, x: torch.Tensor) -> torch.Tensor:
     pooled = x.mean(dim=(2, 3), keepdim=True)   # the filter's own first step, so only (batch, C) is cast
     with torch.autocast(x.device.type, enabled=False):
         return _CHANNEL_WEIGHTS(self, pooled.float())
-
-
-_CHANNEL_WEIGHTS = TeacherFilter.channel_weights
 
 
 @contextmanager
@@ -105,27 +103,16 @@ def teacher_copies(teachers, bf16: bool, float32_heads: bool) -> list:
 
 
 def floor_run(bench: block_step.Bench, k: int, variant: str):
-    """n floor steps of block k in ``variant`` (:data:`VARIANTS`)."""
+    """n floor steps of block k in ``variant`` (:data:`VARIANTS`): ``block_step.py``'s floor, with the
+    variant's cache dtype, teachers and filters."""
     precision, cache16, teachers16, fcs32 = VARIANTS[variant]
-    schedule = bench.preset.student.block
-    with torch.no_grad():
-        h = bench.student.eval().prefix(block_step.to_input(bench.images[:schedule.batch_size]), k - 1)
-    h = h.float().contiguous(memory_format=block_step.CL)
-    h = h.to(torch.bfloat16) if cache16 else h
-    target = bench.soft[:schedule.batch_size]
     teachers = teacher_copies(bench.teachers, teachers16, fcs32)
-    params = block_step.block_params(bench, k)
-    opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    module, run = block_step.floor_run(bench, k, precision, torch.bfloat16 if cache16 else torch.float32)
 
-    def run(n):
+    def levered(n):
         with lever_state(bench, teachers, fcs32):
-            for _ in range(n):
-                with autocast(CPU, precision):
-                    loss = block_step.block_loss(bench, k, h, target)
-                opt.zero_grad(set_to_none=True)
-                loss.float().backward()
-                opt.step()
-    return bench.student.blocks[k - 1], run
+            run(n)
+    return module, levered
 
 
 def op_table(bench: block_step.Bench, k: int, variant: str, steps: int, rows: int = 12) -> dict:
@@ -141,25 +128,17 @@ def op_table(bench: block_step.Bench, k: int, variant: str, steps: int, rows: in
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each (default 3)")
-    parser.add_argument("--blocks", default="all", help="comma-separated block names, or 'all' (default)")
+    block_step.add_shared_arguments(parser, steps=20)
     parser.add_argument("--profile", default=None, help="also profile this block's floor in fp32 and bf16")
-    parser.add_argument("--smoke", action="store_true", help="width 8, 32 px, 2 steps after 1 warm-up step")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps, args.warmup = 2, 1
-    return args
+    return block_step.parsed(parser, argv)
 
 
 def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     preset = get_preset("quick")
-    arch_kwargs = {**preset.nets.arch_kwargs, "width": 8} if args.smoke else dict(preset.nets.arch_kwargs)
-    bench = block_step.build(preset, arch_kwargs, 32 if args.smoke else 64, preset.student.block.batch_size)
+    arch_kwargs, size = block_step.shapes(preset, args)
+    bench = block_step.build(preset, arch_kwargs, size, preset.student.block.batch_size)
     names = bench.student.block_names if args.blocks == "all" else args.blocks.split(",")
     result = {"torch": torch.__version__, "threads": args.threads, "cpu": block_step.cpu_model(),
               "loadavg_start": [round(v, 2) for v in os.getloadavg()], "arch_kwargs": arch_kwargs,

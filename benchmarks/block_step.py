@@ -217,12 +217,12 @@ def block_loss(bench: Bench, k: int, h: torch.Tensor, target: torch.Tensor) -> t
     return filtered_loss(out, target)[0]
 
 
-def floor_run(bench: Bench, k: int, precision: str = "fp32"):
-    """n steps on one ready float channels-last F^{k-1} and ready targets (no gathering)."""
+def floor_run(bench: Bench, k: int, precision: str = "fp32", dtype: torch.dtype = torch.float32):
+    """n steps on one ready channels-last F^{k-1} (as ``dtype``) and ready targets (no gathering)."""
     schedule = bench.preset.student.block
     with torch.no_grad():
         h = bench.student.eval().prefix(to_input(bench.images[:schedule.batch_size]), k - 1)
-    h, target = h.float().contiguous(memory_format=CL), bench.soft[:schedule.batch_size]
+    h, target = h.to(dtype).contiguous(memory_format=CL), bench.soft[:schedule.batch_size]
     params = block_params(bench, k)
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
 
@@ -321,22 +321,40 @@ def _block_ratios(bench: Bench, k: int, timed: dict) -> dict:
             "naive_over_step_with_cache": round(with_cache / naive["images_per_s"], 3)}
 
 
-def parse(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shared_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The options of this benchmark that ``bf16_levers.py`` has too (``steps``: the default of ``--steps``)."""
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default 10)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps per measurement (default {steps})")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each (default 3)")
     parser.add_argument("--blocks", default="all", help="comma-separated block names, or 'all' (default)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
-                        help="precision of the training steps; both: fp32 and bf16 side by side (default fp32)")
     parser.add_argument("--width", type=int, default=None,
                         help="the network's base width instead of the quick preset's 16 (64: ResNet-18's own)")
     parser.add_argument("--smoke", action="store_true", help="width 8 (unless --width), 32 px, 2 steps after 1 warm-up step")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def parsed(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``argv`` parsed, with ``--smoke``'s steps."""
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.warmup = 2, 1
     return args
+
+
+def shapes(preset: Preset, args: argparse.Namespace) -> tuple[dict, int]:
+    """The networks' ``arch_kwargs`` and the canvas size in pixels that ``--width`` and ``--smoke`` give."""
+    arch_kwargs = dict(preset.nets.arch_kwargs)
+    if args.smoke or args.width:
+        arch_kwargs["width"] = args.width or 8
+    return arch_kwargs, 32 if args.smoke else 64
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shared_arguments(parser, steps=10)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
+                        help="precision of the training steps; both: fp32 and bf16 side by side (default fp32)")
+    return parsed(parser, argv)
 
 
 def cpu_model() -> dict:
@@ -379,10 +397,7 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     preset = get_preset("quick")
-    arch_kwargs = dict(preset.nets.arch_kwargs)
-    if args.smoke or args.width:
-        arch_kwargs["width"] = args.width or 8
-    size = 32 if args.smoke else 64
+    arch_kwargs, size = shapes(preset, args)
     batches = {"teacher": preset.pretraining.teacher.batch_size, "block": preset.student.block.batch_size,
                "finetune": preset.student.finetune.batch_size}
     bench = build(preset, arch_kwargs, size, max(args.steps, args.warmup) * max(batches.values()))

@@ -25,4 +25,3 @@ def test_smoke_run_reports_floor_step_and_naive_per_block(tmp_path):
             assert block[ratio] > 0
     assert result["teacher"]["flop_ratio"] > 0
     assert all(f["images_per_s"] > 0 for f in result["finetune"].values())
-
