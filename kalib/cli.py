@@ -323,15 +323,18 @@ def _reproduce(args) -> None:
 def _study(args) -> None:
     from .runs.crossover import STUDIES, run_study
     _out_dir(args.out)
-    _out_dir(args.records)
+    records = args.records if args.records is not None else args.out / "records"
+    _out_dir(records)
     study = STUDIES[args.preset]
-    for name, values, valid in (("--pools", args.pools, study.pools), ("--seeds", args.seeds, study.seeds),
+    pools = sorted({p for c in study.cells for p in c.pools})
+    seeds = sorted({s for c in study.cells for s in c.seeds})
+    for name, values, valid in (("--pools", args.pools, pools), ("--seeds", args.seeds, seeds),
                                 ("--arms", args.arms, study.arms)):
         unknown = [v for v in values or () if v not in valid]
         if unknown:
             raise CommandError(f"{name} {','.join(map(str, unknown))}: not part of the {args.preset} study; "
                                f"choose from {','.join(map(str, valid))}")
-    summary = run_study(study, args.out, args.records, args.figures, teachers_dir=args.teachers, pools=args.pools,
+    summary = run_study(study, args.out, records, args.figures, teachers_dir=args.teachers, pools=args.pools,
                         seeds=args.seeds, arms=args.arms)
     if summary is not None:
         print(f"crossover.json, crossover.md and crossover.png in {args.figures or args.out}")
@@ -520,37 +523,46 @@ def _add_reproduce(sub, common) -> None:
     p.set_defaults(func=_reproduce)
 
 
-def _list(kind):
+def _study_list(kind):
+    """A comma-separated list of distinct values for the study's subsets: an empty list or a repeated value is
+    refused (an empty ``--pools ,`` would otherwise mean every pool)."""
     def parse(text: str) -> list:
         try:
-            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+            values = [kind(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"'{text}' names no value; give one or more, e.g. 250,4000")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"'{text}' repeats a value; name each once")
+        return values
     return parse
 
 
 def _add_study(sub, common) -> None:
-    p = sub.add_parser("study", help="amalgamate or distil? the crossover study: amalgamation against KD at equal "
-                                     "training compute over pool sizes and seeds (hours; resumable from its records)")
+    p = sub.add_parser("study", help="amalgamate, distil, merge or keep the teachers? the crossover study: every arm "
+                                     "on the same images, at matched training compute, over pool sizes, task sets, "
+                                     "teacher pairs and seeds (hours; resumable from its records)")
     p.add_argument("name", choices=["crossover"], help="the study to run")
     p.add_argument("--preset", default="quick", choices=["quick", "smoke"],
                    help="quick (the committed study) or smoke (minutes, numbers at chance)")
     p.add_argument("--out", type=Path, default=Path("runs/crossover"),
                    help="teachers, cached blocks and epoch states (default runs/crossover)")
-    p.add_argument("--records", type=Path, default=Path("figures/crossover/records"),
-                   help="one JSON record per finished run, re-used by a rerun (default figures/crossover/records)")
+    p.add_argument("--records", type=Path, default=None,
+                   help="one JSON record per finished run, re-used by a rerun (default OUT/records; the committed "
+                        "study's are figures/crossover/records, as make study names them)")
     p.add_argument("--figures", type=Path, default=None,
                    help="where crossover.json, .md and .png go once every run has a record (default --out)")
     p.add_argument("--teachers", type=Path, default=None,
-                   help="a directory of the preset's two-teacher set to re-use (default OUT/teachers)")
-    p.add_argument("--pools", type=_list(int), default=None, metavar="500,1000", help="run only these pool sizes")
-    p.add_argument("--seeds", type=_list(int), default=None, metavar="0,1", help="run only these seeds")
-    p.add_argument("--arms", type=_list(str), default=None, metavar="amalgamation,kd", help="run only these arms")
+                   help="a directory of the preset's two-teacher set to re-use as pair-1 (default OUT/teachers-pair-1)")
+    p.add_argument("--pools", type=_study_list(int), default=None, metavar="250,4000", help="run only these pool sizes")
+    p.add_argument("--seeds", type=_study_list(int), default=None, metavar="0,1", help="run only these seeds")
+    p.add_argument("--arms", type=_study_list(str), default=None, metavar="merge,kd",
+                   help="run only these arms (refused where an arm needs records of one left out)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(func=_study)
 
 
-# the subcommands, in the order `kalib --help` lists them: each adds its parser with `common`'s shared options
 SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_predict, _add_reproduce, _add_study)
 
 

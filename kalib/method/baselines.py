@@ -55,15 +55,22 @@ def train_kd_passes(student: BlockNet, images: torch.Tensor, soft: torch.Tensor,
     Returns the mean loss (one entry: the whole budget is one pass of the schedule)."""
     if student.num_classes != soft.shape[1]:
         raise ValueError(f"the KD student has {student.num_classes} outputs, the soft targets {soft.shape[1]} tasks")
+    return train_passes(student, images, soft, schedule, passes, seed, desc="KD", **optimise_kwargs)
+
+
+def train_passes(net: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule, passes: int,
+                 seed: int = 0, desc: str = "train", **optimise_kwargs) -> list[float]:
+    """Any network with C's outputs trained against the teachers' logits ``soft`` with the loss of Eq. 7 for
+    exactly ``passes`` image passes, as :func:`train_kd_passes` describes (``net.train()`` sets its modes)."""
     gen = torch.Generator().manual_seed(seed)
     rounds = -(-passes // len(images))
     order = torch.cat([torch.randperm(len(images), generator=gen) for _ in range(rounds)])[:passes]
     device = as_device(optimise_kwargs.get("device"))
-    student.to(device=device, memory_format=torch.channels_last).train()
-    return optimise(list(student.parameters()), passes,
-                    lambda idx: filtered_loss(student(to_input(images[order[idx]].to(device, non_blocking=True))),
+    net.to(device=device, memory_format=torch.channels_last).train()
+    return optimise(list(net.parameters()), passes,
+                    lambda idx: filtered_loss(net(to_input(images[order[idx]].to(device, non_blocking=True))),
                                               soft[order[idx]].to(device, non_blocking=True))[0],
-                    dataclasses.replace(schedule, epochs=1), seed, desc="KD", module=student, **optimise_kwargs)
+                    dataclasses.replace(schedule, epochs=1), seed, desc=desc, module=net, **optimise_kwargs)
 
 
 def train_supervised(net: BlockNet, images: torch.Tensor, labels: torch.Tensor, schedule: Schedule,

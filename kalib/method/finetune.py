@@ -12,6 +12,7 @@ from torch import nn
 from ..device import as_device
 from ..models.blocknet import BlockNet
 from ..train import EpochStore, Schedule, fit, optimise, predict, to_input
+from .baselines import train_passes
 from .blockwise import filtered_loss, task_losses, teacher_logits
 from .filters import TaskPlan
 from .student import CL
@@ -65,6 +66,19 @@ def finetune(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedu
 
         history = optimise([p for p in target.parameters()], len(images), batch_loss, schedule, seed,
                            desc="finetune", module=model, store=store, device=device, precision=precision)
+    target.eval()
+    return history
+
+
+def finetune_passes(target: nn.Module, images: torch.Tensor, soft: torch.Tensor, schedule: Schedule, passes: int,
+                    seed: int = 0, freeze_bn: bool = False, **optimise_kwargs) -> list[float]:
+    """Alg. 1 line 14 continued for exactly ``passes`` image passes instead of epochs (a compute budget: the
+    crossover study's ``amalgamation-b4-2x``), in seeded random orders with one poly schedule
+    (:func:`kalib.method.baselines.train_passes`); ``freeze_bn`` as :func:`finetune`. ``target`` is left in
+    eval mode."""
+    target.requires_grad_(True)
+    history = train_passes(_FrozenBatchNorm(target) if freeze_bn else target, images, soft, schedule, passes, seed,
+                           desc="finetune", **optimise_kwargs)
     target.eval()
     return history
 

@@ -1,6 +1,6 @@
-"""The crossover study's numbers as a reader sees them (:mod:`kalib.runs.crossover` runs it): paired
-differences between arms with t-based 95 % intervals, the verdict sentence written from them, the figure
-(test mAP against pool size, and training MACs) and a markdown table.
+"""The crossover study's numbers as a reader sees them (:mod:`kalib.runs.crossover` runs it; docs/design.md §9):
+paired differences between arms with t-based intervals adjusted by Holm's method and one word each, the
+decision table, the verdict of every cell written from them, the figure and the markdown tables.
 """
 
 from __future__ import annotations
@@ -13,183 +13,318 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 from scipy import stats
 
-ARM_LABELS = {"amalgamation": "amalgamation (tolerance rule)", "amalgamation-eq9": "amalgamation (Eq. 9)",
-              "kd": "KD, same MACs", "kd-2x": "KD, 2x MACs", "kd-randhead": "KD, same MACs, random head"}
-ARM_STYLES = {"amalgamation": ("#d62728", "o"), "amalgamation-eq9": ("#ff9896", "s"), "kd": ("#1f77b4", "^"),
-              "kd-2x": ("#17becf", "v"), "kd-randhead": ("#7f7f7f", "x")}
-COMPARISONS = (("amalgamation", "kd"), ("amalgamation", "kd-2x"), ("amalgamation", "amalgamation-eq9"),
-               ("amalgamation-eq9", "kd"), ("amalgamation-eq9", "kd-2x"), ("kd", "kd-randhead"))
+ARM_LABELS = {"teachers": "the teachers", "merge": "merge (training-free)",
+              "amalgamation-b4": "amalgamation, every label at b4",
+              "amalgamation": "amalgamation (tolerance rule)", "amalgamation-eq9": "amalgamation (Eq. 9)",
+              "kd": "KD, b4's MACs", "kd-tol": "KD, the tolerance net's MACs", "kd-eq9": "KD, Eq. 9's MACs",
+              "kd-2x": "KD, 2x b4's MACs", "amalgamation-b4-2x": "amalgamation b4, fine-tuned to 2x MACs",
+              "kd@amalgamation": "KD at its MACs", "kd@amalgamation-eq9": "KD at its MACs"}
+ARM_STYLES = {"teachers": ("#000000", "*"), "merge": ("#8c564b", "D"), "amalgamation-b4": ("#d62728", "o"),
+              "amalgamation": ("#ff7f0e", "s"), "amalgamation-eq9": ("#ff9896", "P"), "kd": ("#1f77b4", "^"),
+              "kd-tol": ("#aec7e8", "<"), "kd-eq9": ("#9edae5", ">"), "kd-2x": ("#17becf", "v"),
+              "amalgamation-b4-2x": ("#9467bd", "h")}
+# The pairs the verdict reads (docs/design.md §9), a − b; "kd@X": KD at X's training MACs (kd-tol or kd-eq9 where
+# that arm ran, else kd, whose budget is then within the tolerance).
+COMPARISONS = (("amalgamation-b4", "kd"), ("amalgamation-b4-2x", "kd-2x"), ("amalgamation", "kd@amalgamation"),
+               ("amalgamation-eq9", "kd@amalgamation-eq9"), ("kd", "merge"), ("amalgamation-eq9", "teachers"),
+               ("kd", "teachers"))
+OWN_BUDGET = {"kd@amalgamation": "kd-tol", "kd@amalgamation-eq9": "kd-eq9"}
+CRITERIA = {"accuracy": "accuracy is all that matters", "size": "the network must be the KD student's size",
+            "no-training": "there is no training budget"}
+SIZE_SLACK = 1.1            # "the KD student's size": parameters and inference MACs at most 1.1x KD's
 
 
-def interval(diffs: Sequence[float]) -> tuple[float, list[float]]:
-    """Mean of paired differences and its t-based 95 % interval (Student's t, n - 1 degrees of freedom)."""
+def score(run: dict) -> float | None:
+    """A run's test mAP in the pairs: a run that diverged at its chosen setting counts against its arm with the
+    test mAP of the network it started that training from."""
+    return run["test_map"] if run["test_map"] is not None else run.get("start_test_map")
+
+
+def interval(diffs: Sequence[float], level: float = 0.05) -> tuple[float, list[float]]:
+    """Mean of paired differences and its t-based two-sided interval at ``level`` (0.05: 95 %)."""
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return mean, [math.nan, math.nan]
-    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    half = stats.t.ppf(1 - level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return mean, [mean - half, mean + half]
 
 
-def paired(runs: Sequence[dict], comparisons=COMPARISONS) -> list[dict]:
-    """For every pool and pair of arms (a, b) with runs on the same seeds: per-seed test-mAP differences
-    a − b, their mean and 95 % interval. A run whose loss diverged (no test mAP) has no difference: its seed
-    is left out of that pool's pairs (:func:`failures` names it)."""
-    by = {(r["arm"], r["pool"], r["seed"]): r["test_map"] for r in runs if r["test_map"] is not None}
-    out = []
-    for pool in sorted({r["pool"] for r in runs}):
-        for a, b in comparisons:
-            seeds = sorted(s for (arm, p, s) in by if arm == a and p == pool and (b, pool, s) in by)
-            if not seeds:
-                continue
-            diffs = [round(by[a, pool, s] - by[b, pool, s], 3) for s in seeds]
-            mean, ci = interval(diffs)
-            out.append({"pool": pool, "a": a, "b": b, "seeds": seeds, "diffs": diffs, "mean": round(mean, 3),
-                        "ci95": [round(v, 3) for v in ci]})
+def p_value(diffs: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean 0 (1 for fewer than two seeds; 0 or 1 where the seeds
+    agree exactly)."""
+    if len(diffs) < 2:
+        return 1.0
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return 0.0 if statistics.fmean(diffs) != 0 else 1.0
+    t = statistics.fmean(diffs) / (sd / math.sqrt(len(diffs)))
+    return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+
+
+def word(ci: Sequence[float], margin: float) -> str:
+    """*ahead* / *behind* (the interval excludes 0), *equivalent* (inside ± margin), *inconclusive*."""
+    low, high = ci
+    if math.isnan(low):
+        return "inconclusive"
+    if low > 0:
+        return "ahead"
+    if high < 0:
+        return "behind"
+    return "equivalent" if -margin <= low and high <= margin else "inconclusive"
+
+
+def holm(entries: list[dict], alpha: float, margin: float) -> list[dict]:
+    """Holm's step-down adjustment over one family: the pair of rank i among m (by p-value) gets its interval at
+    level α / (m − i + 1), and every pair after the first that Holm keeps gets that pair's level; each entry
+    gains ``p``, ``adjusted_level``, ``adjusted_ci95`` and ``word``."""
+    order = sorted(range(len(entries)), key=lambda i: entries[i]["p"])
+    m, kept = len(entries), None
+    for rank_i, i in enumerate(order, start=1):
+        level = alpha / (m - rank_i + 1)
+        if kept is None and entries[i]["p"] > level:
+            kept = rank_i
+        level = alpha / (m - min(rank_i, kept or rank_i) + 1)
+        _, ci = interval(entries[i]["diffs"], level)
+        entries[i].update({"adjusted_level": level, "adjusted_ci95": [round(v, 3) for v in ci],
+                           "word": word(ci, margin)})
+    return entries
+
+
+def _by_arm(runs: Sequence[dict]) -> dict[tuple, dict]:
+    return {(r["arm"], r["pool"], r["seed"]): r for r in runs}
+
+
+def _resolve(arm: str, by: dict, pool: int, seed: int) -> dict | None:
+    """The run of ``arm`` (``kd@X``: KD at X's MACs, its own-budget arm where that ran, else ``kd``)."""
+    if arm in OWN_BUDGET:
+        return by.get((OWN_BUDGET[arm], pool, seed)) or by.get(("kd", pool, seed))
+    return by.get((arm, pool, seed))
+
+
+def pair(runs: Sequence[dict], a: str, b: str, pool: int, kind: str = "verdict") -> dict | None:
+    """Per-seed test-mAP differences a − b at ``pool`` (seeds where both ran), their mean, unadjusted 95 %
+    interval and p-value; the arms each side used (``kd@X`` resolves per seed) and the seeds that failed."""
+    by = _by_arm(runs)
+    seeds = sorted({r["seed"] for r in runs if r["pool"] == pool})
+    sides = [(s, _resolve(a, by, pool, s), _resolve(b, by, pool, s)) for s in seeds]
+    sides = [(s, x, y) for s, x, y in sides if x and y and score(x) is not None and score(y) is not None]
+    if not sides:
+        return None
+    diffs = [round(score(x) - score(y), 3) for _, x, y in sides]
+    mean, ci = interval(diffs)
+    return {"pool": pool, "a": a, "b": b, "kind": kind, "seeds": [s for s, _, _ in sides], "diffs": diffs,
+            "b_arms": sorted({y["arm"] for _, _, y in sides}), "mean": round(mean, 3),
+            "ci95": [round(v, 3) for v in ci], "p": p_value(diffs),
+            "failed": [s for s, x, y in sides if x["test_map"] is None or y["test_map"] is None]}
+
+
+def means(runs: Sequence[dict], pool: int) -> dict[str, dict]:
+    """Per arm at ``pool``: mean test mAP (failures counted by :func:`score`), parameters, inference MACs,
+    training MACs."""
+    out = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs if r["pool"] == pool):
+        at = [r for r in runs if r["arm"] == arm and r["pool"] == pool and score(r) is not None]
+        if at:
+            out[arm] = {"test_map": round(statistics.fmean(score(r) for r in at), 3),
+                        **{k: round(statistics.fmean(r[k] for r in at)) for k in ("params", "inference_macs",
+                                                                                  "train_macs")}}
     return out
 
 
-def _outcome(entry: dict) -> str:
-    low, high = entry["ci95"]
-    if low > 0:
-        return "wins"
-    if high < 0:
-        return "loses"
-    return "ties"
+def candidates(table: dict[str, dict], criterion: str) -> list[str]:
+    """The arms a decision question allows, best first by mean test mAP."""
+    if criterion == "size":
+        kd = table.get("kd")
+        arms = [a for a, v in table.items() if kd and v["params"] <= SIZE_SLACK * kd["params"]
+                and v["inference_macs"] <= SIZE_SLACK * kd["inference_macs"]]
+    elif criterion == "no-training":
+        arms = [a for a in ("teachers", "merge") if a in table]
+    else:
+        arms = list(table)
+    return sorted(arms, key=lambda a: -table[a]["test_map"])
 
 
-def _span(pools: list[int], every: list[int]) -> str:
-    """``pools`` in words: "a to b images" where they are a run of consecutive pools of ``every`` (all the
-    pools compared), else each named."""
-    pools, every = sorted(pools), sorted(every)
-    if len(pools) == 1:
-        return f"{pools[0]:,} images"
-    if every[every.index(pools[0]):every.index(pools[-1]) + 1] == pools:
-        return f"{pools[0]:,} to {pools[-1]:,} images"
-    return ", ".join(f"{p:,}" for p in pools[:-1]) + f" and {pools[-1]:,} images"
-
-
-def _gap(entry: dict) -> str:
-    low, high = entry["ci95"]
-    return f"{entry['mean']:+.1f} mAP [{low:+.1f}, {high:+.1f}] at {entry['pool']:,}"
+def analyse(runs: Sequence[dict], cells: Sequence[dict], margin: float, alpha: float) -> dict:
+    """``paired`` (the verdict's pairs and, per decision question, best − runner-up, with Holm-adjusted
+    intervals and words per family: teachers × task set), ``decision`` (per cell, pool and question the best
+    arm with its numbers and word), ``failures`` and ``verdict`` (per cell, :func:`cell_verdict`)."""
+    paired, decision, verdict = [], [], {}
+    for cell in cells:
+        name = f"{cell['teachers']}/{cell['task_set']}"
+        mine = [r for r in runs if r["teachers"] == cell["teachers"] and r["task_set"] == cell["task_set"]]
+        family, rows = [], []
+        for pool in cell["pools"]:
+            family += [e for a, b in COMPARISONS if (e := pair(mine, a, b, pool)) is not None]
+            table = means(mine, pool)
+            for criterion in CRITERIA:
+                order = candidates(table, criterion)
+                if not order:
+                    continue
+                row = {"teachers": cell["teachers"], "task_set": cell["task_set"], "pool": pool,
+                       "criterion": criterion, "choice": order[0], **table[order[0]],
+                       "runner_up": order[1] if len(order) > 1 else None}
+                if len(order) > 1 and (e := pair(mine, order[0], order[1], pool, f"decision:{criterion}")):
+                    family.append(e)
+                rows.append(row)
+        holm(family, alpha, margin)
+        for e in family:
+            e.update({"teachers": cell["teachers"], "task_set": cell["task_set"], "family_size": len(family)})
+        for row in rows:
+            e = next((e for e in family if e["kind"] == f"decision:{row['criterion']}" and e["pool"] == row["pool"]), None)
+            row["word"] = e["word"] if e else None
+        failed = failures(mine)
+        verdict[name] = cell_verdict(family, failed, cell, margin)
+        paired += family
+        decision += rows
+    return {"paired": paired, "decision": decision, "failures": failures(runs), "verdict": verdict}
 
 
 def failures(runs: Sequence[dict]) -> list[dict]:
-    """The runs at a chosen setting whose loss diverged: arm, pool, seed and learning rate."""
-    return [{"arm": r["arm"], "pool": r["pool"], "seed": r["seed"], "setting": r["setting"]}
+    """The runs at a chosen setting whose loss diverged."""
+    return [{k: r[k] for k in ("teachers", "task_set", "arm", "pool", "seed", "setting") if k in r}
             for r in runs if r["test_map"] is None]
 
 
-def failure_sentence(failed: Sequence[dict]) -> str:
-    """One sentence naming every diverged run at a chosen setting, or "" when there is none."""
-    if not failed:
-        return ""
-    each = "; ".join(f"{ARM_LABELS[f['arm']]} at {f['pool']:,} images, seed {f['seed']} (lr {f['setting']['lr']:g})"
-                     for f in failed)
-    runs = "run" if len(failed) == 1 else "runs"
-    return (f"Diverged at the learning rate chosen on the first seed, and left out of the pairs at its pool: "
-            f"{len(failed)} {runs}, {each}.")
+def _pools(pools: Sequence[int]) -> str:
+    pools = [f"{p:,}" for p in sorted(pools)]
+    return pools[0] if len(pools) == 1 else ", ".join(pools[:-1]) + f" and {pools[-1]}"
 
 
-def study_verdict(pairs: Sequence[dict], failed: Sequence[dict] = ()) -> str:
-    """The study's verdict: each amalgamation arm (the tolerance rule, then the paper's Eq. 9) against KD at
-    the same training MACs (:func:`verdict`), and the runs that diverged (:func:`failure_sentence`)."""
-    text = verdict(pairs)
-    if any(e["a"] == "amalgamation-eq9" and e["b"] == "kd" for e in pairs):
-        text += " " + verdict(pairs, "amalgamation-eq9", "kd", lead=False)
-    return " ".join(t for t in (text, failure_sentence(failed)) if t)
+def _gap(e: dict) -> str:
+    low, high = e["adjusted_ci95"]
+    return f"{e['mean']:+.1f} mAP [{low:+.1f}, {high:+.1f}] at {e['pool']:,}"
 
 
-def verdict(pairs: Sequence[dict], a: str = "amalgamation", b: str = "kd", lead: bool = True) -> str:
-    """One or two sentences, generated from the paired differences of ``a`` − ``b`` over pool sizes: where
-    ``a`` is ahead (95 % interval above 0), behind (below 0) or level (the interval contains 0), by how much
-    at the extremes, and where the crossover lies. ``lead``: open with what the numbers are."""
-    rows = sorted((e for e in pairs if e["a"] == a and e["b"] == b), key=lambda e: e["pool"])
-    if not rows:
-        return f"no paired runs of {a} and {b}"
-    groups: dict[str, list[dict]] = {"wins": [], "loses": [], "ties": []}
-    for e in rows:
-        groups[_outcome(e)].append(e)
-    name_a, name_b, pools = ARM_LABELS[a], ARM_LABELS[b], [e["pool"] for e in rows]
-    seeds = max(len(e["seeds"]) for e in rows)
+def pair_sentence(entries: Sequence[dict]) -> str:
+    """One pair of arms over the pools, grouped by word: "ahead at 250 and 500 (largest +3.1 mAP [+2.0, +4.2]
+    at 250); inconclusive at 1,000 and 4,000"."""
     parts = []
-    for outcome, words in (("wins", "ahead of"), ("loses", "behind"), ("ties", "level with")):
-        if groups[outcome]:
-            best = max(groups[outcome], key=lambda e: abs(e["mean"]))
-            parts.append(f"{words} {name_b} on pools of {_span([e['pool'] for e in groups[outcome]], pools)} "
-                         f"(largest gap {_gap(best)})")
-    title = name_a[0].upper() + name_a[1:]
-    opening = f"Test mAP, mean over {seeds} paired seeds with 95 % intervals: {name_a}" if lead else title
-    sentence = f"{opening} is " + "; ".join(parts) + "."
-    outcomes = [_outcome(e) for e in rows]
-    if "wins" in outcomes and "loses" in outcomes:
-        last_win = max(e["pool"] for e in groups["wins"])
-        first_loss = min(e["pool"] for e in groups["loses"])
-        side = "below" if last_win < first_loss else "above"
-        sentence += (f" The crossover lies between {min(last_win, first_loss):,} and {max(last_win, first_loss):,} "
-                     f"pool images: {name_a} pays {side} it.")
-    elif "wins" not in outcomes:
-        sentence += f" {title} beats {name_b} at no pool size tried."
-    return sentence
+    for w in ("ahead", "behind", "equivalent", "inconclusive"):
+        at = [e for e in entries if e["word"] == w]
+        if at:
+            top = max(at, key=lambda e: abs(e["mean"]))
+            parts.append(f"{w} at {_pools([e['pool'] for e in at])} ({'largest ' if len(at) > 1 else ''}{_gap(top)})")
+    return "; ".join(parts)
+
+
+def cell_verdict(family: Sequence[dict], failed: Sequence[dict], cell: dict, margin: float) -> str:
+    """The verdict of one cell, written from its pairs: how many pairs the intervals are adjusted for, then each
+    pair the verdict reads, by pool, in words; and the runs that failed."""
+    if not family:
+        return "no paired runs"
+    seeds = max(len(e["seeds"]) for e in family)
+    head = (f"Test mAP over {seeds} paired seeds, 95 % intervals Holm-adjusted for the {len(family)} pairs of "
+            f"{cell['teachers']} on {len(cell['labels'])} labels ({cell['task_set']}); equivalent means inside "
+            f"±{margin:g} mAP.")
+    sentences = [head]
+    for a, b in COMPARISONS:
+        entries = [e for e in family if e["a"] == a and e["b"] == b and e["kind"] == "verdict"]
+        if entries:
+            budget = ""
+            if b in OWN_BUDGET:
+                budgets = sorted({arm for e in entries for arm in e["b_arms"]})
+                budget = f" (budget: {', '.join(budgets)})"
+            sentences.append(f"{ARM_LABELS[a][0].upper()}{ARM_LABELS[a][1:]} against {ARM_LABELS[b]}{budget}: "
+                             f"{pair_sentence(entries)}.")
+    if failed:
+        each = "; ".join(f"{ARM_LABELS[f['arm']]} at {f['pool']:,}, seed {f['seed']}" for f in failed)
+        sentences.append(f"Diverged at the chosen setting, counted with the mAP of its start: {each}.")
+    return " ".join(sentences)
 
 
 def figure(summary: dict, path=None):
-    """Test mAP against pool size (log axis) per arm, mean over seeds with the seeds' range as a band and the
-    teachers' line; beside it, each arm's training MACs."""
-    fig, (ax, ax_macs) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-    runs = summary["runs"]
-    for arm in summary["arms"]:
-        colour, marker = ARM_STYLES[arm]
-        pools = sorted({r["pool"] for r in runs if r["arm"] == arm})
-        values = [[r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == p and r["test_map"] is not None]
-                  for p in pools]
-        macs = [statistics.fmean(r["train_macs"] for r in runs if r["arm"] == arm and r["pool"] == p) for p in pools]
-        ax.plot(pools, [statistics.fmean(v) for v in values], marker=marker, color=colour, label=ARM_LABELS[arm])
-        ax.fill_between(pools, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.15, lw=0)
-        ax_macs.plot(pools, [m / 1e12 for m in macs], marker=marker, color=colour, label=ARM_LABELS[arm])
-    ax.axhline(summary["teachers_test_map"], color="black", ls="--", lw=1, label="teachers")
-    for a in (ax, ax_macs):
-        a.set_xscale("log")
-        a.set_xticks(summary["pool_sizes"], [f"{p:,}" for p in summary["pool_sizes"]], fontsize=7)
-        a.xaxis.set_minor_formatter(NullFormatter())
-        a.set_xlabel("unlabelled pool images N (log scale)")
-        a.grid(alpha=0.3)
-    ax.set_ylabel("test mAP (%): mean over seeds, band = min-max", fontsize=8)
-    ax_macs.set_ylabel("training MACs (10^12)")
-    ax_macs.set_ylim(bottom=0)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Amalgamate or distil? Test mAP by pool size", fontsize=10)
-    ax_macs.set_title("Training compute of each arm", fontsize=10)
+    """Per cell (a row): test mAP against pool size per arm (mean over seeds, band = min-max, the teachers'
+    line), and test mAP against inference MACs per image (each arm a point per pool)."""
+    cells = summary["cells"]
+    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3.6 * len(cells)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    for (ax, ax_macs), cell in zip(axes, cells):
+        runs = [r for r in summary["runs"] if r["teachers"] == cell["teachers"] and r["task_set"] == cell["task_set"]]
+        for arm in [a for a in summary["arms"] if any(r["arm"] == a for r in runs)]:
+            colour, marker = ARM_STYLES[arm]
+            pools = sorted({r["pool"] for r in runs if r["arm"] == arm})
+            values = [[score(r) for r in runs if r["arm"] == arm and r["pool"] == p and score(r) is not None]
+                      for p in pools]
+            mean = [statistics.fmean(v) for v in values]
+            if arm == "teachers":
+                ax.axhline(mean[0], color=colour, ls="--", lw=1, label=ARM_LABELS[arm])
+            else:
+                ax.plot(pools, mean, marker=marker, color=colour, label=ARM_LABELS[arm], ms=4, lw=1)
+                ax.fill_between(pools, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.1, lw=0)
+            macs = [statistics.fmean(r["inference_macs"] for r in runs if r["arm"] == arm and r["pool"] == p)
+                    for p in pools]
+            ax_macs.scatter([m / 1e6 for m in macs], mean, marker=marker, color=colour, s=18)
+        ax.set_xscale("log")
+        ax.set_xticks(cell["pools"], [f"{p:,}" for p in cell["pools"]], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("unlabelled pool images N (log scale)")
+        ax.set_ylabel("test mAP (%)", fontsize=8)
+        ax.set_title(f"{cell['teachers']}, {cell['task_set']} ({len(cell['labels'])} labels): test mAP by pool size",
+                     fontsize=9)
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
+        ax_macs.set_xlabel("inference MACs per image (millions)")
+        ax_macs.set_title("test mAP against inference cost (a point per arm and pool)", fontsize=9)
+        for a in (ax, ax_macs):
+            a.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=120)
     return fig
 
 
+def decision_markdown(summary: dict) -> list[str]:
+    """The decision table: per cell and pool, the best arm for each question, with its numbers and the word of its
+    pair with the runner-up."""
+    lines = ["| teachers | task set | N | question | best choice | test mAP | parameters | inference MMACs | "
+             "training 10^12 MACs | against the runner-up |", "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
+    for row in summary["decision"]:
+        against = f"{row['word']} vs {row['runner_up']}" if row["runner_up"] else "the only candidate"
+        lines.append(f"| {row['teachers']} | {row['task_set']} | {row['pool']:,} | {CRITERIA[row['criterion']]} | "
+                     f"{row['choice']} | {row['test_map']:.1f} | {row['params']:,} | {row['inference_macs'] / 1e6:.1f} | "
+                     f"{row['train_macs'] / 1e12:.2f} | {against} |")
+    return lines
+
+
 def markdown(summary: dict) -> str:
-    """The study as tables: test mAP (mean ± std over seeds) per arm and pool, the paired differences, the
-    chosen settings, and the verdict."""
-    runs, arms, pools = summary["runs"], summary["arms"], summary["pool_sizes"]
-    lines = [f"# Crossover study ({summary['preset']} preset, seeds {', '.join(map(str, summary['seeds']))})", "",
-             summary["verdict"], "", f"Teachers: {summary['teachers_test_map']:.1f} test mAP.", "",
-             "| arm | " + " | ".join(f"N = {p:,}" for p in pools) + " |", "|---|" + "---:|" * len(pools)]
-    for arm in arms:
-        cells = []
-        for p in pools:
-            at = [r["test_map"] for r in runs if r["arm"] == arm and r["pool"] == p]
-            v = [m for m in at if m is not None]
-            cell = (f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else
-                    (f"{v[0]:.1f}" if v else ""))
-            cells.append(cell + (f" ({len(at) - len(v)} diverged)" if len(v) < len(at) else ""))
-        lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences of test mAP (a − b), mean and 95 % interval over seeds:", "",
-              "| N | a − b | per seed | mean | 95 % interval |", "|---:|---|---|---:|---|"]
+    """The study as tables: the verdict of every cell, the decision table, test mAP (mean ± std over seeds) per arm
+    and pool, the paired differences, and the chosen settings."""
+    p = summary["protocol"]
+    lines = [f"# Crossover study, version 2 ({summary['preset']} preset; protocol at commit {p['commit']})", ""]
+    for cell, text in summary["verdict"].items():
+        lines += [f"**{cell}.** {text}", ""]
+    lines += ["## Decision table", "", *decision_markdown(summary), ""]
+    for cell in summary["cells"]:
+        runs = [r for r in summary["runs"] if r["teachers"] == cell["teachers"] and r["task_set"] == cell["task_set"]]
+        lines += [f"## {cell['teachers']}, {cell['task_set']}: {', '.join(cell['labels'])}", "",
+                  "| arm | " + " | ".join(f"N = {n:,}" for n in cell["pools"]) + " | parameters (largest N) |",
+                  "|---|" + "---:|" * (len(cell["pools"]) + 1)]
+        for arm in [a for a in summary["arms"] if any(r["arm"] == a for r in runs)]:
+            cells = []
+            for n in cell["pools"]:
+                v = [score(r) for r in runs if r["arm"] == arm and r["pool"] == n and score(r) is not None]
+                failed = sum(r["test_map"] is None for r in runs if r["arm"] == arm and r["pool"] == n)
+                cells.append((f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else
+                              (f"{v[0]:.1f}" if v else "")) + (f" ({failed} diverged)" if failed else ""))
+            size = next(r["params"] for r in runs if r["arm"] == arm and r["pool"] == max(cell["pools"]))
+            lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + f" | {size:,} |")
+        lines.append("")
+    lines += ["## Paired differences (a − b, test mAP)", "",
+              "| teachers | task set | N | a − b | per seed | mean | Holm-adjusted interval | word |",
+              "|---|---|---:|---|---|---:|---|---|"]
     for e in summary["paired"]:
-        lines.append(f"| {e['pool']:,} | {e['a']} − {e['b']} | {', '.join(f'{d:+.2f}' for d in e['diffs'])} | "
-                     f"{e['mean']:+.2f} | [{e['ci95'][0]:+.2f}, {e['ci95'][1]:+.2f}] |")
-    lines += ["", "Settings chosen on the validation split (seed " + str(summary["seeds"][0]) + "):", "",
-              "| arm | N | grid (lr: validation mAP) | chosen | at edge |", "|---|---:|---|---|---|"]
+        b = e["b"] + (f" ({', '.join(e['b_arms'])})" if e["b"] in OWN_BUDGET else "")
+        lines.append(f"| {e['teachers']} | {e['task_set']} | {e['pool']:,} | {e['a']} − {b} | "
+                     f"{', '.join(f'{d:+.2f}' for d in e['diffs'])} | {e['mean']:+.2f} | "
+                     f"[{e['adjusted_ci95'][0]:+.2f}, {e['adjusted_ci95'][1]:+.2f}] | {e['word']} |")
+    lines += ["", "## Settings chosen on the validation split (a tuned cell's first seed)", "",
+              "| teachers | task set | arm | N | grid (setting: validation mAP) | chosen | at edge |",
+              "|---|---|---|---:|---|---|---|"]
     for t in summary["tuning"]:
-        grid = ", ".join(f"{g['setting']['lr']:g}: " + (f"{g['val_map']:.1f}" if g["val_map"] is not None else "diverged")
-                         for g in t["grid"])
-        lines.append(f"| {t['arm']} | {t['pool']:,} | {grid} | {t['chosen']['lr']:g} | {'yes' if t['at_edge'] else ''} |")
+        grid = ", ".join(" ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in g["setting"].items())
+                         + ": " + (f"{g['val_map']:.1f}" if g["val_map"] is not None else "diverged") for g in t["grid"])
+        choice = " ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t["chosen"].items())
+        lines.append(f"| {t['teachers']} | {t['task_set']} | {t['arm']} | {t['pool']:,} | {grid} | {choice} | "
+                     f"{'yes' if t['at_edge'] else ''} |")
+    c = summary["cost"]
+    lines += ["", f"Cost: {c['core_s']:,} seconds of one thread ({c['core_h']} core-hours) over {c['records']} records."]
     return "\n".join(lines) + "\n"

@@ -77,11 +77,13 @@ def network_step_macs(net: nn.Module, x: torch.Tensor, outputs: int) -> float:
 def amalgamation_macs(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor,
                       *, block_images: int, block_epochs: Sequence[int], block_batch: int, train_images: int,
                       heldout: int, target: nn.Module, finetune_images: int, finetune_epochs: int,
-                      finetune_batch: int) -> dict[str, int]:
+                      finetune_batch: int, heldout_losses: bool = True) -> dict[str, int]:
     """Training MACs of one amalgamation (Alg. 1 and fine-tuning), by part and in ``total``: the student
     and filters as trained (any block), the teachers, a uint8 ``sample`` batch of pool images to measure on,
     ``block_images`` per block for ``block_epochs[k-1]`` epochs, ``train_images`` and ``heldout`` pool
-    images with soft targets, and the assembled TargetNet ``target`` fine-tuned over ``finetune_images``."""
+    images with soft targets, and the assembled TargetNet ``target`` fine-tuned over ``finetune_images``.
+    ``heldout_losses=False``: a TargetNet whose branch blocks no rule chose (every task at the last block)
+    needs no held-out losses L_i^k, and they are not counted."""
     x = to_input(sample)
     was = [m.training for m in (student, filters, target)]
     student.eval(), filters.eval(), target.eval()
@@ -91,7 +93,7 @@ def amalgamation_macs(student: BlockNet, filters, teachers: Sequence[BlockNet], 
         cost = block_macs(student, filters[k - 1], teachers, plan, x, k)
         parts["prefix"] += block_images * cost["prefix"]
         parts["blocks"] += passes(block_images, epochs, block_batch) * cost["step"]
-        parts["heldout"] += heldout * cost["heldout"]
+        parts["heldout"] += heldout * cost["heldout"] if heldout_losses else 0.0
     parts["finetune"] = passes(finetune_images, finetune_epochs, finetune_batch) * network_step_macs(
         target, x, len(plan.tasks))
     for m, flag in zip((student, filters, target), was):
