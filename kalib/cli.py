@@ -320,6 +320,37 @@ def _reproduce(args) -> None:
         raise CommandError(str(err)) from None
 
 
+def _merge(args) -> None:
+    """``kalib merge``: the teachers merged in weight space, no training (kalib.method.merge)."""
+    from .runs.merge import merge_own_teachers, merge_preset_teachers
+    if args.out.is_dir() or args.out.suffix not in (".pt", ""):
+        raise CommandError(f"--out {args.out}: give a checkpoint file name, e.g. merged.pt (its JSON goes beside it)")
+    _writable(args.out)
+    if bool(args.teacher) == (args.teachers is not None):
+        raise CommandError("give either --teachers DIR (written by `kalib pretrain`) or --teacher ARCH:WEIGHTS:LABELS "
+                           "once per teacher (torchvision models you trained), not both and not neither")
+    if args.teacher:
+        if args.pool is None:
+            raise CommandError("--teacher needs --pool DIR, a folder of unlabelled images for the BatchNorm statistics")
+        for name, value in (("--preset", args.preset), ("--pool-images", args.pool_images)):
+            if value is not None:
+                raise CommandError(f"{name} goes with --teachers DIR, not with --teacher")
+        record = merge_own_teachers(args.teacher, args.pool, args.out, tasks=args.tasks, image_size=args.image_size,
+                                    mean=args.mean, std=args.std, start=args.start, lam=args.lam)
+    else:
+        for name, value in (("--pool", args.pool), ("--start", args.start)):
+            if value is not None:
+                raise CommandError(f"{name} goes with --teacher; with --teachers DIR the pool is the preset's and "
+                                   "the shared start is the directory's generic checkpoint")
+        preset = get_preset(args.preset or "quick")
+        record = merge_preset_teachers(preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
+                                       lam=args.lam, pool_images=args.pool_images, data_root=args.data_root)
+    scores = ", ".join(f"{split} mAP {record[f'{split}_map']:.2f}" for split in ("val", "test")
+                       if f"{split}_map" in record)
+    print(f"merged {len(record['teachers'])} teachers (lambda {record['lam']:g}) for {len(record['labels'])} labels "
+          f"into {args.out}{': ' + scores if scores else ''}")
+
+
 def _study(args) -> None:
     from .runs.crossover import STUDIES, run_study
     _out_dir(args.out)
@@ -523,6 +554,36 @@ def _add_reproduce(sub, common) -> None:
     p.set_defaults(func=_reproduce)
 
 
+def _add_merge(sub, common) -> None:
+    p = sub.add_parser("merge", help="merge the teachers in weight space from their shared start, with no training "
+                                     "(theta_0 + lambda * sum(theta_n - theta_0), BatchNorm statistics re-estimated "
+                                     "on unlabelled images): a student-sized network for evaluate and predict")
+    p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (NAME.pt and NAME.json)")
+    p.add_argument("--teachers", type=Path, default=None, help="directory written by `kalib pretrain`")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="the preset of --teachers (default quick)")
+    p.add_argument("--teacher-set", default="2", choices=list(TEACHER_SETS), help="with --teachers (default 2)")
+    p.add_argument("--tasks", default=None, help="comma-separated labels of C (default all the teachers' labels)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="lambda of task arithmetic (default 1/N, the plain average of the N teachers)")
+    p.add_argument("--pool-images", type=_positive_int, default=None,
+                   help="with --teachers: the BatchNorm statistics from the first N pool images (default all)")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder of the preset (as for evaluate)")
+    p.add_argument("--start", type=Path, default=None, metavar="FILE",
+                   help="with --teacher: the torchvision state dict the teachers were fine-tuned from (theta_0), "
+                        "needed unless lambda is 1/N")
+    g = p.add_argument_group("your own teachers", "torchvision models you fine-tuned from one shared start "
+                             "(--teacher excludes --teachers, --preset and --pool-images)")
+    g.add_argument("--teacher", action="append", default=[], metavar="ARCH:WEIGHTS:LABELS[:softmax]",
+                   help="a teacher, repeated once per teacher, as for `kalib amalgamate --teacher`")
+    g.add_argument("--pool", type=Path, default=None, metavar="DIR",
+                   help="folder of unlabelled images for the BatchNorm statistics, searched recursively")
+    g.add_argument("--image-size", type=_positive_int, default=224, metavar="N", help="(default 224)")
+    g.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
+                   help="the teachers' input normalisation (default ImageNet's)")
+    g.add_argument("--std", type=_floats3, default=None, metavar="R,G,B", help="(default ImageNet's)")
+    p.set_defaults(func=_merge)
+
+
 def _study_list(kind):
     """A comma-separated list of distinct values for the study's subsets: an empty list or a repeated value is
     refused (an empty ``--pools ,`` would otherwise mean every pool)."""
@@ -563,7 +624,8 @@ def _add_study(sub, common) -> None:
     p.set_defaults(func=_study)
 
 
-SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_evaluate, _add_predict, _add_reproduce, _add_study)
+SUBCOMMANDS = (_add_pretrain, _add_amalgamate, _add_merge, _add_evaluate, _add_predict, _add_reproduce,
+               _add_study)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -134,14 +134,16 @@ def write_example(folder: str | Path, size: int = 32, train: int = 300, pool: in
                   seed: int = 0, schedule: Schedule = FINETUNE_SCHEDULE,
                   broken: bool = True, start_images: int = 300) -> dict[str, Path]:
     """The whole example in ``folder``: two resnet18 teachers (colours, shapes) fine-tuned from one
-    :func:`pretrained_start` (``colours.pt``/``colours.txt``, ``shapes.pt``/``shapes.txt``), a ``pool`` folder of
+    :func:`pretrained_start` (``colours.pt``/``colours.txt``, ``shapes.pt``/``shapes.txt``; the start itself as
+    ``start.pt``), a ``pool`` folder of
     unlabelled PNGs (with one broken file where ``broken``), a labelled ``test`` folder and its ``test.csv``.
     Returns those paths by name."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     start = pretrained_start("resnet18", size, start_images, seed=seed)
+    torch.save(start, folder / "start.pt")        # θ₀ (no classifier), for `kalib merge --start`
     x, colours, shapes = coloured_shapes(train, size, seed=seed + 1)
-    out = {}
+    out = {"start": folder / "start.pt"}
     for n, (name, targets, labels) in enumerate((("colours", colours, COLOURS), ("shapes", shapes, SHAPES))):
         model = train_torchvision_teacher("resnet18", x, targets, start=start, schedule=schedule, seed=seed + n)
         torch.save(model.state_dict(), folder / f"{name}.pt")

@@ -304,3 +304,25 @@ def test_predict_reads_a_preset_checkpoint_at_its_preset_size(tmp_path, capsys):
         expected = torch.sigmoid(net.eval()(to_input(x)))
     got = torch.tensor([list(scores[str(tmp_path / "images" / f"img_0000{i}.png")].values()) for i in range(3)])
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_kalib_merge_of_own_teachers_from_their_start_is_read_by_predict(example, tmp_path, one_thread):
+    """`kalib merge --teacher … --pool DIR`: the plain average needs no start; another lambda needs --start (the
+    weights both teachers were fine-tuned from), and a start of another architecture is refused in one line."""
+    d = example["colours"].parent
+    teachers = ["--teacher", f"resnet18:{d / 'colours.pt'}:{d / 'colours.txt'}",
+                "--teacher", f"resnet18:{d / 'shapes.pt'}:{d / 'shapes.txt'}", "--pool", str(example["pool"]),
+                "--image-size", "32"]
+    code, log = cli("merge", *teachers, "--out", str(tmp_path / "mean.pt"))
+    assert code == 0 and "merged 2 teachers (lambda 0.5) for 6 labels" in log, log
+    code, printed = cli("predict", str(tmp_path / "mean.pt"), str(example["test"]), "--json")
+    scores = json.loads(printed)
+    assert code == 0 and len(scores) == len(list(example["test"].iterdir()))
+    code, log = cli("merge", *teachers, "--lam", "0.3", "--out", str(tmp_path / "no-start.pt"))
+    assert code == 2 and "needs the teachers' shared start" in log and not (tmp_path / "no-start.pt").exists()
+    code, log = cli("merge", *teachers, "--lam", "0.3", "--start", str(example["start"]), "--out", str(tmp_path / "l.pt"))
+    assert code == 0, log
+    torch.save(torchvision.models.resnet34(num_classes=3).state_dict(), tmp_path / "r34.pt")
+    code, log = cli("merge", *teachers, "--lam", "0.3", "--start", str(tmp_path / "r34.pt"), "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "is a resnet34 state dict, but the teachers are resnet18" in log
+    assert len(log.strip().splitlines()) == 1

@@ -52,21 +52,24 @@ def test_amalgamation_fingerprints_records_and_evaluation_by_precision(smoke_ben
         assert ap_dict(tasks, scores.numpy(), y.numpy(), digits=3) == record["target_ap"]
 
 
-def test_crossover_keys_of_fp32_are_those_of_before():
-    from kalib.runs import crossover
-    smoke, bf16 = get_preset("smoke"), override(get_preset("smoke"), ["precision=bf16"])
+def test_crossover_keys_of_fp32_name_no_precision_and_bf16_changes_them():
+    from kalib.runs.crossover import CODE_PATH, STUDIES
+    from kalib.runs.crossover.records import record_key
+    smoke = get_preset("smoke")
 
-    def ctx(preset):
-        return SimpleNamespace(preset=preset, bench=SimpleNamespace(spec=SimpleNamespace(key=lambda: "data")),
-                               teacher_key=["t1", "t2"])
+    def ctx(precision):
+        return SimpleNamespace(preset=smoke, bench=SimpleNamespace(spec=SimpleNamespace(key=lambda: "data")),
+                               teacher_key=["t1", "t2"], plan=SimpleNamespace(tasks=("a", "b")),
+                               study=STUDIES["smoke"], precision=precision)
     student = dataclasses.asdict(smoke.student)             # less the learning rates a run sets itself
     student.pop("eq9_finetune_lr")
     student["finetune"].pop("lr")
     kd = {k: v for k, v in dataclasses.asdict(smoke.baselines.kd).items() if k != "lr"}
-    before = digest({"version": crossover.VERSION, "data": "data", "teachers": ["t1", "t2"], "arm": "kd", "pool": 96,
-                     "seed": 0, "lr": 0.1, "settings": {"kd": kd, "arm": crossover.KD_ARMS["kd"], "budget_of": student}})
-    assert crossover.record_key(ctx(smoke), "kd", 96, 0, 0.1) == before
-    assert crossover.record_key(ctx(bf16), "kd", 96, 0, 0.1) != before
+    fp32 = digest({"code_path": CODE_PATH, "data": "data", "teachers": ["t1", "t2"], "tasks": ["a", "b"], "arm": "kd",
+                   "pool": 64, "seed": 0, "setting": {"lr": 0.1}, "student": student, "kd": kd,
+                   "heldout_share": 0.1, "budget_tolerance": 0.1})
+    assert record_key(ctx("fp32"), "kd", 64, 0, {"lr": 0.1}) == fp32
+    assert record_key(ctx("bf16"), "kd", 64, 0, {"lr": 0.1}) != fp32
 
 
 def test_the_precision_option_of_the_commands_that_train():

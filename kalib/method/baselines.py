@@ -27,7 +27,7 @@ from .blockwise import filtered_loss
 from .filters import TaskPlan, select_tasks
 from .teachers import teacher_loss
 
-ROWS = ("Ensemble", "KD", "Supervised")
+ROWS = ("Ensemble", "Merge", "KD", "Supervised")
 
 
 def kd_student(start: BlockNet, teachers: Sequence[BlockNet], plan: TaskPlan, head: str = "teachers") -> BlockNet:

@@ -89,7 +89,7 @@ def table_rows(run2: dict, run3: dict | None = None, run_dense: dict | None = No
     ``test_ap``) adds the rows ``Ensemble``, ``KD`` and ``Supervised`` (:mod:`kalib.method.baselines`)."""
     labels = run2["tasks"]
     rows = {"Teacher": _ap_row(run2["teacher_ap"], labels)}
-    for name in ("Ensemble", "KD", "Supervised"):
+    for name in ("Ensemble", "Merge", "KD", "Supervised"):
         if name in (baselines or {}):
             rows[name] = _ap_row(baselines[name]["test_ap"], labels)
     for stage, block in stage_end_blocks(run2["blocks"]).items():

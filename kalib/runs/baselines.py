@@ -19,10 +19,13 @@ from ..device import as_device, resolve_precision
 from ..errors import CheckpointError
 from ..memory import PeakMemory
 from ..method.baselines import TeacherEnsemble, kd_student, train_kd_passes, train_supervised
+from ..macs import forward_macs_per_image
 from ..method.filters import task_plan
+from ..method.merge import merged_student
 from ..method.pool import split_pool
 from ..method.student import init_student
 from ..method.teachers import evaluate
+from ..train import to_input
 from .budget import kd_macs, kd_passes, run_macs
 from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest
@@ -109,6 +112,40 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
     return _train_and_save(Path(out_dir) / "KD.pt", digest(settings), settings, student,
                            lambda **kw: train_kd_passes(student, images, soft, kd, image_passes, seed, **kw),
                            bench, plan.tasks, device, log)
+
+
+MERGE_LAMBDAS = (0.3, 0.4, 0.5, 0.7, 1.0)      # the crossover study's grid (docs/design.md §9); 0.5 = the mean
+
+
+def merge_run(preset, bench, teachers_dir: Path, out_dir: Path, device=None, log=print) -> dict:
+    """The training-free row: the two teachers merged in weight space from their shared start
+    (:func:`kalib.method.merge.merged_student`), BatchNorm statistics re-estimated on the images KD trains on (the
+    amalgamation pool's training part), λ chosen on the validation split from :data:`MERGE_LAMBDAS`. Its training
+    MACs are those forward passes."""
+    teachers, plan, paths, generic_path = _teachers(preset, teachers_dir)
+    pool = bench.pool_images[:preset.student.pool_images or None]
+    train_idx, _ = split_pool(len(pool), preset.student.loss_slice)
+    images = pool[train_idx]
+    settings = {"row": "Merge", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
+                "start": file_digest(generic_path), "images": len(train_idx), "lambdas": list(MERGE_LAMBDAS),
+                "tasks": list(plan.tasks)}
+    key, path = digest(settings), Path(out_dir) / "Merge.pt"
+    if (done := _finished(path, key)) is not None:
+        log(f"re-using {path}")
+        return done
+    t0, start = time.perf_counter(), load_model(generic_path)[0]
+    nets = {lam: merged_student(start, teachers, plan, lam, images, device=device) for lam in MERGE_LAMBDAS}
+    idx = bench.label_indices(plan.tasks)
+    grid = {lam: evaluate(net, bench.val_images, bench.val_labels[:, idx], plan.tasks, device)["mAP"]
+            for lam, net in nets.items()}
+    lam = max(MERGE_LAMBDAS, key=lambda v: (grid[v], -v))
+    macs = forward_macs_per_image(nets[lam], to_input(images[:8])) * len(images)
+    record = {**settings, "lam": lam, "val_map_by_lambda": {f"{v:g}": round(m, 3) for v, m in grid.items()},
+              "train_macs": int(macs), "seconds": round(time.perf_counter() - t0, 1),
+              **_evaluated(nets[lam], bench, plan.tasks, device)}
+    save_model(path, nets[lam], role="merge", key=key, record=record)
+    log(f"Merge: lambda {lam:g} chosen on validation ({', '.join(f'{v:g}: {m:.1f}' for v, m in grid.items())})")
+    return record
 
 
 def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=None,

@@ -30,7 +30,7 @@ from ..method.targetnet import assemble
 from ..report.results import EQ9_ROW, target_row
 from ..train import predict
 from .amalgamation import run
-from .baselines import ensemble_run, kd_run, supervised_run
+from .baselines import ensemble_run, kd_run, merge_run, supervised_run
 from .checkpoints import load_model, load_state, load_target
 from .data import VARIANTS, load_data, variant_data  # noqa: F401 (variant_data: re-exported)
 from .parallel import run_parallel
@@ -161,7 +161,8 @@ def baseline_jobs(preset: Preset, bench, out_dir: str | Path, variant: str = "ta
     warm = baselines_dir(out_dir, "table1") / "Supervised.pt" if variant != "table1" else None
     return {"KD": lambda: kd_run(run_preset, bench, tdir, bdir, seed, device, log,
                                  main_record=load_run(out_dir, variant, "2")),
-            "Supervised": lambda: supervised_run(run_preset, bench, tdir, bdir, seed, device, log, warm_start=warm)}
+            "Supervised": lambda: supervised_run(run_preset, bench, tdir, bdir, seed, device, log, warm_start=warm),
+            "Merge": lambda: merge_run(run_preset, bench, tdir, bdir, device, log)}
 
 
 def ensure_baselines(preset: Preset, bench, out_dir: str | Path, variant: str = "table1", seed: int | None = None,
@@ -270,7 +271,7 @@ def row_networks(preset: Preset, out_dir: str | Path) -> dict[str, torch.nn.Modu
     student, filters, teachers, plan = load_trained(preset, out_dir)
     nets = {f"Teacher {n}": t for n, t in enumerate(teachers, start=1)}
     nets["Ensemble"] = TeacherEnsemble(teachers, plan)
-    for row in ("KD", "Supervised"):
+    for row in ("KD", "Supervised", "Merge"):
         path = baselines_dir(out_dir) / f"{row}.pt"
         if path.is_file():
             nets[row] = load_model(path)[0]

@@ -194,7 +194,7 @@ PRESETS = {
                         pair_block_images=3500),    # the two Fig. 3 students: half the images per block (time budget)
         # the KD baseline at the training MACs of its table's main TargetNet (its epochs follow from them), at
         # the learning rate with the best validation mAP of the crossover's kd arm at the full pool, seed 0
-        # (benchmarks/kd_lr.py, docs/levers.md): 89.8 at lr 0.1, 90.2 at 0.2, 90.4 at 0.4, 90.3 at 0.8
+        # (benchmarks/kd_lr.py at e71a9c8, docs/levers.md): 89.8 at lr 0.1, 90.2 at 0.2, 90.4 at 0.4, 90.3 at 0.8
         baselines=Baselines(kd=Schedule(epochs=0, lr=0.4, batch_size=64, weight_decay=5e-4)),
         # side runs: 2 epochs at lr 0.1 (a 3-epoch DenseNet teacher reached 68.3 validation mAP at lr 0.1,
         # 61.6 at lr 0.05) over a pool of 1,000 canvases; Eq. 9 (on the small pool the deep trunk falls behind)
