@@ -50,8 +50,9 @@ reproduce: install
 	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(PRECISION),--precision $(PRECISION)) \
 	  $(if $(and $(filter quick,$(PRESET)),$(if $(BF16),,yes)),--figures figures)
 
-# Amalgamate or distil? The crossover study (hours on 2 cores): every finished run is a record in
-# figures/crossover/records (committed), so a rerun, here or on another machine, resumes from them.
+# Amalgamate, distil, merge or keep the teachers? The crossover study, version 2 (hours on 2 cores): every
+# finished run is a record in figures/crossover/records (committed), so a rerun, here or on another machine,
+# resumes from them.
 study: install
 	$(PY) -m kalib study crossover --preset quick --out runs/crossover --records figures/crossover/records --figures figures
 

@@ -1,5 +1,6 @@
-"""The crossover study (kalib.runs.crossover) on the smoke preset: its JSON, equal compute, tuning on
-validation, paired statistics, and a killed study that resumes to the same numbers."""
+"""The crossover study, version 2 (kalib.runs.crossover, kalib.report.crossover) on the smoke preset: every arm
+of every cell, equal images, matched compute, tuning on validation, the merge, Holm-adjusted words, the decision
+table, a killed study that resumes to the same numbers, and the code path unchanged since the protocol commit."""
 
 import json
 import math
@@ -11,276 +12,309 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
-from test_amalgamate import LABELS, pool, tiny_nets
-from torch.utils.flop_counter import FlopCounterMode
 
-from kalib.method.blockwise import amalgamate
-from kalib.method.filters import task_plan
-from kalib.method.finetune import finetune
-from kalib.method.student import init_student, make_filters
-from kalib.method.targetnet import assemble
+from kalib.errors import ConfigError, NonFiniteLossError
 from kalib.report import crossover as report
-from kalib.runs.budget import amalgamation_macs
-from kalib.errors import NonFiniteLossError
-from kalib.files import file_sha
-from kalib.runs.crossover import STUDIES, amalgamation_budget, finished_or_run, grid_step, load_context, run_study, tuned
-from kalib.train import Schedule
+from kalib.runs.crossover import STUDIES, load_context, run_study
+from kalib.runs.crossover.protocol import AMALGAMATION_ARMS, KD_ARMS, Cell
+from kalib.runs.crossover.records import best, finished_or_run, grid_step, read_record
 
 STUDY = STUDIES["smoke"]
-REQUIRED = {"pool_sizes", "seeds", "teachers_test_map", "runs", "tuning", "paired", "verdict"}
+GOLDEN = Path(__file__).parent / "data" / "crossover-smoke.json"
+ROOT = Path(__file__).parents[1]
 
 
 def start(out: Path, smoke_teachers) -> Path:
+    """A study directory whose pair-1 teachers are the session's smoke teachers (pair-2 is pretrained)."""
     out.mkdir(parents=True)
-    shutil.copytree(smoke_teachers, out / "teachers")
+    shutil.copytree(smoke_teachers, out / "teachers-pair-1")
     return out
-
-
-def run(out: Path) -> dict:
-    return run_study(STUDY, out, out / "records", log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def study(smoke_teachers, tmp_path_factory):
     """One uninterrupted smoke study: (its directory, its summary)."""
     out = start(tmp_path_factory.mktemp("study") / "s", smoke_teachers)
-    return out, run(out)
+    return out, run_study(STUDY, out, out / "records", log=lambda *_: None)
 
 
-def test_the_json_has_every_key_and_one_run_per_arm_pool_and_seed(study):
+def golden_view(records: Path) -> dict:
+    """What the code path decides of every record: the numbers, not the seconds or the commit."""
+    out = {}
+    for path in sorted(records.rglob("*.json")):
+        r = json.loads(path.read_text())
+        out[str(path.relative_to(records))] = {k: r.get(k) for k in ("val_map", "test_map", "params", "inference_macs",
+                                                                     "train_macs", "images_seen", "branch_block")}
+    return out
+
+
+def test_the_code_path_gives_the_numbers_of_the_protocol_commit(study):
+    """Every smoke record equals what the protocol commit's code gave (tests/data/crossover-smoke.json, made with
+    ``python tests/data/crossover_golden.py``): a change to the study's code path fails here until CODE_PATH is
+    raised, which makes every committed record again (docs/design.md §9)."""
+    now, then = golden_view(study[0] / "records"), json.loads(GOLDEN.read_text())
+    assert sorted(now) == sorted(then)
+    for name, numbers in then.items():
+        for key, value in numbers.items():
+            if isinstance(value, float):
+                assert now[name][key] == pytest.approx(value, abs=0.05), (name, key)
+            else:
+                assert now[name][key] == value, (name, key)
+
+
+def test_every_arm_of_every_cell_pool_and_seed_is_in_the_summary(study):
     out, summary = study
-    assert REQUIRED <= set(summary) and json.loads((out / "crossover.json").read_text()) == summary
-    assert (out / "crossover.png").stat().st_size > 0 and summary["verdict"] in (out / "crossover.md").read_text()
-    assert summary["pool_sizes"] == list(STUDY.pools) and summary["seeds"] == list(STUDY.seeds)
-    keys = [(r["arm"], r["pool"], r["seed"]) for r in summary["runs"]]
-    assert sorted(keys) == sorted((a, p, s) for a in STUDY.arms for p in STUDY.pools for s in STUDY.seeds)
+    assert json.loads((out / "crossover.json").read_text()) == summary and (out / "crossover.png").stat().st_size > 0
+    assert summary["version"] == 2 and summary["protocol"] == json.loads(json.dumps(STUDY.protocol()))
+    for cell in STUDY.cells:
+        runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"]) == (cell.teachers, cell.task_set)]
+        for pool in cell.pools:
+            for seed in cell.seeds:
+                arms = {r["arm"] for r in runs if r["pool"] == pool and r["seed"] == seed}
+                assert set(STUDY.arms) - {"kd-tol", "kd-eq9"} <= arms, (cell, pool, seed)
+        assert all(len(r["teachers_id"].split(":")[1].split("+")) == 2 for r in runs)
+    custom = next(c for c in summary["cells"] if c["task_set"] == "custom")
+    assert custom["labels"] == ["pullover", "shirt", "t-shirt", "two"]
+    kd_params = {task: {r["params"] for r in summary["runs"] if r["task_set"] == task and r["arm"] == "kd"}
+                 for task in ("all", "custom")}
+    assert max(kd_params["custom"]) < min(kd_params["all"])          # a head of 4 rows instead of 20
+
+
+def test_every_arm_sees_exactly_its_n_images_and_the_held_out_slice_comes_out_of_n(study):
+    out, summary = study
     for r in summary["runs"]:
-        assert {"val_map", "test_map", "train_macs", "params", "wall_s", "setting"} <= set(r) and "lr" in r["setting"]
-        assert 0 <= r["test_map"] <= 100 and r["train_macs"] > 0 and r["params"] > 0
-    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    blocks = {(r["pool"], r["seed"]): r["blocks_wall_s"] for r in records if "blocks_wall_s" in r}
-    assert summary["cost"]["records"] == len(records) > len(summary["runs"])          # the tuning grids too
-    assert summary["cost"]["core_s"] == round(sum(r["cpu_s"] for r in records) + sum(blocks.values()))
-    assert len(summary["tuning"]) == len(STUDY.arms) * len(STUDY.pools)
+        assert r["images_seen"] == (0 if r["arm"] == "teachers" else r["pool"]), r
+    records = out / "records" / "pair-1" / "all"
+    for arm in ("amalgamation", "amalgamation-eq9", "amalgamation-b4"):
+        record = json.loads(next(records.glob(f"{arm}-N128-s0-*.json")).read_text())
+        assert STUDY.heldout(128) == 13 and record["macs"]["soft_targets"] > 0
+        # soft targets on all N; held-out losses only where a rule reads them
+        assert (record["macs"]["heldout"] == 0) == (arm == "amalgamation-b4")
+    kd = json.loads(next(records.glob("kd-N128-s0-*.json")).read_text())
+    per_image = kd["macs"]["soft_targets"] / 128
+    b4 = json.loads(next(records.glob("amalgamation-b4-N128-s0-*.json")).read_text())
+    assert b4["macs"]["soft_targets"] == pytest.approx(per_image * 128, rel=1e-6)       # the same N images, once
 
 
-def test_kd_gets_the_amalgamation_s_compute_and_kd_2x_twice_that(study):
-    runs = {(r["arm"], r["pool"], r["seed"]): r for r in study[1]["runs"]}
-    for n in STUDY.pools:
-        for seed in STUDY.seeds:
-            budget = runs["amalgamation", n, seed]["train_macs"]
-            assert abs(runs["kd", n, seed]["train_macs"] / budget - 1) <= 0.10
-            assert 1.8 <= runs["kd-2x", n, seed]["train_macs"] / budget <= 2.2
+def test_kd_budgets_are_within_ten_percent_of_the_arm_each_is_paired_with(study):
+    runs = study[1]["runs"]
+    by = {(r["teachers"], r["task_set"], r["arm"], r["pool"], r["seed"]): r for r in runs}
+    checked = 0
+    for (teachers, task, arm, pool, seed), r in by.items():
+        if arm in KD_ARMS or arm == "amalgamation-b4-2x":
+            source, factor = KD_ARMS.get(arm, ("amalgamation-b4", 2.0))
+            target = factor * by[teachers, task, source, pool, seed]["train_macs"]
+            assert r["train_macs"] == pytest.approx(target, rel=0.1), (arm, pool, seed)
+            checked += 1
+        if arm in ("amalgamation", "amalgamation-eq9"):
+            own = r["train_macs"] / by[teachers, task, "amalgamation-b4", pool, seed]["train_macs"]
+            kd = "kd-tol" if arm == "amalgamation" else "kd-eq9"
+            assert ((teachers, task, kd, pool, seed) in by) == (abs(own - 1) > STUDY.budget_tolerance)
+    assert checked >= 3 * 2 * 4
 
 
 def test_every_choice_is_the_validation_best_of_its_grid_and_applies_to_every_seed(study):
     summary = study[1]
+    assert summary["tuning"]
     for t in summary["tuning"]:
-        best = max(t["grid"], key=lambda g: g["val_map"])
-        assert t["chosen"] == best["setting"]
-        assert t["at_edge"] == (best in (t["grid"][0], t["grid"][-1]))
-        chosen = [r for r in summary["runs"] if r["arm"] == t["arm"] and r["pool"] == t["pool"]]
-        assert all(r["setting"] == t["chosen"] for r in chosen)
+        ranked = [g for g in t["grid"] if g["val_map"] is not None]
+        assert t["chosen"] in [g["setting"] for g in t["grid"]]
+        chosen = next(g for g in t["grid"] if g["setting"] == t["chosen"])
+        assert chosen["val_map"] == max(g["val_map"] for g in ranked)
+        runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"], r["arm"], r["pool"]) ==
+                (t["teachers"], t["task_set"], t["arm"], t["pool"])]
+        assert runs and all(r["setting"] == t["chosen"] for r in runs)
+    kd = [t for t in summary["tuning"] if t["arm"] == "kd"]
+    assert all({g["setting"]["start"] for g in t["grid"]} == {"teacher-mean", "merge", "random-head"} for t in kd)
+    merge = [t for t in summary["tuning"] if t["arm"] == "merge"]
+    assert all([g["setting"]["lam"] for g in t["grid"]] == list(STUDY.grids.merge_lambdas) for t in merge)
+    untuned = [r for r in summary["runs"] if r["teachers"] == "pair-2" and r["arm"] != "teachers"]
+    tuned = {(t["task_set"], t["arm"], t["pool"]): t["chosen"] for t in summary["tuning"]}
+    for r in untuned:
+        arm = "kd" if r["arm"] in ("kd-tol", "kd-eq9") else r["arm"]
+        assert r["setting"] == tuned[r["task_set"], arm, r["pool"]], r
 
 
-def test_paired_means_and_intervals_recompute_from_the_runs(study):
+def test_the_pairs_recompute_from_the_runs_with_holm_adjusted_intervals(study):
     summary = study[1]
-    by = {(r["arm"], r["pool"], r["seed"]): r["test_map"] for r in summary["runs"]}
-    assert {(e["pool"], e["a"], e["b"]) for e in summary["paired"]} >= {
-        (p, "amalgamation", b) for p in STUDY.pools for b in ("kd", "kd-2x", "amalgamation-eq9")}
-    for e in summary["paired"]:
-        diffs = [by[e["a"], e["pool"], s] - by[e["b"], e["pool"], s] for s in STUDY.seeds]
-        assert e["diffs"] == pytest.approx(diffs, abs=1e-3)
-        half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
-        assert e["mean"] == pytest.approx(np.mean(diffs), abs=1e-3)
-        assert e["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=2e-3)
-    assert summary["verdict"] == report.study_verdict(summary["paired"], report.failures(summary["runs"]))
+    for cell in summary["cells"]:
+        family = [e for e in summary["paired"] if (e["teachers"], e["task_set"]) == (cell["teachers"], cell["task_set"])]
+        assert all(e["family_size"] == len(family) for e in family)
+        assert len(family) == 10 * len(cell["pools"])        # 7 pairs the verdict reads, 3 decision pairs per pool
+        runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"]) == (cell["teachers"], cell["task_set"])]
+        for e in family:
+            again = report.pair(runs, e["a"], e["b"], e["pool"], e["kind"])
+            assert again["diffs"] == e["diffs"] and again["mean"] == e["mean"]
+        again = report.holm([report.pair(runs, e["a"], e["b"], e["pool"], e["kind"]) for e in family],
+                            STUDY.alpha, STUDY.margin)
+        assert [a["adjusted_ci95"] for a in again] == [e["adjusted_ci95"] for e in family]
+        assert [a["word"] for a in again] == [e["word"] for e in family]
+        assert summary["verdict"][f"{cell['teachers']}/{cell['task_set']}"] == \
+            report.cell_verdict(family, report.failures(runs), cell, STUDY.margin)
+
+
+def test_holm_adjusts_each_interval_by_its_rank_and_words_follow_the_intervals():
+    """Three pairs with hand-computed p-values: the smallest is tested at α/3, the next at α/2; once Holm keeps
+    one, every later pair gets that level (here α/2)."""
+    clear = {"diffs": [3.0, 3.1, 2.9, 3.05, 2.95]}      # far from 0
+    small = {"diffs": [0.1, -0.1, 0.05, -0.05, 0.0]}    # around 0, tight
+    wide = {"diffs": [1.0, -1.5, 2.0, -0.5, 0.2]}       # around 0, wide
+    entries = [{**e, "p": report.p_value(e["diffs"])} for e in (wide, clear, small)]
+    report.holm(entries, 0.05, 0.5)
+    assert entries[1]["adjusted_level"] == pytest.approx(0.05 / 3) and entries[1]["word"] == "ahead"
+    assert entries[0]["adjusted_level"] == pytest.approx(0.05 / 2)              # kept first, rank 2
+    assert entries[2]["adjusted_level"] == pytest.approx(0.05 / 2)              # after the kept one
+    assert entries[2]["word"] == "equivalent" and entries[0]["word"] == "inconclusive"
+    _, ci = report.interval(clear["diffs"], 0.05 / 3)
+    assert entries[1]["adjusted_ci95"] == pytest.approx(ci, abs=1e-3)
+    assert report.word([-3.0, -1.0], 0.5) == "behind" and report.word([-0.4, 0.45], 0.5) == "equivalent"
+    assert report.word([math.nan, math.nan], 0.5) == "inconclusive"
+    assert report.p_value([1.0, 1.0]) == 0.0 and report.p_value([0.0, 0.0]) == 1.0 and report.p_value([2.0]) == 1.0
+
+
+def test_the_verdict_sentence_groups_pools_by_word_and_names_kd_s_budget():
+    entries = [{"a": "amalgamation", "b": "kd@amalgamation", "kind": "verdict", "pool": p, "mean": m,
+                "adjusted_ci95": ci, "word": w, "seeds": [0, 1, 2], "b_arms": b}
+               for p, m, ci, w, b in ((250, 3.0, [2.0, 4.0], "ahead", ["kd-tol"]),
+                                      (500, 2.0, [1.0, 3.0], "ahead", ["kd-tol"]),
+                                      (1000, -0.1, [-0.3, 0.2], "equivalent", ["kd"]),
+                                      (4000, -1.0, [-2.0, -0.4], "behind", ["kd"]))]
+    text = report.pair_sentence(entries)
+    assert text == ("ahead at 250 and 500 (largest +3.0 mAP [+2.0, +4.0] at 250); behind at 4,000 (-1.0 mAP "
+                    "[-2.0, -0.4] at 4,000); equivalent at 1,000 (-0.1 mAP [-0.3, +0.2] at 1,000)")
+    cell = {"teachers": "pair-1", "task_set": "all", "labels": ["x"] * 20}
+    verdict = report.cell_verdict(entries, [{"arm": "kd", "pool": 250, "seed": 2}], cell, 0.5)
+    assert "Holm-adjusted for the 4 pairs of pair-1 on 20 labels (all)" in verdict
+    assert "Amalgamation (tolerance rule) against KD at its MACs (budget: kd, kd-tol): ahead at 250 and 500" in verdict
+    assert verdict.endswith("Diverged at the chosen setting, counted with the mAP of its start: KD, b4's MACs at "
+                            "250, seed 2.")
+
+
+def test_the_decision_table_picks_the_best_candidate_of_each_question(study):
+    summary = study[1]
+    for row in summary["decision"]:
+        runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"], r["pool"]) ==
+                (row["teachers"], row["task_set"], row["pool"])]
+        table = report.means(runs, row["pool"])
+        allowed = report.candidates(table, row["criterion"])
+        assert row["choice"] == allowed[0] and table[row["choice"]]["test_map"] == max(table[a]["test_map"] for a in allowed)
+        if row["criterion"] == "no-training":
+            assert set(allowed) <= {"teachers", "merge"}
+        if row["criterion"] == "size":
+            assert "teachers" not in allowed and "kd" in allowed and "merge" in allowed
+    assert {r["criterion"] for r in summary["decision"]} == {"accuracy", "size", "no-training"}
+    assert "| the network must be the KD student's size |" in (study[0] / "crossover.md").read_text()
+
+
+def test_a_diverged_run_keeps_its_budget_and_counts_with_its_start_s_map(study, tmp_path):
+    out, summary = study
+    ctx = load_context(STUDY, STUDY.cells[0], out, tmp_path / "records", log=lambda *_: None)
+    start_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(len(ctx.plan.tasks)))
+    start_net(torch.zeros(1, 3, 64, 64))
+
+    def train(partial, known):
+        known.values.update({"params": 7, "train_macs": 123})
+        known.start = start_net
+        raise NonFiniteLossError("finetune: loss became nan at epoch 1, step 3; lower the learning rate")
+    record = finished_or_run(ctx, "amalgamation", 64, 1, {"lr": 0.5}, train)
+    assert record["val_map"] is None and "loss became nan" in record["diverged"]
+    assert (record["train_macs"], record["params"]) == (123, 7) and record["start_test_map"] is not None
+    runs = [dict(r) for r in summary["runs"]]
+    victim = next(r for r in runs if (r["teachers"], r["task_set"], r["arm"], r["pool"], r["seed"]) ==
+                  ("pair-1", "all", "amalgamation-b4", 128, 1))
+    victim.update(test_map=None, start_test_map=1.0)
+    entry = report.pair(runs, "amalgamation-b4", "kd", 128)
+    assert entry["failed"] == [1] and entry["seeds"] == [0, 1]
+    assert entry["diffs"][1] == pytest.approx(1.0 - next(r["test_map"] for r in runs if (r["teachers"], r["task_set"],
+                                              r["arm"], r["pool"], r["seed"]) == ("pair-1", "all", "kd", 128, 1)), abs=1e-3)
+    analysis = report.analyse(runs, summary["cells"], STUDY.margin, STUDY.alpha)
+    assert analysis["failures"] == [{"teachers": "pair-1", "task_set": "all", "arm": "amalgamation-b4", "pool": 128,
+                                     "seed": 1, "setting": victim["setting"]}]
+    assert "Diverged at the chosen setting" in analysis["verdict"]["pair-1/all"]
 
 
 def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_path):
-    """The amalgamation job of one pool and seed, killed with SIGKILL inside its block-wise training, resumes
-    (after its finished blocks) to records equal to the uninterrupted study's; with the rest of that study's
-    records beside them, the summary is the uninterrupted one."""
+    """One amalgamation job, killed with SIGKILL inside its block-wise training, resumes after its finished blocks
+    to records equal to the uninterrupted study's."""
     out = start(tmp_path / "killed", smoke_teachers)
-    part = ["--pools", "192", "--seeds", "0", "--arms", "amalgamation,amalgamation-eq9"]
+    shutil.copytree(study[0] / "teachers-pair-2", out / "teachers-pair-2")
+    part = ["--pools", "128", "--seeds", "0", "--arms", "amalgamation-b4"]
     proc = subprocess.Popen([sys.executable, "-m", "kalib", "study", "crossover", "--preset", "smoke", "--out", str(out),
-                             "--records", str(out / "records"), *part], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-    blocks = out / "blocks" / "N192-s0" / "blocks"
+                             *part], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    blocks = out / "cache" / "pair-1" / "all" / "blocks" / "N128-s0" / "blocks"
     deadline = time.monotonic() + 300
     while len(list(blocks.glob("block*.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = len(list(blocks.glob("block*.json")))
-    assert 3 <= finished < 8 and not list((out / "records").glob("*.json")), "killed too late to test a resume"
-    logs = []
-    run_study(STUDY, out, out / "records", pools=[192], seeds=[0], arms=["amalgamation", "amalgamation-eq9"],
-              log=logs.append)
-    varying = ("wall_s", "cpu_s", "blocks_wall_s", "commit")
-    strip = lambda r: {k: v for k, v in r.items() if k not in varying}
-    resumed = sorted((out / "records").glob("*.json"))
-    assert len(resumed) == 4                                      # 2 rules x 2 learning rates
-    block_seconds = sum(json.loads(sorted(blocks.glob("block*.json"))[-1].read_text())["seconds"])
+    assert 3 <= len(list(blocks.glob("block*.json"))) < 8, "killed too late to test a resume"
+    run_study(STUDY, out, out / "records", pools=[128], seeds=[0], arms=["amalgamation-b4"], log=lambda *_: None)
+    resumed = sorted((out / "records" / "pair-1" / "all").glob("*.json"))
+    assert [p.name for p in resumed] == [f"amalgamation-b4-N128-s0-lr{lr:g}.json" for lr in (0.02, 0.05)]
+    varying = ("wall_s", "cpu_s", "blocks_cpu_s", "commit")
     for path in resumed:
-        assert strip(json.loads(path.read_text())) == strip(json.loads((study[0] / "records" / path.name).read_text()))
-        assert json.loads(path.read_text())["blocks_wall_s"] == pytest.approx(block_seconds, abs=0.1)  # killed ones too
-    for path in (study[0] / "records").glob("*.json"):            # the rest of the study, as it was
-        if not (out / "records" / path.name).exists():
-            shutil.copyfile(path, out / "records" / path.name)
-    summary = run(out)
-    assert json.dumps({**summary, "runs": [strip(r) for r in summary["runs"]], "commits": None, "cost": None},
-                      sort_keys=True) == \
-        json.dumps({**study[1], "runs": [strip(r) for r in study[1]["runs"]], "commits": None, "cost": None},
-                   sort_keys=True)
+        mine, theirs = (json.loads(p.read_text()) for p in (path, study[0] / "records" / "pair-1" / "all" / path.name))
+        assert {k: v for k, v in mine.items() if k not in varying} == {k: v for k, v in theirs.items() if k not in varying}
 
 
-def test_a_run_that_diverges_keeps_its_budget_and_is_reported_as_a_failure(study, tmp_path):
-    """A run whose loss diverges keeps what it knew before training (the KD arms' budget needs its MACs);
-    at a chosen setting it is a failure of its arm: named in the verdict and the table, out of its pairs."""
-    out, summary = study
-    ctx = load_context(STUDY, out, tmp_path / "records", log=lambda *_: None)
-
-    def train(partial, known):
-        known.update({"params": 7, "train_macs": 123})
-        raise NonFiniteLossError("finetune: loss became nan at epoch 1, step 3; lower the learning rate")
-    record = finished_or_run(ctx, "amalgamation", 96, 1, 0.5, train)
-    assert record["val_map"] is None and "loss became nan" in record["diverged"]
-    assert (record["train_macs"], record["params"]) == (123, 7) and amalgamation_budget(ctx, 96, 1) == 123
-
-    runs = [dict(r) for r in summary["runs"]]
-    victim = next(r for r in runs if (r["arm"], r["pool"], r["seed"]) == ("amalgamation", 192, 1))
-    victim.update(val_map=None, test_map=None)
-    pairs = report.paired(runs)
-    assert all(e["seeds"] == [0] for e in pairs if e["pool"] == 192 and "amalgamation" in (e["a"], e["b"]))
-    assert all(e["seeds"] == [0, 1] for e in pairs if e["pool"] == 96)
-    failed = report.failures(runs)
-    assert failed == [{"arm": "amalgamation", "pool": 192, "seed": 1, "setting": victim["setting"]}]
-    text = report.study_verdict(pairs, failed)
-    assert text.endswith(f"1 run, amalgamation (tolerance rule) at 192 images, seed 1 (lr {victim['setting']['lr']:g}).")
-    table = report.markdown({**summary, "runs": runs, "paired": pairs, "verdict": text})
-    assert " (1 diverged) |" in table and text in table
-    report.figure({**summary, "runs": runs}, tmp_path / "with-failure.png")
-    assert (tmp_path / "with-failure.png").stat().st_size > 0
+def test_one_study_at_a_time_writes_a_directory(study, tmp_path):
+    from kalib.runs.locks import run_lock
+    out = tmp_path / "locked"
+    with run_lock(out, "study", what="another study"):
+        with pytest.raises(Exception, match="another study|in use|running"):
+            run_study(STUDY, out, out / "records", log=lambda *_: None)
 
 
-def test_a_grid_grows_until_its_best_is_inside():
+def test_a_damaged_record_is_named_with_its_fix(tmp_path):
+    path = tmp_path / "kd-N64-s0-lr0.1-start-merge.json"
+    path.write_text(json.dumps({"key": "abc", "arm": "kd"}))
+    with pytest.raises(ConfigError, match=f"{path} is not a complete crossover record .*val_map.*delete it"):
+        read_record(path, "abc")
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        read_record(path, "abc")
+    assert read_record(tmp_path / "missing.json", "abc") is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pools", "64,999"], "--pools 999: not part of the smoke study; choose from 64,128"),
+    (["--pools", ","], "names no value"),
+    (["--pools", "64,64"], "repeats a value"),
+    (["--arms", "kd,nothing"], "--arms nothing: not part of the smoke study"),
+])
+def test_the_command_refuses_what_the_study_does_not_have(capsys, tmp_path, argv, message):
+    from kalib.cli import main
+    try:
+        code = main(["study", "crossover", "--preset", "smoke", "--out", str(tmp_path / "o"), *argv])
+    except SystemExit as exit_:             # argparse refuses a malformed value itself
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) <= 2
+
+
+def test_an_arm_whose_dependencies_have_no_records_is_refused_before_any_work(study, tmp_path):
+    out = start(tmp_path / "deps", study[0] / "teachers-pair-1")
+    shutil.copytree(study[0] / "teachers-pair-2", out / "teachers-pair-2")
+    with pytest.raises(ConfigError, match="--arms kd needs the records of amalgamation-b4"):
+        run_study(STUDY, out, out / "records", arms=["kd"], log=lambda *_: None)
+    assert not (out / "records").exists() or not list((out / "records").rglob("*.json"))
+
+
+def test_a_grid_grows_until_its_best_is_inside_and_ties_go_to_the_smaller_setting():
     assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: 3.0}, 6) == 0.2
     assert grid_step({0.02: 3.0, 0.05: 2.0, 0.1: 1.0}, 6) == 0.01
     assert grid_step({0.02: 1.0, 0.05: 3.0, 0.1: 2.0}, 6) is None
-    assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: 3.0}, 3) is None          # full: stays at the edge
-    assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: None}, 6) is None         # 0.1 diverged: the best is inside
-    assert grid_step({0.02: None, 0.05: 2.0, 0.1: 1.0}, 6) is None
-    peak = 0.4
-    runs = tuned(lambda lr: {"setting": {"lr": lr}, "val_map": -abs(math.log(lr / peak))}, [0.02, 0.05, 0.1], 6)
-    assert [r["setting"]["lr"] for r in runs] == [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
+    assert grid_step({0.02: 1.0, 0.05: 2.0, 0.1: None}, 6) is None
+    records = [{"setting": {"lam": 0.7}, "val_map": 5.0}, {"setting": {"lam": 0.5}, "val_map": 5.0},
+               {"setting": {"lam": 1.0}, "val_map": None}]
+    assert best(records)["setting"] == {"lam": 0.5}
 
 
-def test_the_verdict_names_the_crossover_from_the_numbers():
-    pairs = [{"pool": p, "a": "amalgamation", "b": "kd", "seeds": [0, 1, 2], "diffs": [], "mean": m, "ci95": ci}
-             for p, m, ci in ((500, 2.0, [1.0, 3.0]), (2000, 0.2, [-0.5, 0.9]), (8000, -1.0, [-1.5, -0.5]))]
-    text = report.verdict(pairs)
-    assert "ahead of KD, same MACs on pools of 500 images (largest gap +2.0 mAP [+1.0, +3.0] at 500)" in text
-    assert "behind KD, same MACs on pools of 8,000 images" in text and "level with" in text
-    assert "crossover lies between 500 and 8,000 pool images: amalgamation (tolerance rule) pays below it" in text
-    apart = report.verdict([{**e, "mean": 1.0, "ci95": [0.5, 1.5]} if e["pool"] == 2000 else e for e in pairs]
-                           + [{**pairs[0], "pool": 250}])
-    assert "ahead of KD, same MACs on pools of 250 to 2,000 images" in apart
-    behind = report.verdict([{**e, "mean": -1.0, "ci95": [-2.0, -0.5]} if e["pool"] == 500 else e for e in pairs])
-    assert "behind KD, same MACs on pools of 500 and 8,000 images" in behind   # 2,000 between them is level
-    never = report.verdict([{**e, "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs])
-    assert "beats KD, same MACs at no pool size tried" in never
-    eq9 = [{**e, "a": "amalgamation-eq9", "mean": -1.0, "ci95": [-2.0, -0.5]} for e in pairs]
-    both = report.study_verdict(pairs + eq9)
-    assert both.startswith(text + " Amalgamation (Eq. 9) is behind KD, same MACs on pools of 500 to 8,000 images")
-    assert both.endswith("Amalgamation (Eq. 9) beats KD, same MACs at no pool size tried.")
-
-
-def test_the_amalgamation_macs_match_the_counter_around_the_real_training():
-    """kalib.runs.budget's count (per-image MACs times image passes) against FlopCounterMode wrapped around
-    the real block-wise training and fine-tuning of tiny networks (soft targets given, so not counted)."""
-    torch.manual_seed(0)
-    generic, teachers = tiny_nets()
-    plan = task_plan(None, LABELS)
-    images = pool(24)
-    student = init_student("generic", teachers, generic)
-    filters = make_filters(student, teachers)
-    soft = torch.randn(len(images), len(plan.tasks))
-    epochs = [1, 1, 1, 1, 1, 1, 2, 2]
-    with FlopCounterMode(display=False) as counter:
-        amalgamate(student, teachers, plan, images, Schedule(epochs=1, batch_size=8), block_epochs=epochs,
-                   heldout=8, soft=soft, filters=filters)
-        target = assemble(student, filters, teachers, plan, [8] * len(plan.tasks))
-        finetune(target, images[:16], soft[:16], Schedule(epochs=2, batch_size=8))
-    counted = counter.get_total_flops() // 2
-    macs = amalgamation_macs(student, filters, teachers, plan, images[:4], block_images=16, block_epochs=epochs,
-                             block_batch=8, train_images=16, heldout=8,
-                             target=assemble(student, filters, teachers, plan, [8] * len(plan.tasks)),
-                             finetune_images=16, finetune_epochs=2, finetune_batch=8)
-    assert macs["total"] - macs["soft_targets"] == pytest.approx(counted, rel=0.02)
-
-
-def test_the_command_refuses_what_the_study_does_not_have(capsys, tmp_path):
-    from kalib.cli import main
-    assert main(["study", "crossover", "--preset", "smoke", "--out", str(tmp_path), "--pools", "96,999"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--pools 999: not part of the smoke study; choose from 96,192" in err
-
-
-def test_a_record_s_key_ignores_the_preset_s_own_learning_rates():
-    from types import SimpleNamespace
-
-    from kalib.runs import crossover
-    smoke = crossover.get_preset("smoke")
-    retuned = smoke.replace(finetune=smoke.student.finetune.__class__(**{**smoke.student.finetune.__dict__, "lr": 0.3}),
-                            eq9_finetune_lr=0.01, kd=smoke.baselines.kd.__class__(**{**smoke.baselines.kd.__dict__,
-                                                                                      "lr": 0.7}))
-    ctx = lambda p: SimpleNamespace(preset=p, bench=SimpleNamespace(spec=SimpleNamespace(key=lambda: "d")),
-                                    teacher_key=["t"])
-    for arm in ("amalgamation", "amalgamation-eq9", "kd", "kd-2x"):
-        assert crossover.record_key(ctx(smoke), arm, 96, 0, 0.1) == crossover.record_key(ctx(retuned), arm, 96, 0, 0.1)
-    assert crossover.record_key(ctx(smoke.replace(block_images=7)), "kd", 96, 0, 0.1) != \
-        crossover.record_key(ctx(smoke), "kd", 96, 0, 0.1)
-
-
-def test_teachers_retrained_to_the_same_weights_keep_the_records(study, tmp_path):
-    """The records name the teachers by their weights (SHA-256 of each checkpoint), not by their metadata:
-    teachers pretrained again on a new machine to the same weights, in other seconds, re-use every record."""
-    before = load_context(STUDY, study[0], study[0] / "records", log=lambda *_: None).teacher_key
-    again = start(tmp_path / "again", study[0] / "teachers")
-    for meta in (again / "teachers").glob("set2-*.json"):
-        meta.write_text(json.dumps({**json.loads(meta.read_text()), "seconds": 12345.6}))
-    assert load_context(STUDY, again, again / "records", log=lambda *_: None).teacher_key == before
-    assert before == [file_sha(p) for p in sorted((again / "teachers").glob("set2-*.pt"))]
-
-
-def test_the_committed_study_is_compute_matched_tuned_inside_its_grids_and_recomputes():
-    """figures/crossover.json, as committed: KD within ±10 % of the amalgamation arm's training MACs and
-    KD-2x within 1.8–2.2× at every pool and seed; every chosen learning rate the validation best of its grid
-    and inside it, and used by every seed; the paired means, intervals and the verdict recomputed from the
-    runs."""
-    summary = json.loads((Path(__file__).resolve().parents[1] / "figures" / "crossover.json").read_text())
-    assert REQUIRED <= set(summary)
-    runs = {(r["arm"], r["pool"], r["seed"]): r for r in summary["runs"]}
-    assert len(runs) == len(summary["arms"]) * len(summary["pool_sizes"]) * len(summary["seeds"])
-    for (arm, pool, seed), r in runs.items():
-        low, high = {"kd": (0.9, 1.1), "kd-2x": (1.8, 2.2)}.get(arm, (0, math.inf))
-        assert low <= r["train_macs"] / runs["amalgamation", pool, seed]["train_macs"] <= high, (arm, pool, seed)
-    for t in summary["tuning"]:
-        scored = [(g["val_map"] if g["val_map"] is not None else -math.inf, -g["setting"]["lr"]) for g in t["grid"]]
-        best = t["grid"][scored.index(max(scored))]
-        assert t["chosen"] == best["setting"] and not t["at_edge"] and best not in (t["grid"][0], t["grid"][-1])
-        assert all(runs[t["arm"], t["pool"], s]["setting"] == t["chosen"] for s in summary["seeds"])
-    failed = report.failures(summary["runs"])
-    assert summary["paired"] == report.paired(summary["runs"]) and summary.get("failures", []) == failed
-    for e in summary["paired"]:
-        diffs = [runs[e["a"], e["pool"], s]["test_map"] - runs[e["b"], e["pool"], s]["test_map"] for s in e["seeds"]]
-        half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
-        assert e["mean"] == pytest.approx(np.mean(diffs), abs=2e-3)
-        assert e["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=3e-3)
-    assert summary["verdict"] == report.study_verdict(summary["paired"], failed)
+def test_the_protocol_refuses_an_untuned_cell_without_a_tuned_one():
+    from kalib.runs.crossover import Study
+    with pytest.raises(ConfigError, match="is not tuned"):
+        Study("smoke", cells=(Cell("pair-2", "all", (64,), (0,), tuned=False),))
+    assert set(STUDY.arms) == {"teachers", "merge", *AMALGAMATION_ARMS, *KD_ARMS, "amalgamation-b4-2x"}

@@ -174,16 +174,19 @@ def test_the_readme_headline_numbers_are_the_committed_seed_means():
 
 
 def test_the_readme_states_the_crossover_verdict_word_for_word():
-    """Once the crossover study has a summary, the README's "Amalgamate or distil?" quotes its verdict as the
-    JSON states it; while the study is unfinished it says so and gives the command that resumes it."""
+    """Once version 2 of the crossover study has a summary, the README's "Amalgamate, distil, merge, or keep the
+    teachers?" quotes every cell's verdict and the decision table as the JSON states them; until then it says the
+    study is running and where its records go, and quotes no verdict of version 1."""
+    from kalib.report.crossover import readme_quote
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Amalgamate or distil?"):readme.index("## Glossary")]
-    summary = root / "figures" / "crossover.json"
-    if summary.is_file():
-        assert json.loads(summary.read_text())["verdict"] in section.replace("\n", " ")
+    section = readme[readme.index("## Amalgamate, distil, merge, or keep the teachers?"):readme.index("## Glossary")]
+    summary = json.loads((root / "figures" / "crossover.json").read_text())
+    if summary.get("version") == 2:
+        assert readme_quote(summary) in section
     else:
-        assert "make study" in section and "figures/crossover/records" in section
+        assert "version 2 is running" in section and "figures/crossover/records" in section
+        assert summary["verdict"] not in section.replace("\n", " ") and "500 or fewer here): amalgamate" not in readme
 
 
 def test_a_run_says_the_epochs_each_block_gets():

@@ -328,3 +328,11 @@ def markdown(summary: dict) -> str:
     c = summary["cost"]
     lines += ["", f"Cost: {c['core_s']:,} seconds of one thread ({c['core_h']} core-hours) over {c['records']} records."]
     return "\n".join(lines) + "\n"
+
+
+def readme_quote(summary: dict) -> str:
+    """What the README quotes word for word: every cell's verdict, then the decision table."""
+    lines = []
+    for cell, text in summary["verdict"].items():
+        lines += [f"> **{cell}.** {text}", ">"]
+    return "\n".join(lines[:-1] + ["", *decision_markdown(summary)]) + "\n"
