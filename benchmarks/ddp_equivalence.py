@@ -2,6 +2,7 @@
 
     python benchmarks/ddp_equivalence.py --preset lesson --teachers runs/lesson/teachers --out runs/ddp-lesson
     python benchmarks/ddp_equivalence.py ... --procs 4 --device cuda        # on a machine with 4 GPUs
+    python benchmarks/ddp_equivalence.py --preset smoke ... --set pool_images=256   # --set as for kalib
 
 Runs ``python -m kalib amalgamate --preset P --teachers T`` into ``OUT/one`` (one process) and the same under
 ``python -m torch.distributed.run --nproc_per_node=N`` into ``OUT/torchrun`` (each skipped when its run.json is
@@ -24,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 
-def amalgamate(preset: str, teachers: Path, out: Path, device: str, procs: int) -> dict:
+def amalgamate(args, out: Path, procs: int) -> dict:
     """The record of ``kalib amalgamate`` into ``out``, run first (in ``procs`` processes) unless finished."""
     launcher = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={procs}"] if procs > 1 else [])
-    cmd = [*launcher, "-m", "kalib", "amalgamate", "--preset", preset, "--teachers", str(teachers), "--out",
-           str(out), "--device", device]
+    cmd = [*launcher, "-m", "kalib", "amalgamate", "--preset", args.preset, "--teachers", str(args.teachers), "--out",
+           str(out), "--device", args.device, *(f"--set={field}" for field in args.set)]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     return json.loads((out / "run.json").read_text())
 
@@ -65,9 +66,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="as kalib's --set")
     args = p.parse_args()
-    one = amalgamate(args.preset, args.teachers, args.out / "one", args.device, 1)
-    many = amalgamate(args.preset, args.teachers, args.out / "torchrun", args.device, args.procs)
+    one = amalgamate(args, args.out / "one", 1)
+    many = amalgamate(args, args.out / "torchrun", args.procs)
     print(compare(one, many, args.procs))
 
 

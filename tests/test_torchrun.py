@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = [f"--set={field}" for field in ("pool_images=256", "block_images=128", "finetune_images=64",
                                         "block.batch_size=64", "finetune.batch_size=64")]
 LOSS_TOLERANCE = 0.002      # nats: L_i^k and the held-out loss of two runs whose batches are normalised per share
-MAP_TOLERANCE = 0.5         # smoke's TargetNet is at chance, where rounding alone moves test mAP by 0.1 (docs)
+MAP_TOLERANCE = 0.5         # smoke's mAP is at chance and jumps with any change (docs/design.md §10; 0.09 here)
 
 
 def amalgamate_args(teachers: Path, out: Path) -> list[str]:
