@@ -336,7 +336,11 @@ def _label_owners(checkpoint: Path, tasks: str, names) -> list[str]:
 
 
 def _reproduce(args) -> None:
+    from . import distributed
     from .device import resolve_device
+    if any(os.environ.get(v) for v in distributed.TORCHRUN[:3]):
+        raise CommandError("reproduce runs the notebooks in one process, not under torchrun; run `pretrain` and "
+                           "`amalgamate` under torchrun (README, \"More than one GPU or machine\")")
     preset = _preset(args)                  # fail fast on an unknown preset or a bad --set
     device = resolve_device(args.device)
     from .runs import pipeline

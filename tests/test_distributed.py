@@ -90,6 +90,8 @@ def test_an_incomplete_torchrun_environment_is_refused_in_one_line_before_any_wo
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and not out.exists()
     assert "incomplete torchrun environment" in err and "LOCAL_RANK, MASTER_ADDR, MASTER_PORT" in err
+    assert main(["reproduce", "--preset", "smoke", "--out", str(out)]) == 2 and not out.exists()
+    assert "not under torchrun" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="whole numbers"):
         distributed.from_environment("cpu", {**TORCHRUN_ENV, "RANK": "one"})
     with pytest.raises(ConfigError, match="do not fit"):
