@@ -13,6 +13,7 @@ block and 64 for fine-tuning, in batches of 64).
 The subprocesses import the kalib under test (``PYTHONPATH``) and run ``sys.executable -m torch.distributed.run``,
 so any virtual environment works. The exact equivalence of the training step is tests/test_distributed.py's."""
 
+import contextlib
 import json
 import os
 import re
@@ -50,6 +51,19 @@ def environment() -> dict:
     """This process's environment (the private KALIB_CACHE), the kalib under test first, one thread each."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1"}
+
+
+def start(cmd: list[str], log) -> subprocess.Popen:
+    """``cmd`` in a session of its own (its workers too), output to the file ``log``."""
+    return subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """``proc`` and every process of its session (a launcher's workers), if any is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def free_port() -> int:
@@ -92,13 +106,12 @@ def test_two_torchrun_launchers_finish_a_run_like_one_process(smoke_teachers, re
     launcher = torchrun("--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
                         f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=kalib-test")
     logs = [(tmp_path / f"node{i}.log").open("w") for i in range(2)]
-    procs = [subprocess.Popen([*launcher, *amalgamate_args(smoke_teachers, out)], cwd=REPO, env=environment(),
-                              stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    procs = [start([*launcher, *amalgamate_args(smoke_teachers, out)], log) for log in logs]
     try:
         codes = [p.wait(timeout=400) for p in procs]
     finally:
         for p, log in zip(procs, logs):
-            p.kill()
+            stop(p)
             log.close()
     text = "".join((tmp_path / f"node{i}.log").read_text() for i in range(2))
     assert codes == [0, 0], text[-3000:]
@@ -106,6 +119,11 @@ def test_two_torchrun_launchers_finish_a_run_like_one_process(smoke_teachers, re
     assert text.count("TargetNet and run.json in") == 1                  # only rank 0 prints
     assert not list(out.rglob(".*.tmp*")) and not list(out.rglob("*.partial.pt"))
     assert_equivalent(json.loads((out / "run.json").read_text()), reference[1])
+
+
+def block_files(blocks: Path, done: int) -> list[Path]:
+    """The weights and JSON of finished blocks 1..done."""
+    return [blocks / f"block{k:02d}{ext}" for k in range(1, done + 1) for ext in (".pt", ".json")]
 
 
 def rank_pid(launcher_pid: int, rank: int) -> int | None:
@@ -132,12 +150,11 @@ def test_a_run_resumes_across_world_sizes_and_a_dying_rank_ends_the_job(smoke_te
     with pytest.raises(Interrupt):
         main([*amalgamate_args(smoke_teachers, out), "--debug"])
     monkeypatch.undo()
-    first = snapshot(sorted(blocks.glob("block0[12].*")))
+    first = snapshot(block_files(blocks, 2))
     assert len(first) == 4
 
     log = (tmp_path / "torchrun.log").open("w")
-    proc = subprocess.Popen([*torchrun("--nproc_per_node=2"), *amalgamate_args(smoke_teachers, out)], cwd=REPO,
-                            env=environment(), stdout=log, stderr=subprocess.STDOUT)
+    proc = start([*torchrun("--nproc_per_node=2"), *amalgamate_args(smoke_teachers, out)], log)
     try:
         deadline = time.monotonic() + 300
         while not (blocks / "block05.json").exists():
@@ -146,20 +163,20 @@ def test_a_run_resumes_across_world_sizes_and_a_dying_rank_ends_the_job(smoke_te
         os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
         code = proc.wait(timeout=120)
     finally:
-        proc.kill()
+        stop(proc)
         log.close()
     text = (tmp_path / "torchrun.log").read_text()
     assert code != 0 and re.search(r"rank\s*:\s*1 \(local_rank: 1\)", text), text[-3000:]
     assert "resuming after block b1_2 (2/8 finished)" in text
     done = max(int(p.stem[5:]) for p in blocks.glob("block??.json"))
     assert done == 5 and not (out / "run.json").exists()
-    second = snapshot(sorted(p for k in range(1, 6) for p in blocks.glob(f"block{k:02d}.*")))
+    second = snapshot(block_files(blocks, 5))
 
     capsys.readouterr()
     assert main(amalgamate_args(smoke_teachers, out)) == 0
     stdout = capsys.readouterr().out
     assert "resuming after block b3_1 (5/8 finished)" in stdout
-    assert snapshot(sorted(p for k in range(1, 6) for p in blocks.glob(f"block{k:02d}.*"))) == second
+    assert snapshot(block_files(blocks, 5)) == second
     assert {k: second[k] for k in first} == first
     assert not list(out.rglob(".*.tmp*")) and not list(out.rglob("*.partial.pt"))
     assert_equivalent(json.loads((out / "run.json").read_text()), reference[1])

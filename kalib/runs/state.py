@@ -136,8 +136,10 @@ class BlockStore:
             return partial
 
         def on_block_end(k: int, result: Amalgamation) -> None:
-            self.save(k, result)
-            self._partial(k).remove()
+            def keep() -> None:           # one step of the one writer under torchrun: no epoch file outlives its block
+                self.save(k, result)
+                self._partial(k).remove()
+            on_writer(keep)
         return BlockHooks(epoch_store=epoch_store, on_block_end=on_block_end, log=log)
 
     def _partial(self, k: int) -> EpochFile:
