@@ -16,6 +16,10 @@ that cannot be written, a run directory in use by another process) raise a :clas
 and end with a one-line message and exit code 2. Anything else (a ``ValueError`` from inside torch or numpy,
 say) is a bug: one "internal error ... please report it" line and exit code 1. ``--debug`` shows the full
 traceback instead. Ctrl-C ends with exit code 130.
+
+Under torchrun (``torchrun --nproc_per_node=N -m kalib pretrain|amalgamate …``, :mod:`kalib.distributed`) the
+training commands run data-parallel: the first line says how many processes and which backend, only rank 0
+prints, and an error line names the rank it happened on.
 """
 
 from __future__ import annotations
@@ -53,6 +57,38 @@ def _precision(preset, device) -> str:
     from .device import resolve_precision
     resolved = resolve_precision(preset.precision, device)
     return resolved if preset.precision != "auto" else f"{resolved} (auto)"
+
+
+def _device(args):
+    """The device this process trains on (``--device``). Under torchrun the job's process group is started
+    first (:mod:`kalib.distributed`: a torchrun environment with a variable missing, or fewer GPUs than
+    processes, is refused in one line), the first line says how many processes run with which backend, and
+    only rank 0 prints."""
+    from . import distributed
+    from .device import resolve_device
+    world = distributed.from_environment(args.device)
+    if world is None:
+        return resolve_device(args.device)
+    distributed.start(world)
+    if world.rank != 0:
+        sys.stdout = open(os.devnull, "w")
+    print(world.describe(), flush=True)
+    return world.device
+
+
+def _data(preset, args):
+    """The preset's data (:func:`kalib.runs.data.load_data`); under torchrun rank 0 renders or decodes it into
+    the cache first, and the other processes then read the cache."""
+    from . import distributed
+
+    def load():
+        return load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
+
+    def render() -> None:
+        load()
+    if distributed.active():
+        distributed.on_writer(render)
+    return load()
 
 
 def _writable(path: Path, option: str = "--out") -> None:
@@ -96,15 +132,14 @@ def _seed(args, preset) -> int:
 # ------------------------------------------------------------------------------------------ commands
 
 def _pretrain(args) -> None:
-    from .device import resolve_device
     from .runs.teachers import pretrain_set
     preset = _preset(args)
     names = _teacher_sets(args.teacher_sets)
-    device = resolve_device(args.device)
+    device = _device(args)
     seed = _seed(args, preset)
     _out_dir(args.out)
     t0 = time.perf_counter()
-    bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
+    bench = _data(preset, args)
     print(f"{preset.name} data {bench.spec.key()}: {_describe(bench)} ({time.perf_counter() - t0:.0f} s); "
           f"training on {device}, precision {_precision(preset, device)}")
     for name in names:
@@ -118,7 +153,6 @@ OWN_OPTIONS = ("pool", "eval", "eval_labels", "weights", "mean", "std")     # am
 
 
 def _amalgamate(args) -> None:
-    from .device import resolve_device
     from .method.filters import task_plan
     from .runs.amalgamation import run
     from .runs.checkpoints import read_meta
@@ -133,7 +167,7 @@ def _amalgamate(args) -> None:
         raise CommandError(f"{', '.join(given)} go with --teacher (your own teachers), not with --teachers DIR")
     args.preset = args.preset or "quick"
     preset = _preset(args)
-    device = resolve_device(args.device)
+    device = _device(args)
     _out_dir(args.out)
     arch, paths, _ = teacher_files(preset, args.teachers, args.teacher_set)
     metas = [read_meta(p) for p in paths]
@@ -142,7 +176,7 @@ def _amalgamate(args) -> None:
     task_plan(args.tasks, [meta.get("labels", []) for meta in metas])   # fail fast on unknown tasks
     print(f"{preset.name}: training on {device}, precision {_precision(preset, device)}")
     t0 = time.perf_counter()
-    bench = load_data(preset, data_root=args.data_root, allow_download=args.allow_download)
+    bench = _data(preset, args)
     record = run(bench, preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
                  init=args.init, branch_at=args.branch_at, seed=args.seed, device=device, restart=args.restart,
                  eval_split=args.eval_split)
@@ -157,7 +191,6 @@ def _amalgamate(args) -> None:
 
 def _amalgamate_own(args) -> None:
     """``kalib amalgamate --teacher … --pool DIR``: teachers a user brings (:mod:`kalib.runs.own`)."""
-    from .device import resolve_device
     from .models.torchvision_teachers import IMAGENET_MEAN, IMAGENET_STD
     from .runs.own import amalgamate_teachers, own_schedule
     if args.teachers is not None:
@@ -169,7 +202,7 @@ def _amalgamate_own(args) -> None:
     if args.pool is None:
         raise CommandError("--teacher needs --pool DIR, a folder of unlabelled images to amalgamate on")
     schedule = own_schedule(args.set)
-    device = resolve_device(args.device)
+    device = _device(args)
     _out_dir(args.out)
     t0 = time.perf_counter()
     record = amalgamate_teachers(args.teacher, args.pool, args.out, tasks=args.tasks, image_size=args.image_size,
@@ -303,7 +336,11 @@ def _label_owners(checkpoint: Path, tasks: str, names) -> list[str]:
 
 
 def _reproduce(args) -> None:
+    from . import distributed
     from .device import resolve_device
+    if any(os.environ.get(v) for v in distributed.TORCHRUN[:3]):
+        raise CommandError("reproduce runs the notebooks in one process, not under torchrun; run `pretrain` and "
+                           "`amalgamate` under torchrun (README, \"More than one GPU or machine\")")
     preset = _preset(args)                  # fail fast on an unknown preset or a bad --set
     device = resolve_device(args.device)
     from .runs import pipeline
@@ -640,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from . import distributed
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
@@ -652,17 +690,33 @@ def main(argv=None) -> int:
     except KalibError as err:       # a user's mistake or a missing input: the message says what to do
         if args.debug:
             raise
-        print(f"kalib {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        if getattr(err, "echoed_from", None) is None:        # under torchrun rank 0 says what all ranks raise
+            print(f"kalib {args.command}: error{distributed.where()}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except Exception as err:   # a bug in kalib, or an unexpected failure deep inside a library: still one line
         if args.debug:
             raise
-        mapped = storage_error(err) if isinstance(err, OSError) else None   # a full disk, no permission
-        if mapped is not None:
-            print(f"kalib {args.command}: error: {mapped}", file=sys.stderr)
-            return 2
-        print(f"kalib {args.command}: internal error: unexpected {type(err).__name__}: "
-              f"{' '.join(str(err).split())[:500]}; this is a bug in kalib, please report it; rerun with --debug "
-              "for the traceback", file=sys.stderr)
-        return 1
+        return _unexpected(args.command, err)
+    distributed.stop()
     return 0
+
+
+def _unexpected(command: str, err: Exception) -> int:
+    """The one line and exit code of an exception that is not a :class:`KalibError`: a full disk or a missing
+    permission (2), another process of a torchrun job that stopped (1), or a bug in kalib (1)."""
+    from . import distributed
+    mapped = storage_error(err) if isinstance(err, OSError) else None   # a full disk, no permission
+    if mapped is not None:
+        print(f"kalib {command}: error{distributed.where()}: {mapped}", file=sys.stderr)
+        return 2
+    if distributed.peer_lost(err):
+        print(f"kalib {command}: error{distributed.where()}: another process of this torchrun job stopped "
+              f"({' '.join(str(err).split())[:200]}); its own error is above, finished epochs and blocks are "
+              "kept: rerun the same command to resume", file=sys.stderr)
+        return 1
+    if getattr(err, "echoed_from", None) is not None:
+        return 1
+    print(f"kalib {command}: internal error{distributed.where()}: unexpected {type(err).__name__}: "
+          f"{' '.join(str(err).split())[:500]}; this is a bug in kalib, please report it; rerun with --debug "
+          "for the traceback", file=sys.stderr)
+    return 1

@@ -12,6 +12,8 @@ import sys
 
 from tqdm import tqdm
 
+from . import distributed
+
 LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} in {elapsed} ({rate_fmt}{postfix})"
 
 
@@ -41,7 +43,8 @@ def _on_terminal(stream) -> bool:
 
 def progress_bar(iterable=None, *, desc: str, total: int | None = None, disable: bool = False, file=None):
     """A progress bar over ``iterable`` (``set_postfix`` works as in tqdm), written to ``file``
-    (default ``sys.stderr``): redrawn in place on a terminal, else one line when it ends."""
+    (default ``sys.stderr``): redrawn in place on a terminal, else one line when it ends. Under torchrun only
+    rank 0 draws its bars."""
     file = sys.stderr if file is None else file
     kind = tqdm if _on_terminal(file) else _LineBar
-    return kind(iterable, desc=desc, total=total, disable=disable, file=file, leave=False)
+    return kind(iterable, desc=desc, total=total, disable=disable or distributed.rank() != 0, file=file, leave=False)

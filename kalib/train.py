@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from . import distributed
 from .device import as_device, autocast, resolve_precision
 from .errors import ConfigError, NonFiniteLossError
 from .progress import progress_bar
@@ -91,11 +92,15 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
     The meta of a bf16 run carries ``precision``, so that it never resumes a float32 run's epoch state (the
     run layer's fingerprints keep the two apart in both directions). A NaN/inf loss raises
     :class:`~kalib.errors.NonFiniteLossError` before the step, so the last saved state stays the last good one.
+
+    Under torchrun (:mod:`kalib.distributed`) the batches are drawn as here and each process trains on its
+    share of every batch, with ``module`` in DDP (:class:`kalib.distributed.Replicas`): ``schedule.batch_size``
+    is the global batch, and the loss history the mean over all processes.
     """
     if schedule.epochs == 0:
         return []
-    if store is not None and module is None:
-        raise TypeError("optimise(store=...) needs module=, the module whose weights it saves")
+    if (store is not None or distributed.active()) and module is None:
+        raise TypeError("optimise(store=...) and optimise under torchrun need module=, the module that owns params")
     device = as_device(device)
     params = list(params)
     opt = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
@@ -109,23 +114,32 @@ def optimise(params, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
         meta["precision"] = "bf16"
     saved = store.load(meta) if store is not None else None
     history = _restore(saved, module, opt, sched, gen, device) if saved is not None else []
+    replicas = distributed.Replicas(module, schedule.batch_size, desc) if distributed.active() else None
     for epoch in range(len(history), schedule.epochs):
         total, seen = 0.0, 0
         bar = progress_bar(batches(n, schedule.batch_size, gen, drop_last=True), total=steps,
                            desc=f"{desc} {epoch + 1}/{schedule.epochs}")
         for step, idx in enumerate(bar):
             with autocast(device, precision):
-                loss = batch_loss(idx)
+                if replicas is None:
+                    loss = batch_loss(idx)
+                else:                          # this process's share of the batch, through DDP
+                    loss, idx = replicas.forward(batch_loss, idx)
             if not torch.isfinite(loss):
                 kept = f"; the last good epoch checkpoint {store} is kept" if store is not None and epoch else ""
                 raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, "
                                          f"step {step + 1}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if replicas is None:
+                loss.backward()
+            else:
+                replicas.backward(loss)
             opt.step()
             sched.step()
             total, seen = total + loss.item() * len(idx), seen + len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
+        if replicas is not None:
+            total, seen = replicas.end_epoch(total, seen)
         history.append(total / max(seen, 1))
         if store is not None:
             store.save({**meta, "history": list(history), "model": module.state_dict(),

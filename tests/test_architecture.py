@@ -13,7 +13,7 @@ import kalib
 ROOT = Path(kalib.__file__).resolve().parent
 # what kalib/method may import besides the standard library, numpy and torch (docs/design.md §5)
 METHOD_MAY_IMPORT = ("kalib.method", "kalib.models", "kalib.train", "kalib.metrics", "kalib.augment",
-                     "kalib.device", "kalib.progress", "kalib.errors", "kalib.labels")
+                     "kalib.device", "kalib.distributed", "kalib.progress", "kalib.errors", "kalib.labels")
 
 
 def modules() -> dict[str, ast.Module]:

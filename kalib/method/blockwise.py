@@ -17,6 +17,11 @@ F_u^{k-1} once per block; each block trains on a seeded subset of the pool (``im
 its converged loss L_i^k is measured on a fixed held-out slice at the end of the pool that is never
 trained on. Networks run on ``device``; pool canvases, cached soft targets and cached prefix features
 stay on the CPU and move batch by batch (bfloat16 autocast for forward passes on CUDA).
+
+Data-parallel (torchrun, :mod:`kalib.distributed`): every process runs these same lines. The training loop
+gives each its share of every batch and averages the gradients of block k and the filters f_n^k over the
+processes (the frozen teachers stay outside DDP); the soft targets and the held-out losses L_i^k are computed
+on each process's share of the images and gathered or summed, so every process chooses the same branch points.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..device import as_device, autocast
 from ..models.blocknet import BlockNet
 from ..train import EpochStore, Schedule, batches, optimise, predict, to_input
@@ -45,13 +51,15 @@ def soft_targets(teachers: Sequence[BlockNet], images: torch.Tensor, plan: TaskP
                  batch_size: int = 500, device=None) -> torch.Tensor:
     """Teacher n's own predictions O_n^i (logits) for the tasks of C, ``(len(images), |C|)`` in C's order.
 
-    Computed once per image and cached by the caller: the targets of Eq. 7 never change.
+    Computed once per image and cached by the caller: the targets of Eq. 7 never change. Under torchrun each
+    process computes its share of the images and receives the others'.
     """
-    out = torch.empty(len(images), len(plan.tasks))
+    start, stop = distributed.bounds(len(images))
+    out = torch.empty(stop - start, len(plan.tasks))
     for n in plan.active_teachers:
-        out[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], images, batch_size, device=device),
-                                                   plan.local_per_teacher[n])
-    return out
+        out[:, plan.per_teacher[n]] = select_tasks(predict(teachers[n], images[start:stop], batch_size,
+                                                           device=device), plan.local_per_teacher[n])
+    return distributed.gather_rows(out, len(images))
 
 
 @torch.no_grad()
@@ -247,19 +255,23 @@ def converged_losses(block: nn.Module, filters_k, teachers, plan, feats, images,
                      dtype: torch.dtype = torch.float32, batch_size: int = 250,
                      device=None) -> tuple[np.ndarray, torch.Tensor]:
     """L_i^k of Eq. 9's input: the per-task loss of the trained block k on the held-out ``images`` (eval
-    mode, mean over the slice), and the slice's F_u^k for the next block."""
+    mode, mean over the slice), and the slice's F_u^k for the next block. Under torchrun each process takes
+    its share of the slice, the sums are added up over the processes, and each keeps its share's F_u^k."""
     device = as_device(device)
     block.eval()
     total = torch.zeros(len(plan.tasks), dtype=torch.float64)
     out = []
-    for idx in batches(len(images), batch_size):
+    start, stop = distributed.bounds(len(images))           # the whole slice for one process
+    for idx in batches(stop - start, batch_size):
+        idx = idx + start
         with autocast(device):
             h = block(block_inputs(feats, images, idx, device))
             out.append(h.to(dtype).cpu())
             losses = task_losses(entangled_predictions(h, k, filters_k, teachers, plan),
                                  soft[idx].to(device, non_blocking=True), plan.softmax_groups)
         total += losses.double().cpu() * len(idx)
-    return (total / max(len(images), 1)).numpy(), torch.cat(out)
+    total = distributed.sum_over_ranks(total)
+    return (total / max(len(images), 1)).numpy(), distributed.shard_rows(torch.cat(out), len(images))
 
 
 @torch.no_grad()

@@ -6,7 +6,12 @@ epochs of each block, and the frozen student prefix F_u^{k-1}, computed once per
 
 The pool may be a tensor or anything that gives its rows batch by batch (``len(images)``, ``images[idx]``
 and ``.to(device)`` of those rows, e.g. :class:`kalib.data.folder.ImageRows` over a memory-mapped folder):
-nothing here holds the whole pool in memory."""
+nothing here holds the whole pool in memory.
+
+Under torchrun (:mod:`kalib.distributed`) no process caches F_u^{k-1} of the images it trains on: its share of
+every batch changes from batch to batch, so each process computes the prefix of its share when the batch
+comes (:class:`PrefixFeatures`), the same work per epoch as one process caching the whole set once per
+block when the block trains one epoch."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import distributed
 from ..device import as_device, autocast
 from ..errors import ConfigError
 from ..models.blocknet import BlockNet
@@ -52,12 +58,14 @@ def prefix_features(student: BlockNet, images: torch.Tensor, k: int, dtype: torc
                     batch_size: int = 250, device=None, max_bytes: int | None = None):
     """F_u^k of the (frozen, eval-mode) student for ``images`` (kept on the CPU as ``dtype``); ``None``
     for k = 0 (use the images). Where all of them would take more than ``max_bytes`` (default
-    :data:`FEATURE_CACHE_BYTES`) they are not kept but recomputed batch by batch (:class:`PrefixFeatures`,
-    the same numbers)."""
+    :data:`FEATURE_CACHE_BYTES`), and under torchrun (module docstring), they are not kept but recomputed batch
+    by batch (:class:`PrefixFeatures`, the same numbers)."""
     if k == 0:
         return None
     device = as_device(device)
     student.eval()
+    if distributed.active():
+        return PrefixFeatures(student, images, k, dtype, device)
     limit = FEATURE_CACHE_BYTES if max_bytes is None else max_bytes
     out = []
     for idx in batches(len(images), batch_size):

@@ -17,6 +17,7 @@ import torch
 
 from ..augment import BatchAugment
 from ..device import as_device, resolve_precision
+from ..distributed import on_writer, writer_context
 from ..errors import ConfigError, MissingFileError
 from ..files import atomic_write, file_sha
 from ..memory import PeakMemory
@@ -101,10 +102,11 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     ``out_dir/blocks`` are re-used by a rerun with the same settings; other settings raise
     :class:`~kalib.errors.ConfigMismatchError` unless ``restart``, which deletes the finished record,
     the TargetNets and ``out_dir/blocks`` first (the teachers are never touched). Settings that cannot run
-    and foreign teachers are refused before any work; one process at a time works in ``out_dir``
-    (:func:`kalib.runs.locks.run_lock`). ``device``: where the networks run (default CPU). The training steps
-    (blocks, fine-tuning) run in ``preset.precision`` resolved for the device (:func:`kalib.device.resolve_precision`),
-    recorded as ``precision``; evaluation stays float32 on the CPU.
+    and foreign teachers are refused before any work; one process (or one torchrun job, whose rank 0 alone
+    writes: :mod:`kalib.distributed`) at a time works in ``out_dir`` (:func:`kalib.runs.locks.run_lock`).
+    ``device``: where the networks run (default CPU). The training steps (blocks, fine-tuning) run in
+    ``preset.precision`` resolved for the device (:func:`kalib.device.resolve_precision`), recorded as
+    ``precision``; evaluation stays float32 on the CPU.
 
     The steps: :func:`_check_inputs` (before any work), :func:`_settings` and :func:`_run_key` (what the
     saved state and the finished record belong to), :func:`_soft_targets`, :func:`_train_blocks` (Alg. 1
@@ -122,13 +124,13 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     inputs = _check_inputs(job, tasks)
     settings = _settings(job, inputs)
     augment = BatchAugment(job.seed) if preset.augment else None
-    with run_lock(job.out_dir, what=f"amalgamation into {job.out_dir}"):
+    with writer_context(lambda: run_lock(job.out_dir, what=f"amalgamation into {job.out_dir}")):
         if restart:
-            _remove_finished(job.out_dir, log)
+            on_writer(lambda: _remove_finished(job.out_dir, log))
         store = BlockStore(job.out_dir, digest(settings))
         store.prepare(settings, restart, log)
         run_key = _run_key(job, store)
-        record = finished_record(job.out_dir, run_key, log)
+        record = on_writer(lambda: finished_record(job.out_dir, run_key, log))
         if record is not None:
             log(f"re-using the finished run in {job.out_dir}")
             return record
@@ -288,9 +290,12 @@ def _finetune_variants(job: _Job, inputs: _Inputs, store: BlockStore, result: Am
     keys = {name: digest([store.fingerprint, pts, dataclasses.asdict(finetune_schedule(s, name)), s.finetune_images,
                           s.finetune_freeze_bn]) for name, pts in variants.items()}
     partials = {name: store.dir / f"finetune-{key}.partial.pt" for name, key in keys.items()}
-    for stale in store.dir.glob("finetune-*.partial.pt"):
-        if stale not in partials.values():
-            stale.unlink(missing_ok=True)
+
+    def remove_stale() -> None:
+        for stale in store.dir.glob("finetune-*.partial.pt"):
+            if stale not in partials.values():
+                stale.unlink(missing_ok=True)
+    on_writer(remove_stale)
     ft_idx = block_subset(inputs.train_idx, 0, s.finetune_images, job.seed)
     teachers_params = sum(count_parameters(t) for t in inputs.teachers)
     jobs = [lambda n=n: _assemble_and_finetune(job, inputs, result, soft, augment, n, variants[n], ft_idx,
@@ -371,9 +376,12 @@ def _save_record(job: _Job, record: dict, times: dict, peak: PeakMemory, result:
     record["seconds"] = {k: round(v, 1) for k, v in times.items()}
     record["seconds"]["per_block"] = {names[k]: round(s, 1) for k, s in enumerate(result.seconds)}
     record["files"] = {p.name: file_sha(p) for name in variants for p in _target_files(job.out_dir, name)}
-    atomic_write(job.out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-    for partial in partials.values():
-        partial.unlink(missing_ok=True)
+
+    def write() -> None:
+        atomic_write(job.out_dir / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+        for partial in partials.values():
+            partial.unlink(missing_ok=True)
+    on_writer(write)
     return record
 
 

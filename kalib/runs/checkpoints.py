@@ -1,7 +1,8 @@
 """Safe checkpoints: weights in ``NAME.pt`` (read with ``torch.load(weights_only=True)``), metadata —
 architecture, label names, preset, metrics, the weights' digest — in ``NAME.json`` beside them. Writes
 are atomic (temporary file, then rename), so an interrupted run never leaves a half-written checkpoint;
-a write that fails (disk full, no permission) is one :class:`StorageError` naming the file.
+a write that fails (disk full, no permission) is one :class:`StorageError` naming the file. Under torchrun
+rank 0 alone writes (:func:`kalib.distributed.on_writer`) and the other processes wait for it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import on_writer
 from ..errors import CheckpointError, ConfigMismatchError
 from ..files import atomic_write, file_sha
 from ..method.targetnet import TargetNet
@@ -25,9 +27,12 @@ def save_model(path: str | Path, model: BlockNet, **meta) -> Path:
     """Write ``model``'s weights to ``path`` (``.pt``) and its config, the weights' digest and ``meta``
     to ``path.json``."""
     path = Path(path).with_suffix(".pt")
-    atomic_write(path, lambda p: torch.save(model.state_dict(), p))
-    info = {"format": FORMAT, "version": VERSION, "config": model.config, "weights_sha256": file_sha(path), **meta}
-    atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+
+    def write() -> None:
+        atomic_write(path, lambda p: torch.save(model.state_dict(), p))
+        info = {"format": FORMAT, "version": VERSION, "config": model.config, "weights_sha256": file_sha(path), **meta}
+        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+    on_writer(write)
     return path
 
 
@@ -84,11 +89,14 @@ def save_target(path: str | Path, net: TargetNet, **meta) -> Path:
     fail with a clear "unknown arch" message instead of loading the wrong network.
     """
     path = Path(path).with_suffix(".pt")
-    atomic_write(path, lambda p: torch.save(net.state_dict(), p))
-    info = {"format": FORMAT, "version": VERSION, "kind": "targetnet",
-            "config": {"arch": "targetnet", "num_classes": len(net.tasks)},
-            "labels": list(net.tasks), "targetnet": net.spec, **meta}
-    atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+
+    def write() -> None:
+        atomic_write(path, lambda p: torch.save(net.state_dict(), p))
+        info = {"format": FORMAT, "version": VERSION, "kind": "targetnet",
+                "config": {"arch": "targetnet", "num_classes": len(net.tasks)},
+                "labels": list(net.tasks), "targetnet": net.spec, **meta}
+        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1)))
+    on_writer(write)
     return path
 
 
@@ -138,7 +146,7 @@ class EpochFile:
 
     def save(self, state: dict) -> None:
         blob = {"format": EPOCH_FORMAT, "fingerprint": self.fingerprint, **state}
-        atomic_write(self.path, lambda p: torch.save(blob, p))
+        on_writer(lambda: atomic_write(self.path, lambda p: torch.save(blob, p)))
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        on_writer(lambda: self.path.unlink(missing_ok=True))

@@ -20,7 +20,9 @@ What a run does, in order (docs/design.md §8):
    blocks, parameters and MACs against the teachers, and with ``eval_dir`` the APs of teachers and TargetNet.
 
 Resume, the run lock and atomic writes are those of the preset runs (:class:`~kalib.runs.state.BlockStore`,
-:class:`~kalib.runs.checkpoints.EpochFile`, :func:`~kalib.runs.locks.run_lock`, :func:`~kalib.runs.records.verify`).
+:class:`~kalib.runs.checkpoints.EpochFile`, :func:`~kalib.runs.locks.run_lock`, :func:`~kalib.runs.records.verify`),
+and so is training under torchrun (:mod:`kalib.distributed`): rank 0 decodes the folders first, holds the lock
+and writes; every process trains on its share of each batch.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.folder import FolderImages, load_folder, read_label_csv
 from ..device import as_device, resolve_precision
+from ..distributed import on_writer, writer_context
 from ..errors import CommandError, ConfigError
 from ..files import atomic_write, file_sha
 from ..macs import forward_macs_per_image
@@ -247,16 +251,15 @@ def amalgamate_teachers(teachers, pool, out_dir: str | Path, *, tasks=None, imag
         forced_branch_points(checked.student, branch_at, len(checked.plan.tasks))   # an unknown block: refused now
     out = Path(out_dir)
     settings = {**_settings(checked, schedule, seed), **({"precision": precision} if precision != "fp32" else {})}
-    with run_lock(out, what=f"amalgamation into {out}"):
+    with writer_context(lambda: run_lock(out, what=f"amalgamation into {out}")):
         peak = PeakMemory()
         if restart:
-            for path in (out / "run.json", out / "targetnet.pt", out / "targetnet.json"):
-                path.unlink(missing_ok=True)
+            on_writer(lambda: _remove_finished(out))
         store = BlockStore(out, digest(settings))
         store.prepare(settings, restart, log)
         run_key = digest([store.fingerprint, branch_at, dataclasses.asdict(schedule.finetune), schedule.finetune_images,
                           schedule.finetune_freeze_bn, schedule.branch_tolerance, _eval_key(checked)])
-        record = _finished(out, run_key)
+        record = on_writer(lambda: _finished(out, run_key))
         if record is not None:
             log(f"re-using the finished run in {out}")
             return record
@@ -269,10 +272,21 @@ def amalgamate_teachers(teachers, pool, out_dir: str | Path, *, tasks=None, imag
         record["seconds"] = {k: round(v, 1) for k, v in times.items()}
         record["peak_rss_mb"] = peak.mib()
         record["files"] = {p.name: file_sha(p) for p in (out / "targetnet.pt", out / "targetnet.json")}
-        atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-        for partial in store.dir.glob("finetune-*.partial.pt"):
-            partial.unlink(missing_ok=True)
+        on_writer(lambda: _write_record(out, record, store.dir))
         return record
+
+
+def _remove_finished(out: Path) -> None:
+    """``restart``: the finished record and TargetNet."""
+    for path in (out / "run.json", out / "targetnet.pt", out / "targetnet.json"):
+        path.unlink(missing_ok=True)
+
+
+def _write_record(out: Path, record: dict, blocks: Path) -> None:
+    """``out/run.json`` (atomically), then the fine-tuning's epoch files are removed."""
+    atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    for partial in blocks.glob("finetune-*.partial.pt"):
+        partial.unlink(missing_ok=True)
 
 
 def _check(teachers, pool, tasks, image_size, mean, std, init, weights, allow_download, eval_dir, eval_labels,
@@ -294,6 +308,8 @@ def _check(teachers, pool, tasks, image_size, mean, std, init, weights, allow_do
     if (eval_dir is None) != (eval_labels is None):
         raise CommandError("--eval DIR and --eval-labels FILE.csv go together: give both, or neither")
     student, start = _student(loaded, init, weights, allow_download, seed)
+    if not isinstance(pool, FolderImages):
+        _decode_first(pool, size, "--pool", workers, log)
     images = pool if isinstance(pool, FolderImages) else image_pool(pool, size, workers=workers, log=log)
     if len(images.files) < 2:
         raise ConfigError(f"--pool {images.root} has {len(images.files)} readable image; amalgamation needs at "
@@ -327,8 +343,17 @@ def _student(teachers: Teachers, init: str | None, weights, allow_download: bool
     return init_student(init, list(teachers.nets), None, seed), {"name": init, "source": sources[init]}
 
 
+def _decode_first(folder, size: int, what: str, workers: int | None, log) -> None:
+    """Under torchrun: rank 0 decodes ``folder`` into the cache (:func:`load_folder`) before the others read it."""
+    def decode() -> None:
+        load_folder(folder, size, what=what, workers=workers, log=log)
+    if distributed.active():
+        on_writer(decode)
+
+
 def _eval_set(eval_dir, eval_labels, plan: TaskPlan, size: int, workers: int | None, log) -> tuple:
     """The labelled evaluation folder: its images, and the CSV's 0/1 targets of the tasks of C it has."""
+    _decode_first(eval_dir, size, "--eval", workers, log)
     images = load_folder(eval_dir, size, what="--eval", workers=workers, log=log)
     if images.skipped:
         log(f"warning: {images.skipped_note()}")

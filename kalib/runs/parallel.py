@@ -6,8 +6,9 @@ two networks about 20–30 % faster than one two-thread process trains them one 
 thread each; the jobs are closures, inherited by the fork (only their index is sent), so large tensors are
 never copied. Each job writes its own results to disk (checkpoints, run records), as it would in the
 parent, and returns something small. Workers are silent (their progress bars would interleave); the
-parent reports each job when it ends. Where forking is unavailable, on a GPU, or inside a worker, the jobs
-run here, one after the other.
+parent reports each job when it ends. Where forking is unavailable, on a GPU, inside a worker, or under
+torchrun (every process of the job runs each job data-parallel, :mod:`kalib.distributed`), the jobs run here,
+one after the other.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 import torch
 
+from .. import distributed
 from ..errors import ConfigError
 
 T = TypeVar("T")
@@ -74,7 +76,7 @@ def run_parallel(jobs: Sequence[Callable[[], T]], workers: int | None = None, de
     running have ended."""
     global _jobs
     workers = default_workers(device) if workers is None else workers
-    if workers <= 1 or len(jobs) <= 1 or _in_worker or "fork" not in get_all_start_methods():
+    if workers <= 1 or len(jobs) <= 1 or _in_worker or "fork" not in get_all_start_methods() or distributed.active():
         results = []
         for i, job in enumerate(jobs):
             results.append(job())

@@ -1,5 +1,8 @@
 """The files of an amalgamation run (:mod:`kalib.runs.amalgamation`): the teacher checkpoints it reads and checks, and
-the per-block state in ``OUT/blocks`` that lets an interrupted run resume after its last finished block."""
+the per-block state in ``OUT/blocks`` that lets an interrupted run resume after its last finished block.
+
+Under torchrun (:mod:`kalib.distributed`) rank 0 alone writes these files and decides from what is on disk
+(a finished block, a cached tensor); the other processes wait for it and read what it wrote."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..distributed import on_writer
 from ..errors import CheckpointError, ConfigMismatchError, MissingFileError
 from ..files import atomic_write, file_sha
 from ..method.blockwise import Amalgamation, BlockHooks, soft_targets
@@ -92,6 +96,9 @@ class BlockStore:
         """Check that the saved state belongs to ``settings`` (:class:`ConfigMismatchError` naming the
         changed settings otherwise) and record them; ``restart`` first deletes this directory, and only
         it (teachers and other runs are never touched)."""
+        on_writer(lambda: self._prepare(settings, restart, log))
+
+    def _prepare(self, settings: dict, restart: bool, log: Callable[[str], None] | None) -> None:
         config = self.dir / "config.json"
         if restart and self.dir.exists():
             shutil.rmtree(self.dir)
@@ -129,8 +136,10 @@ class BlockStore:
             return partial
 
         def on_block_end(k: int, result: Amalgamation) -> None:
-            self.save(k, result)
-            self._partial(k).remove()
+            def keep() -> None:           # one step of the one writer under torchrun: no epoch file outlives its block
+                self.save(k, result)
+                self._partial(k).remove()
+            on_writer(keep)
         return BlockHooks(epoch_store=epoch_store, on_block_end=on_block_end, log=log)
 
     def _partial(self, k: int) -> EpochFile:
@@ -140,6 +149,9 @@ class BlockStore:
         return self.dir / f"block{k:02d}.json"
 
     def save(self, k: int, result: Amalgamation) -> None:
+        on_writer(lambda: self._save(k, result))
+
+    def _save(self, k: int, result: Amalgamation) -> None:
         state = {"student": result.student.state_dict(), "filters": result.filters.state_dict()}
         atomic_write(self._pt(k), lambda p: torch.save(state, p))
         info = {"fingerprint": self.fingerprint, "block": k, "losses": result.losses[:k].tolist(),
@@ -153,6 +165,9 @@ class BlockStore:
         """The number of leading blocks that are finished (:func:`kalib.runs.records.verify`): JSON of this
         fingerprint, weights that still match the digest in it (or, saved without one, still load). A
         damaged block is trained again, and so are the blocks after it."""
+        return on_writer(lambda: self._last_finished(num_blocks, log))
+
+    def _last_finished(self, num_blocks: int, log: Callable[[str], None] | None) -> int:
         done = 0
         for k in range(1, num_blocks + 1):
             info = read_record(self._json(k))
@@ -180,13 +195,19 @@ class BlockStore:
 def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """The tensor saved at ``path``, or ``compute()`` saved there (atomically) when the file is missing or
     unreadable. The file's name is its key (the caller's digest of what the tensor depends on) and no digest
-    of its bytes is kept, so :func:`kalib.runs.records.verify` checks it by loading it."""
-    if path.is_file():
-        verdict = verify(path.stem, path.stem, {path: None}, load=load_state)
-        if verdict.valid:
-            return verdict.loaded[path]
+    of its bytes is kept, so :func:`kalib.runs.records.verify` checks it by loading it. Under torchrun rank 0
+    reads (and hands to the others) or writes the file; every process computes it (``compute`` may share the work)."""
+    def saved() -> torch.Tensor | None:
+        if path.is_file():
+            verdict = verify(path.stem, path.stem, {path: None}, load=load_state)
+            if verdict.valid:
+                return verdict.loaded[path]
+        return None
+    value = on_writer(saved)
+    if value is not None:
+        return value
     value = compute()
-    atomic_write(path, lambda p: torch.save(value, p))
+    on_writer(lambda: atomic_write(path, lambda p: torch.save(value, p)))
     return value
 
 

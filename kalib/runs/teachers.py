@@ -3,7 +3,9 @@
 Resume (:func:`pretrain`): each stage writes its training state after every epoch to
 ``OUT/partial/NAME.pt`` and a rerun continues from there; a finished ``NAME.pt`` carries the hash of the
 configuration that made it (``config_hash`` in ``NAME.json``) and is re-used when the hash matches.
-Paper presets write their ImageNet start as the generic checkpoint (:func:`prepare_generic`).
+Paper presets write their ImageNet start as the generic checkpoint (:func:`prepare_generic`). Under torchrun
+(:mod:`kalib.distributed`) every stage trains data-parallel, one after the other; rank 0 alone holds the lock,
+decides what is finished and writes, and the other processes wait for it and read what it wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from ..augment import BatchAugment
 from ..data import Benchmark
 from ..device import as_device, resolve_precision
+from ..distributed import on_writer, writer_context
 from ..errors import ConfigError, ConfigMismatchError, ExistingFileError
 from ..labels import resolve_tasks
 from ..memory import PeakMemory
@@ -49,7 +52,11 @@ def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
     with ``config_hash`` (or before kalib stored hashes) and its weights still match the digest in its JSON
     (or, saved without one, still load); a damaged file is trained again. One from another configuration is
     refused, or removed with ``restart``. Weights without their JSON (a kill between the two writes) count
-    as unfinished."""
+    as unfinished. Under torchrun rank 0 decides (and removes) and tells the others."""
+    return on_writer(lambda: _reusable(path, config_hash, restart, log))
+
+
+def _reusable(path: Path, config_hash: str, restart: bool, log) -> bool:
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         return False
     meta = read_meta(path)
@@ -75,8 +82,13 @@ def _partial(out_dir: Path, path: Path, restart: bool) -> Path:
     """The per-epoch checkpoint of the unit that writes ``path``; removed first with ``restart``."""
     partial = out_dir / "partial" / path.name
     if restart:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
     return partial
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` if it is there (rank 0 alone under torchrun)."""
+    on_writer(lambda: path.unlink(missing_ok=True))
 
 
 def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_kwargs: dict,
@@ -103,7 +115,8 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
     out_dir = Path(out_dir)
     precision = resolve_precision(precision, as_device(device))
     by_precision = {"precision": precision} if precision != "fp32" else {}      # fp32 hashes as before precisions
-    with run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in {out_dir}", wait=True):
+    with writer_context(lambda: run_lock(out_dir, f"pretrain-{arch}", what=f"pretraining the {arch} teachers in "
+                                         f"{out_dir}", wait=True)):
         generic_bench = bench if generic_bench is None else generic_bench
         generic_path = out_dir / f"generic-{arch}.pt"
         generic_hash = digest({"role": "generic", "data": generic_bench.spec.key(), "labels": list(bench.label_names),
@@ -112,7 +125,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
         partial = _partial(out_dir, generic_path, restart)
         if _finished(generic_path, generic_hash, restart, log):
             generic, _ = load_model(generic_path)
-            partial.unlink(missing_ok=True)       # left behind by a kill between saving and cleaning up
+            _remove(partial)                      # left behind by a kill between saving and cleaning up
         else:
             t0, peak = time.perf_counter(), PeakMemory()
             if partial.is_file():
@@ -123,18 +136,12 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
             save_model(generic_path, generic, role="generic", labels=list(bench.label_names),
                        data=generic_bench.spec.key(), config_hash=generic_hash, precision=precision,
                        seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=peak.mib())
-            partial.unlink(missing_ok=True)
+            _remove(partial)
             log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
         generic_digest = file_digest(generic_path)
         paths, jobs = [], []
         for (n, labels), path in zip(enumerate(groups, start=1), teacher_paths(out_dir, arch, len(groups))):
-            if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
-                if not restart:
-                    raise ExistingFileError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
-                                          "choose another --out directory, or rerun with --restart to retrain it")
-                for p in (path, path.with_suffix(".json")):
-                    p.unlink(missing_ok=True)
-                log(f"--restart: removed {path} (a teacher for other labels)")
+            on_writer(lambda: _other_labels(path, labels, restart, log))
             start = None if warm_start is None else warm_start[n - 1]
             if start is not None:
                 start_labels = read_meta(start).get("labels")
@@ -147,7 +154,7 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                                   **({"warm_start": file_digest(start)} if start is not None else {})})
             partial = _partial(out_dir, path, restart)
             if _finished(path, config_hash, restart, log):
-                partial.unlink(missing_ok=True)
+                _remove(partial)
             else:
                 if partial.is_file():
                     log(f"teacher {n}/{len(groups)}: resuming from {partial}")
@@ -156,9 +163,24 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                                             config_hash, device, augment, start, precision))
             paths.append(path)
         run_parallel(jobs, device=device, on_done=lambda i, line: log(line))
-        if (out_dir / "partial").is_dir() and not any((out_dir / "partial").iterdir()):
-            (out_dir / "partial").rmdir()
+        on_writer(lambda: _remove_empty(out_dir / "partial"))
         return paths
+
+
+def _other_labels(path: Path, labels, restart: bool, log) -> None:
+    """Refuse a teacher checkpoint at ``path`` for other labels than ``labels``, or remove it with ``restart``."""
+    if path.with_suffix(".json").is_file() and read_meta(path).get("labels") != list(labels):
+        if not restart:
+            raise ExistingFileError(f"{path} is a teacher for other labels ({read_meta(path).get('labels')}); "
+                                    "choose another --out directory, or rerun with --restart to retrain it")
+        for p in (path, path.with_suffix(".json")):
+            p.unlink(missing_ok=True)
+        log(f"--restart: removed {path} (a teacher for other labels)")
+
+
+def _remove_empty(directory: Path) -> None:
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Schedule, seed: int, path: Path,
@@ -178,7 +200,7 @@ def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Sched
     val_ap = (evaluate(teacher, val, bench.val_labels[:, idx], labels, device=device) if val is not None else None)
     save_model(path, teacher, role="teacher", labels=list(labels), data=bench.spec.key(), config_hash=config_hash,
                precision=precision, test_ap=ap, seconds=round(seconds, 1), peak_rss_mb=peak.mib(), **({"val_ap": val_ap} if val_ap is not None else {}))
-    partial.unlink(missing_ok=True)
+    _remove(partial)
     return (f"teacher {path.stem} ({', '.join(labels)}): test mAP {ap['mAP']:.1f}"
             + (f", validation mAP {val_ap['mAP']:.1f}" if val_ap is not None else "") + f" in {seconds:.0f} s")
 
@@ -191,9 +213,9 @@ def pretrain_set(preset, bench: Benchmark, teacher_set: str, out_dir: str | Path
     checkpoint (:func:`prepare_generic`) instead of training a generic stage."""
     groups, arch, kwargs = preset.teacher_set(teacher_set)
     if preset.nets.init != "generic":
-        prepare_generic(out_dir, arch, bench.label_names, init=preset.nets.init, arch_kwargs=kwargs,
-                        weights_path=preset.nets.weights_paths.get(arch), allow_download=allow_download,
-                        seed=seed, log=log)
+        on_writer(lambda: prepare_generic(out_dir, arch, bench.label_names, init=preset.nets.init, arch_kwargs=kwargs,
+                                          weights_path=preset.nets.weights_paths.get(arch),
+                                          allow_download=allow_download, seed=seed, log=log))
     return pretrain(bench, groups, arch, kwargs, preset.pretraining.generic, preset.pretraining.teacher, out_dir, seed=seed, log=log,
                     device=device, restart=restart, augment=preset.augment, generic_bench=generic_bench,
                     warm_start=warm_start, precision=preset.precision)
