@@ -390,6 +390,8 @@ def _merge(args) -> None:
 
 def _study(args) -> None:
     from .runs.crossover import STUDIES, run_study
+    args.device = "cpu"              # every arm runs on the CPU; under torchrun: gloo, one writer (rank 0)
+    _device(args)
     _out_dir(args.out)
     records = args.records if args.records is not None else args.out / "records"
     _out_dir(records)

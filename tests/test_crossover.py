@@ -19,7 +19,7 @@ from kalib.errors import ConfigError, NonFiniteLossError
 from kalib.report import crossover as report
 from kalib.runs.crossover import STUDIES, load_context, run_study
 from kalib.runs.crossover.protocol import AMALGAMATION_ARMS, KD_ARMS, Cell
-from kalib.runs.crossover.records import best, finished_or_run, grid_step, read_record
+from kalib.runs.crossover.records import best, finished_or_run, grid_step, read_record, record_key
 
 STUDY = STUDIES["smoke"]
 GOLDEN = Path(__file__).parent / "data" / "crossover-smoke.json"
@@ -318,3 +318,24 @@ def test_the_protocol_refuses_an_untuned_cell_without_a_tuned_one():
     with pytest.raises(ConfigError, match="is not tuned"):
         Study("smoke", cells=(Cell("pair-2", "all", (64,), (0,), tuned=False),))
     assert set(STUDY.arms) == {"teachers", "merge", *AMALGAMATION_ARMS, *KD_ARMS, "amalgamation-b4-2x"}
+
+
+def test_under_torchrun_rank_0_writes_one_record_that_every_rank_returns(study, tmp_path):
+    """Two forked gloo ranks run the same merge: one record, rank 0's, whose key names the two processes (their
+    numbers are not one process's), returned on both ranks; a second call re-uses it on both."""
+    from test_distributed import on_two_ranks
+    ctx = load_context(STUDY, STUDY.cells[0], study[0], tmp_path / "records", log=lambda *_: None)
+
+    def run():
+        from kalib import distributed
+
+        def train(partial, known):
+            return {"val_map": float(distributed.rank()), "test_map": 1.0, "params": 1, "inference_macs": 1,
+                    "train_macs": 1, "images_seen": 64}
+        first = finished_or_run(ctx, "merge", 64, 0, {"lam": 0.5}, train)
+        again = finished_or_run(ctx, "merge", 64, 0, {"lam": 0.5}, lambda p, k: pytest.fail("trained again"))
+        return first, again
+    (first0, again0), (first1, again1) = on_two_ranks(run, tmp_path)
+    assert first0 == first1 == again0 == again1 and first0["val_map"] == 0.0
+    assert [p.name for p in (tmp_path / "records").rglob("*.json")] == ["merge-N64-s0-lam0.5.json"]
+    assert first0["key"] != record_key(ctx, "merge", 64, 0, {"lam": 0.5})     # one process's key: no "processes"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ... import distributed
 from ...device import resolve_precision
 from ...errors import ConfigError, NonFiniteLossError
 from ...files import atomic_write, file_sha
@@ -123,7 +124,8 @@ def record_path(ctx: Context, arm: str, pool: int, seed: int, setting: dict) -> 
 def record_key(ctx: Context, arm: str, pool: int, seed: int, setting: dict) -> str:
     """What a record's numbers depend on: data, teachers (their weights), the task set, the arm and the preset's
     settings of student, fine-tuning and KD (less the learning rates a run sets itself), pool, seed, setting,
-    the held-out share, the training precision where it is not fp32, and the code path's version."""
+    the held-out share, the training precision where it is not fp32, the number of processes where a run is
+    data-parallel (torchrun: the numbers differ, docs/design.md §10), and the code path's version."""
     student = dataclasses.asdict(ctx.preset.student)
     student.pop("eq9_finetune_lr")
     student["finetune"].pop("lr")
@@ -132,7 +134,8 @@ def record_key(ctx: Context, arm: str, pool: int, seed: int, setting: dict) -> s
                    "tasks": list(ctx.plan.tasks), "arm": arm, "pool": pool, "seed": seed, "setting": setting,
                    "student": student, "kd": kd, "heldout_share": ctx.study.heldout_share,
                    "budget_tolerance": ctx.study.budget_tolerance,
-                   **({"precision": ctx.precision} if ctx.precision != "fp32" else {})})
+                   **({"precision": ctx.precision} if ctx.precision != "fp32" else {}),
+                   **({"processes": distributed.size()} if distributed.size() > 1 else {})})
 
 
 def checked(path: Path, record: object) -> dict:
@@ -161,11 +164,19 @@ def read_record(path: Path, key: str) -> dict | None:
 
 
 def finished(ctx: Context, arm: str, pool: int, seed: int, setting: dict) -> dict | None:
-    return read_record(record_path(ctx, arm, pool, seed, setting), record_key(ctx, arm, pool, seed, setting))
+    """The finished record of this run or None, as the one writer reads it (under torchrun every process gets
+    rank 0's answer, :func:`kalib.distributed.on_writer`)."""
+    return distributed.on_writer(lambda: read_record(record_path(ctx, arm, pool, seed, setting),
+                                                     record_key(ctx, arm, pool, seed, setting)))
 
 
 def records_of(ctx: Context, arm: str, pool: int, seed: int) -> list[dict]:
-    """The finished records of ``arm`` at ``pool`` and ``seed``, every setting, in file order."""
+    """The finished records of ``arm`` at ``pool`` and ``seed``, every setting, in file order (as the one writer
+    reads them)."""
+    return distributed.on_writer(lambda: _records_of(ctx, arm, pool, seed))
+
+
+def _records_of(ctx: Context, arm: str, pool: int, seed: int) -> list[dict]:
     found = []
     for path in sorted(ctx.records.glob(f"{arm}-N{pool}-s{seed}-*.json")):
         try:
@@ -183,8 +194,11 @@ def write_record(ctx: Context, record: dict) -> dict:
     record = {**record, "key": key, "commit": ctx.commit, "threads": torch.get_num_threads(),
               **({"precision": ctx.precision} if ctx.precision != "fp32" else {})}
     path = record_path(ctx, record["arm"], record["pool"], record["seed"], record["setting"])
-    atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
-    return record
+
+    def write() -> dict:
+        atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
+        return record
+    return distributed.on_writer(write)             # under torchrun: rank 0's record, on every rank
 
 
 def scores(ctx: Context, net: torch.nn.Module) -> dict[str, float]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ...distributed import on_writer, writer_context
 from ...errors import ConfigError
 from ...files import atomic_write
 from ...report import crossover as report
@@ -106,8 +107,8 @@ def run_study(study: Study, out_dir: Path, records: Path, figures: Path | None =
     ``out_dir``). ``pools``/``seeds``/``arms`` run a subset. One study at a time writes to ``out_dir`` and to
     ``records``. Returns the summary, or None while runs are missing."""
     arms = tuple(arms) if arms else study.arms
-    with run_lock(out_dir, "study", what=f"a crossover study in {out_dir}"), \
-            run_lock(records, "study", what=f"a crossover study writing {records}"):
+    with writer_context(lambda: run_lock(out_dir, "study", what=f"a crossover study in {out_dir}")), \
+            writer_context(lambda: run_lock(records, "study", what=f"a crossover study writing {records}")):
         contexts = load_contexts(study, Path(out_dir), Path(records), teachers_dir, log)
         check_dependencies(study, contexts, arms, pools, seeds)
         stages = jobs(study, arms, pools, seeds)
@@ -227,9 +228,12 @@ def cost(study: Study, contexts: dict[str, Context]) -> dict:
 
 def write_summary(summary: dict, figures: Path) -> list[Path]:
     """``crossover.json``, ``crossover.md`` and ``crossover.png`` in ``figures``."""
-    figures.mkdir(parents=True, exist_ok=True)
     paths = [figures / "crossover.json", figures / "crossover.md", figures / "crossover.png"]
-    atomic_write(paths[0], lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
-    atomic_write(paths[1], lambda p: p.write_text(report.markdown(summary)))
-    report.figure(summary, paths[2])
+
+    def write():
+        figures.mkdir(parents=True, exist_ok=True)
+        atomic_write(paths[0], lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
+        atomic_write(paths[1], lambda p: p.write_text(report.markdown(summary)))
+        report.figure(summary, paths[2])
+    on_writer(write)
     return paths
