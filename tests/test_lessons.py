@@ -129,13 +129,16 @@ def test_fig3_counts_that_differ_between_the_best_block_and_reaching_the_teacher
     text = lessons.fig3_sentence(fig3, ["b1", "b2", "b3"])
     assert "AP-best block for 3 of the 4 tasks (a, b and c)" in text
     assert "2 of the 4 tasks reach their teacher's AP (b and d)" in text, "74.96 shows as 75.0: level, so reached"
-    assert "1 of the 3 tasks at their AP-best block do" in text
+    assert "1 of the 3 tasks at their AP-best block does" in text
     assert "unrelated pair 1, related pair 2" in text and text.endswith("does not hold on this run.")
     deeper = {"unrelated": {"tasks": {"a": _fig3_task("b3", "b3", 1.0, 2.0), "b": _fig3_task("b3", "b3", 1.0, 2.0)}},
               "related": {"tasks": {"c": _fig3_task("b1", "b1", 1.0, 2.0), "d": _fig3_task("b2", "b2", 1.0, 2.0)}}}
     text = lessons.fig3_sentence(deeper, ["b1", "b2", "b3"])
     assert "0 of the 4 tasks reach their teacher's AP (none)" in text and "tasks at their AP-best" not in text
     assert text.endswith("holds on this run.") and "unrelated pair 3, related pair 1" in text
+    single = lessons.fig3_sentence({"unrelated": {"tasks": {"a": _fig3_task("b1", "b1", 91.0, 90.0)}}}, ["b1"])
+    assert "1 of the 1 tasks reaches their teacher's AP (a); 1 of the 1 tasks at their AP-best block does." in single
+    assert "paper's reading" not in single, "no related pair: nothing to compare"
 
 
 def test_pairs_against_the_twenty_task_student_name_the_images_each_saw():

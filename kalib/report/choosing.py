@@ -68,8 +68,8 @@ def crossover_source(summary: Mapping, preset: str, path: str | Path | None = No
     if "task_sets" in summary:
         text += f" Its task sets: {_describe(summary['task_sets'])}."
     if v == 1:
-        text += (" Version 1 measures one task set (C = A, all 20 labels) and records per run its test mAP, "
-                 "parameters and training MACs; it has no inference MACs and no decision table.")
+        text += (" Version 1 measures one task set (C = A, every label of the teachers) and records per run its "
+                 "test mAP, parameters and training MACs; it has no inference MACs and no decision table.")
     return text
 
 

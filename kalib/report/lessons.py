@@ -364,10 +364,11 @@ def fig3_sentence(fig3: Mapping[str, Mapping], blocks: Sequence[str]) -> str:
     reach = [t for t, d in tasks if round(d["ap_by_block"][d["chosen_block"]], 1) >= round(d["teacher_ap"], 1)]
     shared = {p: pair_blocks(entry, blocks) for p, entry in fig3.items()}
     text = (f"Here Eq. 9 picks the AP-best block for {len(best)} of the {len(tasks)} tasks ({_names(best)}). At the "
-            f"block Eq. 9 picks, {len(reach)} of the {len(tasks)} tasks reach their teacher's AP ({_names(reach)})")
+            f"block Eq. 9 picks, {len(reach)} of the {len(tasks)} tasks {'reaches' if len(reach) == 1 else 'reach'} "
+            f"their teacher's AP ({_names(reach)})")
     both = [t for t in best if t in reach]
     if best and reach:
-        text += f"; {len(both)} of the {len(best)} tasks at their AP-best block do"
+        text += f"; {len(both)} of the {len(best)} tasks at their AP-best block {'does' if len(both) == 1 else 'do'}"
     text += (". Shared blocks: " + ", ".join(f"{p} pair {n}" for p, n in shared.items()) + f" (of {len(blocks)}).")
     if {"unrelated", "related"} <= set(shared):
         holds = shared["unrelated"] > shared["related"]

@@ -124,17 +124,17 @@ def alt_text(fig) -> str:
             " | ".join(panels)) if panels else (title or "A figure without titles or labels")
 
 
-def show(fig, alt: str | None = None):
+def show(fig, alt: str | None = None) -> None:
     """Show ``fig`` in a notebook with its alternative text (``alt``, else :func:`alt_text`) in the output's
     metadata, which the lessons' HTML writes into the image's ``alt`` (:mod:`kalib.report.html`), and close it
-    so that the inline backend does not show it a second time. Outside IPython it does nothing. Returns ``fig``."""
+    so that the inline backend does not show it a second time. Returns nothing, so that a cell ending in
+    ``show(...)`` shows the figure once. Outside IPython it does nothing."""
     try:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:                       # pragma: no cover - IPython comes with the notebooks' extras
-        return fig
+        return
     if get_ipython() is not None:
         import matplotlib.pyplot as plt
         display(fig, metadata={"alt": alt or alt_text(fig)})
         plt.close(fig)
-    return fig
