@@ -227,8 +227,8 @@ def test_finetune_sentence_reads_both_directions():
 def test_sizes_against_teachers_say_which_are_larger():
     text = lessons.sizes_against_teachers({"Target (tolerance 0.02) (table1)": (719460, 1402932),
                                            "TargetDenseNet (Eq. 9) (table1)": (198043, 195956)})
-    assert text.startswith("TargetNets smaller than their own teachers together: Target (tolerance 0.02) (table1) (0.51×); "
-                           "as large or larger: TargetDenseNet (Eq. 9) (table1) (1.01×).")
+    assert text.startswith("TargetNets smaller than their own teachers together: Target (tolerance 0.02) (table1) (0.513×); "
+                           "as large or larger: TargetDenseNet (Eq. 9) (table1) (1.011×).")
     assert "can end up larger than its teachers" in text
     smaller = lessons.sizes_against_teachers({"T": (1, 2)})
     assert "as large or larger" not in smaller and "can end up larger" not in smaller
