@@ -432,3 +432,23 @@ def test_this_runs_options_against_keeping_the_teachers():
     assert "amalgamate: 81.0 mAP, 1.0 above them, at 1.00× their parameters and 1.70× their MACs per image " \
            "(training MACs not recorded here)" in text
     assert choosing.options_sentence({"x": {}}).startswith("No row")
+
+
+def test_the_remaining_branches_of_the_sentences():
+    """Branches the tests above do not reach: a live block whose loss did not fall, an Eq. 9 net no larger than
+    another, a seed study without both rows, a spread with no positive value, pair students with more images, a
+    decision table given as a mapping."""
+    from types import SimpleNamespace
+    probe = SimpleNamespace(held=[0.30, 0.31], gates=[0.0, 0.01])
+    text = lessons.live_block_sentence("b2_2", 64, 1.0, probe, 0.35)
+    assert "it did not fall by 0.0100" in text and "went from -0.0500 to -0.0400." in text and "removed" not in text
+    assert "converged at" not in text
+    text = lessons.size_verdict([("Target (Eq. 9)", 0.5, 70.0), ("Target b4", 0.6, 69.0)], 71.0)
+    assert "Target b4 is no smaller (0.60×) at 69.0." in text
+    assert "does not have both KD and Target (Eq. 9)" in lessons.seed_verdict(_seeds([1.0], [0.5]), "KD", "Target (Eq. 9)", "s")
+    assert "factor nan" in lessons.spread_sentence([0.0, 0.0], [1.0, 2.0])
+    pairs = {"p": {"C": ["x"], "tasks": {"x": _fig3_task("b1", "b1", 1.0, 2.0)}}}
+    assert "the pair students saw more images" in lessons.pairs_vs_all_tasks(pairs, pairs, 3000, 2000)
+    assert choosing.decision_frame({"decision": {"500": {"choose": "amalgamate"}}}).loc["500", "choose"] == "amalgamate"
+    assert lessons.shown_path(lessons.REPO / "figures" / "x.json") == "figures/x.json"
+    assert lessons.shown_path(lessons.REPO.parent / "elsewhere.json").endswith("elsewhere.json")
