@@ -45,7 +45,8 @@ browser:
 
 install: $(STAMP) data
 
-# The five notebooks through papermill; the quick preset's figures, tables and results.json go to figures/.
+# The six lesson notebooks (and their solutions) through papermill; the quick preset's figures, tables,
+# results.json and the lessons as HTML go to figures/.
 reproduce: install
 	$(PY) -m kalib reproduce --preset $(PRESET) --out $(OUT) $(if $(PRECISION),--precision $(PRECISION)) \
 	  $(if $(and $(filter quick,$(PRESET)),$(if $(BF16),,yes)),--figures figures)

@@ -580,11 +580,12 @@ def _add_evaluate(sub, common) -> None:
 
 
 def _add_reproduce(sub, common) -> None:
-    p = common(sub.add_parser("reproduce", help="run the five notebooks in order (teachers, filters, block "
-                                                "training, branch-out, tables); resumable"),
+    p = common(sub.add_parser("reproduce", help="run the six lesson notebooks in order (teachers, filters, "
+                                                "block training, branch-out, tables, choosing), then their "
+                                                "solutions; resumable"),
                out_help="run directory (default runs/PRESET)", out_required=False)
     p.add_argument("--figures", type=Path, default=None,
-                   help="also copy the figures, tables, results.json and the lessons (HTML) into this "
+                   help="also copy the figures, tables, results.json and the lessons and solutions (HTML) into this "
                         "directory (make reproduce: figures)")
     p.add_argument("--seeds", type=_seed_list, default=None, metavar="0,1,2",
                    help="first rerun Table 1's main rows, Target-3 and Fig. 3's pairs with each seed (canvases, "

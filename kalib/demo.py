@@ -1,4 +1,4 @@
-"""A small generated example of teachers a user brings (notebook 06 and its tests): coloured shapes, folders of
+"""A small generated example of teachers a user brings (notebook 07 and its tests): coloured shapes, folders of
 PNG files, and torchvision teachers trained on them in seconds.
 
 Each image shows one or two shapes (circle, square, triangle), each red, green or blue, on a noisy grey

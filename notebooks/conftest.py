@@ -1,4 +1,4 @@
-"""nbval runs the five notebooks in order on the lesson preset (a few minutes in all, with numbers far
+"""nbval runs the lesson notebooks in order on the lesson preset (a few minutes in all, with numbers far
 above chance, so the notebooks' asserts check meaning as well as mechanics), sharing one output directory,
 so 02–05 find what 01–04 trained. The parameters cell reads these variables; KALIB_PRESET=smoke gives a
 faster, mechanics-only run."""

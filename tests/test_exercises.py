@@ -17,6 +17,7 @@ from kalib.report.crossover import interval
 from kalib.report.notebook import chance_map
 
 LABELS = [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2"]]
+pytestmark = pytest.mark.usefixtures("one_thread")      # tiny networks: one thread (tests/conftest.py)
 TINY = {"width": 8}
 
 
@@ -64,20 +65,24 @@ def test_numbers_are_told_too_high_or_too_low_and_non_numbers_refused():
     assert "too high" in ex.number(1.2, 1.0, 1e-3, "h").message
     assert "too low" in ex.number(0.8, 1.0, 0.1, "h", relative=True).message
     assert "one number" in ex.number("one", 1.0, 1e-3, "h").message
-    assert "one number" in ex.number(math.nan, 1.0, 1e-3, "h").message
+    nan = ex.number(math.nan, 1.0, 1e-3, "h").message
+    assert "not a finite number" in nan and "logsigmoid" in nan and "got float" not in nan
+    assert "not a finite number" in ex.number(float("-inf"), 1.0, 1e-3, "h").message
     _assert_unanswered(ex.number(None, 1.0, 1e-3, "h"))
 
 
-def test_teacher2_loss(nets):
+def test_logit_gradient(nets):
     teachers, images = nets[2], nets[4]
     labels = (torch.rand(len(images), 3) > 0.5).float()
-    from kalib.method.teachers import teacher_loss
     from kalib.train import to_input
-    with torch.no_grad():
-        truth = float(teacher_loss(teachers[1](to_input(images)), labels))
-    assert ex.check_teacher2_loss(truth, teachers[1], images, labels)
-    _assert_refused_without_the_answer(ex.check_teacher2_loss(truth * 1.1, teachers[1], images, labels), truth)
-    _assert_unanswered(ex.check_teacher2_loss(None, teachers[1], images, labels))
+    z = teachers[1](to_input(images)).detach().requires_grad_(True)
+    torch.nn.functional.binary_cross_entropy_with_logits(z, labels, reduction="sum").backward()
+    truth = float(z.grad.abs().mean())                                     # autograd's ∂ℓ/∂z, per term
+    assert ex.check_logit_gradient(truth, teachers[1], images, labels)
+    _assert_refused_without_the_answer(ex.check_logit_gradient(truth * 1.1, teachers[1], images, labels), truth)
+    of_the_mean = ex.check_logit_gradient(truth / z.numel(), teachers[1], images, labels)
+    assert not of_the_mean and "gradient of the mean" in of_the_mean.message
+    _assert_unanswered(ex.check_logit_gradient(None, teachers[1], images, labels))
 
 
 def test_rarest_chance_and_percent_not_fraction():
@@ -109,17 +114,24 @@ def test_task_plan_by_hand():
     _assert_unanswered(ex.check_task_plan(None, c, LABELS))
 
 
-def test_half_gate_and_eq5_balance(nets):
+def test_half_gate_and_eq5_lambda_spread(nets):
     student, filters, teachers, _, images = nets
     shift = ex.half_gate_shift(student, teachers, images)
     assert shift > 0
     assert ex.check_half_gate(shift, student, teachers, images)
     _assert_refused_without_the_answer(ex.check_half_gate(shift * 2, student, teachers, images), shift)
     _assert_unanswered(ex.check_half_gate(None, student, teachers, images))
-    lam = 1 / ex.eq5_by_block(student, filters, teachers, images)[-1]
-    assert ex.check_eq5_balance(lam, student, filters, teachers, images)
-    _assert_refused_without_the_answer(ex.check_eq5_balance(lam * 1.5, student, filters, teachers, images), lam)
-    _assert_unanswered(ex.check_eq5_balance(None, student, filters, teachers, images))
+    eq5 = ex.eq5_by_block(student, filters, teachers, images)
+    record = {"tasks": ["a0", "b0"], "blocks": student.block_names,
+              "converged_loss": {t: {b: 0.1 * (k + 1) for k, b in enumerate(student.block_names)} for t in ("a0", "b0")}}
+    lam = [0.1 * (k + 1) / v for k, v in enumerate(eq5)]
+    assert ex.eq5_balance(student, filters, teachers, images, record) == pytest.approx(lam)
+    truth = max(lam) / min(lam)
+    assert ex.check_eq5_lambda_spread(truth, student, filters, teachers, images, record)
+    _assert_refused_without_the_answer(ex.check_eq5_lambda_spread(truth * 1.5, student, filters, teachers, images, record),
+                                       truth)
+    assert "at least 1" in ex.check_eq5_lambda_spread(1 / truth, student, filters, teachers, images, record).message
+    _assert_unanswered(ex.check_eq5_lambda_spread(None, student, filters, teachers, images, record))
 
 
 def test_teacher2_share():
@@ -156,16 +168,30 @@ def test_forced_params(nets):
     _assert_unanswered(ex.check_forced_params(None, student, filters, teachers, plan, "b3"))
 
 
-def test_all_last_tolerance_and_eq9_matches():
+def test_all_last_tolerance_and_depth_price():
     truth = ex.all_last_tolerance(RECORD)
     assert truth == pytest.approx(0.05)                 # b0: 0.15 at the last block against its minimum 0.10
     assert ex.check_all_last_tolerance(truth, RECORD)
     assert "still leaves" in ex.check_all_last_tolerance(0.02, RECORD).message
     assert "smaller" in ex.check_all_last_tolerance(0.1, RECORD).message
     _assert_unanswered(ex.check_all_last_tolerance(None, RECORD))
-    assert ex.check_eq9_matches(2, RECORD)
-    _assert_refused_without_the_answer(ex.check_eq9_matches(3, RECORD), 2)
-    _assert_unanswered(ex.check_eq9_matches(None, RECORD))
+    assert ex.priced_branch_points(RECORD, 0.0) == RECORD["chosen_block"], "no price: Eq. 9"
+    # μ = 0.015: a0 0.185/0.180/0.185 -> b2; a1 0.285/0.250/0.245 -> b3; b0 0.085/0.090/0.105 -> b1; b1 -> b3
+    assert ex.priced_branch_points(RECORD, 0.015) == {"a0": "b2", "a1": "b3", "b0": "b1", "b1": "b3"}
+    assert ex.check_depth_price(2, RECORD, 0.015)
+    _assert_refused_without_the_answer(ex.check_depth_price(3, RECORD, 0.015), 2)
+    assert ex.check_depth_price(4, RECORD, 1.0), "a large price sends every task to the last block"
+    _assert_unanswered(ex.check_depth_price(None, RECORD, 0.015))
+
+
+def test_soft_ce_excess_is_the_kl_divergence():
+    truth = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert ex.soft_ce_excess(0.9, 0.5) == pytest.approx(truth) and ex.soft_ce_excess(0.3, 0.3) == 0
+    assert ex.check_soft_ce_excess(truth)
+    _assert_refused_without_the_answer(ex.check_soft_ce_excess(truth + 0.1), truth)
+    whole = ex.check_soft_ce_excess(math.log(2))
+    assert not whole and "whole loss" in whole.message
+    _assert_unanswered(ex.check_soft_ce_excess(None))
 
 
 def test_top1_of1():
@@ -191,16 +217,64 @@ def test_paired_interval():
     assert ex.check_paired_interval([0, 1], [0.5]).ok is None
 
 
-def test_crossover_wins():
-    summary = {"paired": [{"pool": 500, "a": "amalgamation", "b": "kd", "ci95": [0.2, 1.0]},
-                          {"pool": 1000, "a": "amalgamation", "b": "kd", "ci95": [-0.1, 0.9]},
-                          {"pool": 2000, "a": "amalgamation", "b": "kd", "ci95": [-1.0, -0.2]},
-                          {"pool": 500, "a": "amalgamation", "b": "kd-2x", "ci95": [0.1, 0.5]}]}
-    assert ex.crossover_wins(summary) == [500]
-    assert ex.check_crossover_wins([500], summary)
-    assert "tie" in ex.check_crossover_wins([500, 1000], summary).message
-    assert not ex.check_crossover_wins([], summary)
-    assert "list" in ex.check_crossover_wins(500, summary).message
-    _assert_unanswered(ex.check_crossover_wins(None, summary))
+def test_top3_ceiling():
+    targets = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    truth = 100 * (1 + 3 + 2 + 0) / 12
+    assert ex.top3_precision_ceiling(targets) == pytest.approx(truth)
+    assert ex.check_top3_ceiling(truth, targets)
+    _assert_refused_without_the_answer(ex.check_top3_ceiling(truth + 5, targets), truth)
+    assert "percent" in ex.check_top3_ceiling(truth / 100, targets).message
+    _assert_unanswered(ex.check_top3_ceiling(None, targets))
+
+
+CROSSOVER = {"arms": ["amalgamation", "kd", "kd-2x"],
+             "paired": [{"pool": 250, "a": "amalgamation", "b": "kd", "ci95": [0.2, 1.0]},
+                        {"pool": 500, "a": "amalgamation", "b": "kd", "ci95": [0.1, 0.4]},
+                        {"pool": 1000, "a": "amalgamation", "b": "kd", "ci95": [-0.7, -0.1]},
+                        {"pool": 2000, "a": "amalgamation", "b": "kd", "ci95": [-0.1, 0.9]},
+                        {"pool": 250, "a": "amalgamation", "b": "kd-2x", "ci95": [0.1, 0.5]}],
+             "runs": [{"arm": a, "pool": 500, "seed": s, "params": p, "test_map": m + s / 10}
+                      for a, p, m in (("amalgamation", 1.9e6, 80.0), ("kd", 0.7e6, 78.0), ("kd-2x", 0.7e6, 78.5))
+                      for s in (0, 1)] + [{"arm": "kd", "pool": 500, "seed": 2, "params": 0.7e6, "test_map": None}]}
+
+
+def test_crossover_wins_tell_behind_from_level():
+    """`check_crossover_wins([250, 500, 1000])` used to call 1,000, whose interval lies below 0, a tie."""
+    assert ex.crossover_pools(CROSSOVER, "amalgamation", "kd") == {"ahead": [250, 500], "behind": [1000], "level": [2000]}
+    assert ex.check_crossover_wins([500, 250], CROSSOVER)
+    behind = ex.check_crossover_wins([250, 500, 1000], CROSSOVER)
+    assert not behind and "below 0" in behind.message and "behind, not ahead" in behind.message and "tie" not in behind.message
+    level = ex.check_crossover_wins([250, 500, 2000], CROSSOVER)
+    assert "contains 0" in level.message and "tie" in level.message
+    assert not ex.check_crossover_wins([250], CROSSOVER)
+    assert ex.check_crossover_wins([250], CROSSOVER, "amalgamation", "kd-2x")
+    assert "list" in ex.check_crossover_wins(500, CROSSOVER).message
+    _assert_unanswered(ex.check_crossover_wins(None, CROSSOVER))
     missing = ex.check_crossover_wins([500], None)
     assert missing.ok is None and "make study" in missing.message
+    worded = {"paired": [{**CROSSOVER["paired"][0], "word": "level"}]}        # version 2: the study's own word
+    assert ex.crossover_pools(worded, "amalgamation", "kd")["level"] == [250]
+
+
+def test_budget_choice():
+    assert ex.budget_choice(CROSSOVER, 500, 2e6) == "amalgamation"
+    assert ex.budget_choice(CROSSOVER, 500, 1e6) == "kd-2x"
+    assert ex.budget_choice(CROSSOVER, 500, 1e5) is None
+    assert ex.check_budget_choice("kd-2x", CROSSOVER, 500, 1e6) and ex.check_budget_choice("KD, 2x MACs", CROSSOVER, 500, 1e6)
+    too_large = ex.check_budget_choice("amalgamation", CROSSOVER, 500, 1e6)
+    assert not too_large and "larger than the budget" in too_large.message
+    _assert_refused_without_the_answer(ex.check_budget_choice("kd", CROSSOVER, 500, 1e6), "kd-2x")
+    assert "one arm" in ex.check_budget_choice("distillation", CROSSOVER, 500, 1e6).message
+    _assert_unanswered(ex.check_budget_choice(None, CROSSOVER, 500, 1e6))
+    assert ex.check_budget_choice("kd", None, 500, 1e6).ok is None
+
+
+def test_merged_map(nets):
+    _, _, teachers, _, images = nets
+    plan = task_plan(["a1", "b0"], LABELS)
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1]] * 8, dtype=torch.float32)
+    truth = ex.merged_map(teachers, plan, images, targets)
+    assert 0 < truth <= 100
+    assert ex.check_merged_map(truth, teachers, plan, images, targets)
+    _assert_refused_without_the_answer(ex.check_merged_map(truth - 5, teachers, plan, images, targets), truth)
+    _assert_unanswered(ex.check_merged_map(None, teachers, plan, images, targets))

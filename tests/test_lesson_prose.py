@@ -1,7 +1,8 @@
 """The lessons' prose (issue 27): no markdown cell of a lesson or of its solutions restates a measured mAP, AP,
 parameter ratio or percentage of kalib's runs (those are printed by code from the run's numbers; the paper's own
-numbers are fine in a sentence that names the paper); every chapter has at least two exercises, each with a cell
-that calls a checker on ``answer = None``, and a solutions notebook that nbval collects and runs after the chapters."""
+numbers are fine in a sentence that names the paper); every chapter has at least three exercises, each with a cell
+that calls a checker on ``answer = None``, at least one of them a derivation or a design question, and a solutions
+notebook that nbval collects and runs after the chapters; every build-it skeleton has its checker and its solution."""
 
 import json
 import re
@@ -15,7 +16,7 @@ from kalib.report.notebook import PARAMETERS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-CHAPTERS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
+CHAPTERS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables", "06_choosing")
 LESSONS = [NOTEBOOKS / f"{c}.ipynb" for c in CHAPTERS] + [NOTEBOOKS / "solutions" / f"{c}_solutions.ipynb"
                                                           for c in CHAPTERS]
 # numbers that read like a measurement of a run: 86.7 or 93.5 (an AP), 72 mAP, 0.51× (a size), 74.9 % (not 95 %)
@@ -68,10 +69,14 @@ def test_no_markdown_cell_restates_a_measured_number(path):
 def test_every_chapter_has_checked_exercises_and_a_solution(chapter):
     checks = [_source(c) for c in _cells(NOTEBOOKS / f"{chapter}.ipynb") if c["cell_type"] == "code"
               and re.search(r"^answer = None\b", _source(c), re.MULTILINE) and re.search(r"^check_\w+\(answer", _source(c), re.MULTILINE)]
-    assert len(checks) >= 2, f"{chapter}: at least two exercises with a check_…(answer, …) cell"
+    assert len(checks) >= 3, f"{chapter}: at least three exercises with a check_…(answer, …) cell"
+    prompts = [_source(c) for c in _cells(NOTEBOOKS / f"{chapter}.ipynb") if c["cell_type"] == "markdown"
+               and re.search(r"^\*\*\d\. ", _source(c), re.MULTILINE)]
+    assert any(re.search(r"\(a (derivation|design question|design choice)\)", p) for p in prompts), \
+        f"{chapter}: at least one exercise asks for a derivation or a design choice"
     solution = _cells(NOTEBOOKS / "solutions" / f"{chapter}_solutions.ipynb")
     solved = [c for c in solution if c["cell_type"] == "code" and "check_" in _source(c) and "assert result" in _source(c)]
-    assert len(solved) >= 2, f"{chapter}: its solutions assert that the checkers accept them"
+    assert len(solved) >= 3, f"{chapter}: its solutions assert that the checkers accept them"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -94,3 +99,21 @@ def test_nbval_collects_the_solutions_after_the_chapters():
     chapters = [files.index(f"notebooks/{c}.ipynb") for c in CHAPTERS]
     solutions = [files.index(f"notebooks/solutions/{c}_solutions.ipynb") for c in CHAPTERS]
     assert chapters == sorted(chapters) and min(solutions) > max(chapters)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_build_it_skeleton_is_checked_and_solved(chapter):
+    """A skeleton (``raise NotImplementedError``) in a chapter is followed by a cell calling a kalib.report.builds
+    checker on it, and the chapter's solutions define the same function or class and pass that checker."""
+    code = [_source(c) for c in _cells(NOTEBOOKS / f"{chapter}.ipynb") if c["cell_type"] == "code"]
+    skeletons = [re.search(r"^(?:def|class) (\w+)", src, re.MULTILINE).group(1) for src in code
+                 if "raise NotImplementedError" in src]
+    solution = "\n".join(_source(c) for c in _cells(NOTEBOOKS / "solutions" / f"{chapter}_solutions.ipynb")
+                         if c["cell_type"] == "code")
+    for name in skeletons:
+        assert any(re.search(rf"check_\w+\({name}\b", src) for src in code), f"{chapter}: {name} has no checker cell"
+        assert re.search(rf"^(def|class) {name}\b", solution, re.MULTILINE), f"{chapter}: {name} has no worked solution"
+        assert "NotImplementedError" not in solution and "assert result" in solution
+    expected = {"02_filters": {"MyFilter"},
+                "03_block_training": {"my_entangled_predictions", "my_filtered_loss", "my_train_block"}}
+    assert set(skeletons) == expected.get(chapter, set())

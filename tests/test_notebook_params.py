@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kalib.errors import UnknownParameterError
+from kalib.runs.pipeline import NOTEBOOKS
 from kalib.report.notebook import PARAMETERS, at_chance, chance_map, chance_note, check_parameters, meaningful
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -57,7 +58,7 @@ def test_a_namespace_that_passed_is_not_checked_again_but_one_that_failed_is():
             check_parameters(failed)
 
 
-@pytest.mark.parametrize("name", ["01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_notebook_takes_the_checked_parameters_and_checks_them_first(name):
     """The first code cell (tagged ``parameters``) defines exactly PARAMETERS with the lesson preset as the
     default, and the second starts with check_parameters; every cell has an id and no outputs."""

@@ -111,3 +111,39 @@ def test_the_notebooks_are_found_in_a_checkout_or_where_pip_installs_them(tmp_pa
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="lesson notebooks are in none of"):
         pipeline.find_notebooks()
+
+
+def test_a_lesson_page_is_titled_by_its_heading_and_its_figures_carry_their_alt_text(tmp_path):
+    """The page's <title> is the chapter's first heading (formulas as plain text), not nbconvert's "Notebook"; an
+    image output's "alt" metadata (kalib.report.notebook.show) becomes the image's alt text."""
+    import base64
+    import re
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kalib.report.notebook import alt_text
+
+    fig, (left, right) = plt.subplots(1, 2)
+    left.plot([0, 1], [1, 0], label="held-out loss (Eq. 7)")
+    left.set(title="Block $b2_2$ trained live", xlabel="epoch", ylabel="nats per task")
+    left.legend()
+    right.set_title(r"The gates $\|w - 1\|$")
+    described = alt_text(fig)
+    assert described == ("Figure with 2 panels: Block b2_2 trained live; x: epoch; y: nats per task; lines: held-out "
+                         "loss (Eq. 7) | The gates |w - 1|")
+    fig.set_label("A drawing of $f_n^k$")
+    assert alt_text(fig) == "A drawing of f_n^k"
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(r"# 02 · Filters: the filter $f_n^k$ (Eq. 4) and $\mathcal{A}_n$"),
+                nbformat.v4.new_code_cell("", outputs=[
+                    nbformat.v4.new_output("display_data", data={"image/png": png}, metadata={"alt": described}),
+                    nbformat.v4.new_output("display_data", data={"image/png": png})])]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    render_lesson(tmp_path / "a.ipynb", tmp_path / "a.html")
+    html = (tmp_path / "a.html").read_text()
+    assert "<title>02 · Filters: the filter f_n^k (Eq. 4) and A_n</title>" in html
+    alts = re.findall(r'<img [^>]*alt="([^"]*)"', html)
+    assert alts == [described, "No description has been provided for this image"], alts

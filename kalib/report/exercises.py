@@ -1,4 +1,4 @@
-"""Checkers for the lessons' exercises (``notebooks/01…05``, worked solutions in ``notebooks/solutions/``).
+"""Checkers for the lessons' exercises (``notebooks/01…06``, worked solutions in ``notebooks/solutions/``).
 
 Each exercise cell ends with ``answer = None`` and a call ``check_…(answer, …)`` whose other arguments are
 what the notebook already holds (its run's record, the data, the networks). A checker computes the right
@@ -60,6 +60,16 @@ def _as_number(answer) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _not_a_number(answer) -> str:
+    """Why ``answer`` is not a usable number, in words: not finite (a log of 0 somewhere?), or not a number."""
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        return f"the answer is one number (got {type(answer).__name__})."
+    return (f"the answer is {value}, not a finite number: a log of 0 or a division by 0 somewhere? "
+            "torch.log(torch.sigmoid(z)) is -inf where the sigmoid rounds to 0; F.logsigmoid(z) is exact there.")
+
+
 def number(answer, truth: float, tolerance: float, hint: str, *, relative: bool = False) -> Check:
     """A numeric answer within ``tolerance`` of ``truth`` (relative to ``|truth|`` where ``relative``); a
     wrong one is told whether it is too high or too low, and ``hint``."""
@@ -67,7 +77,7 @@ def number(answer, truth: float, tolerance: float, hint: str, *, relative: bool 
         return Check(None, NOT_ANSWERED)
     value = _as_number(answer)
     if value is None:
-        return wrong(f"the answer is one number (got {type(answer).__name__}). {hint}")
+        return wrong(_not_a_number(answer) + f" {hint}")
     allowed = tolerance * abs(truth) if relative else tolerance
     if abs(value - truth) <= allowed:
         return right()
@@ -87,18 +97,27 @@ def exact(answer, truth, hint: str, kind: type = int) -> Check:
 
 # ------------------------------------------------------------------------------------ notebook 01
 
-def check_teacher2_loss(answer, teacher2, images: torch.Tensor, labels: torch.Tensor) -> Check:
-    """Exercise 1.1: Eq. 2 for teacher 2 (``l_2``) on ``images`` with ground truth ``labels`` (teacher 2's
-    columns), as a number."""
+@torch.no_grad()
+def logit_gradients(teacher, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """∂ℓ/∂z of Eq. 2's per-task loss ℓ(y, z) at every image and task: σ(z) − y (``(images, tasks)``)."""
+    from ..train import to_input
+    return torch.sigmoid(teacher.eval()(to_input(images))) - labels.float()
+
+
+def check_logit_gradient(answer, teacher2, images: torch.Tensor, labels: torch.Tensor) -> Check:
+    """Exercise 1.1: the mean |∂ℓ/∂z| of Eq. 2's ℓ over ``images`` and teacher 2's tasks (ground truth
+    ``labels``, its columns), from the derived formula σ(z) − y."""
     if unanswered(answer):
         return Check(None, NOT_ANSWERED)
-    from ..method.teachers import teacher_loss
-    from ..train import to_input
-    with torch.no_grad():
-        truth = float(teacher_loss(teacher2.eval()(to_input(images)), labels.float()))
-    return number(answer, truth, 1e-4, "use teacher 2's own label columns (resolve_tasks on its meta's labels), "
-                  "its logits on exactly these images, and average ℓ over images and over its T_2 tasks.",
-                  relative=True)
+    grad = logit_gradients(teacher2, images, labels)
+    truth = float(grad.abs().mean())
+    value = _as_number(answer)
+    if value is not None and math.isclose(value, truth / grad.numel(), rel_tol=1e-3):
+        return wrong("that is the gradient of the mean l_2, which divides by every image and task; the exercise "
+                     "asks for ∂ℓ/∂z of one term ℓ, averaged in absolute value.")
+    return number(answer, truth, 1e-4, "differentiate ℓ(y, z) = −[y log σ(z) + (1 − y) log(1 − σ(z))] with "
+                  "σ'(z) = σ(z)(1 − σ(z)): no log is left in the result. Then average its absolute value over the "
+                  "64 images and teacher 2's tasks.", relative=True)
 
 
 def check_rarest_chance(answer, test_labels: torch.Tensor) -> Check:
@@ -196,13 +215,25 @@ def eq5_by_block(student, filters, teachers, images: torch.Tensor) -> list[float
     return out
 
 
-def check_eq5_balance(answer, student, filters, teachers, images: torch.Tensor) -> Check:
-    """Exercise 2.3: the λ (one for both teachers) that makes Eq. 5 equal 1 at the last block."""
+def eq5_balance(student, filters, teachers, images: torch.Tensor, record: Mapping) -> list[float]:
+    """λ_k that makes Eq. 5 (MSE, one λ for both teachers) equal the run's converged loss of Eq. 7 (mean over
+    tasks) at every block k."""
+    eq7 = [float(np.mean([record["converged_loss"][t][b] for t in record["tasks"]])) for b in record["blocks"]]
+    return [loss / eq5 for loss, eq5 in zip(eq7, eq5_by_block(student, filters, teachers, images))]
+
+
+def check_eq5_lambda_spread(answer, student, filters, teachers, images: torch.Tensor, record: Mapping) -> Check:
+    """Exercise 2.3: by what factor the λ_k that makes Eq. 5 agree with Eq. 7 changes across the blocks
+    (largest λ_k over smallest)."""
     if unanswered(answer):
         return Check(None, NOT_ANSWERED)
-    return number(answer, 1 / eq5_by_block(student, filters, teachers, images)[-1], 0.01,
-                  "Eq. 5 with λ_n = 1 at the last block is section 2.6's table; a weight λ scales it, so λ = 1 / "
-                  "that value.", relative=True)
+    lam = eq5_balance(student, filters, teachers, images, record)
+    value = _as_number(answer)
+    if value is not None and value < 1:
+        return wrong("give the largest λ_k divided by the smallest: a factor of at least 1.")
+    return number(answer, max(lam) / min(lam), 0.02, "Eq. 5 is linear in λ, so λ_k = (Eq. 7 at block k) / (Eq. 5 "
+                  "with λ = 1 at block k): both columns of section 2.6's table. Compute λ_k for every block, then "
+                  "divide the largest by the smallest.", relative=True)
 
 
 # ------------------------------------------------------------------------------------ notebook 03
@@ -251,6 +282,26 @@ def check_temperature_floor(answer, teachers, plan, images: torch.Tensor, temper
                   "floor per task and average it over the tasks.", relative=True)
 
 
+def soft_ce_excess(q: float, p: float) -> float:
+    """ℓ of Eq. 7 for a teacher probability ``q`` and a student probability ``p``, minus its minimum over p
+    (the entropy of q): the Kullback–Leibler divergence KL(q ‖ p) of two Bernoulli distributions, in nats."""
+    return q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))
+
+
+def check_soft_ce_excess(answer, q: float = 0.9, p: float = 0.5) -> Check:
+    """Exercise 3.4: how far above its floor the soft cross-entropy of Eq. 7 is when the teacher says ``q`` and
+    the student ``p``, in nats."""
+    if unanswered(answer):
+        return Check(None, NOT_ANSWERED)
+    truth = soft_ce_excess(q, p)
+    loss = -(q * math.log(p) + (1 - q) * math.log(1 - p))
+    value = _as_number(answer)
+    if value is not None and math.isclose(value, loss, rel_tol=1e-3):
+        return wrong("that is the whole loss ℓ; the exercise asks how far it lies above its smallest possible value.")
+    return number(answer, truth, 1e-3, f"set the derivative of ℓ(p) = −[q log p + (1 − q) log(1 − p)] to 0 to find "
+                  f"where it is smallest and what it is there, then subtract that from ℓ at p = {p:g}.", relative=True)
+
+
 # ------------------------------------------------------------------------------------ notebook 04
 
 def forced_params(student, filters, teachers, plan, where: str) -> int:
@@ -293,11 +344,22 @@ def check_all_last_tolerance(answer, record: Mapping) -> Check:
                  "task's last-block loss and its minimum, and no more.")
 
 
-def check_eq9_matches(answer, record: Mapping) -> Check:
-    """Exercise 4.3: on how many tasks of the C = A run Eq. 9's block is the AP-best block."""
-    truth = sum(1 for t in record["tasks"] if record["chosen_block"][t] == record["ap_best_block"][t])
-    return exact(answer, truth, "compare record['chosen_block'][task] with record['ap_best_block'][task] for every "
-                 "task and count the equal ones.")
+def priced_branch_points(record: Mapping, price: float) -> dict[str, str]:
+    """Per task, the block that minimises L_i^k − price · k (a reward of ``price`` nats for every block shared
+    deeper; Eq. 9 is ``price = 0``), ties to the earlier block as Eq. 9's argmin."""
+    blocks = record["blocks"]
+    return {t: min(blocks, key=lambda b: (losses[b] - price * (blocks.index(b) + 1), blocks.index(b)))
+            for t, losses in record["converged_loss"].items()}
+
+
+def check_depth_price(answer, record: Mapping, price: float) -> Check:
+    """Exercise 4.3: how many tasks leave at the last block when each deeper block is worth ``price`` nats."""
+    if unanswered(answer):
+        return Check(None, NOT_ANSWERED)
+    last = record["blocks"][-1]
+    truth = sum(1 for b in priced_branch_points(record, price).values() if b == last)
+    return exact(answer, truth, "for every task take the block k with the smallest L_i^k − price · k (k = 1 … B, "
+                 "L from section 4.1) and count the tasks whose block is the last one.")
 
 
 # ------------------------------------------------------------------------------------ notebook 05
@@ -334,14 +396,40 @@ def check_paired_interval(answer, diffs: Sequence[float]) -> Check:
                  "denominator) and scipy.stats.t.ppf for the quantile.")
 
 
-def crossover_wins(summary: Mapping, b: str = "kd") -> list[int]:
-    """The pool sizes where amalgamation is ahead of arm ``b`` (95 % interval of the paired differences above 0)."""
-    return sorted(e["pool"] for e in summary["paired"]
-                  if e["a"] == "amalgamation" and e["b"] == b and e["ci95"][0] > 0)
+def top3_precision_ceiling(targets: torch.Tensor, k: int = 3) -> float:
+    """The highest overall precision O-P (%) any scores can reach with top-``k`` predictions on ``targets``: a
+    perfect ranking gets min(k, positives) of each image's k predictions right."""
+    positives = (torch.as_tensor(targets) == 1).sum(dim=1)
+    return float(100 * positives.clamp(max=k).sum() / (k * len(positives)))
 
 
-def check_crossover_wins(answer, summary: Mapping | None) -> Check:
-    """Exercise 5.3: the pool sizes at which amalgamation beats KD at the same training MACs."""
+def check_top3_ceiling(answer, targets: torch.Tensor) -> Check:
+    """Exercise 5.3: the ceiling of O-P (%) at top-3 on the test split's labels of C."""
+    if unanswered(answer):
+        return Check(None, NOT_ANSWERED)
+    value = _as_number(answer)
+    if value is not None and 0 < value <= 1:
+        return wrong("give O-P in percent.")
+    return number(answer, top3_precision_ceiling(targets), 0.05, "a perfect network ranks every true label of an "
+                  "image first: of its 3 predictions, how many can be right for an image with 1, 2, 3 or 4 labels? "
+                  "Sum that over the images and divide by all predictions.")
+
+
+# ------------------------------------------------------------------------------------ notebook 06
+
+def crossover_pools(summary: Mapping, a: str, b: str) -> dict[str, list[int]]:
+    """The pools where arm ``a`` is ahead of, behind and level with arm ``b``
+    (:func:`kalib.report.choosing.outcome`)."""
+    from .choosing import outcome
+    out: dict[str, list[int]] = {"ahead": [], "behind": [], "level": []}
+    for e in summary["paired"]:
+        if e["a"] == a and e["b"] == b:
+            out[outcome(e)].append(e["pool"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def check_crossover_wins(answer, summary: Mapping | None, a: str = "amalgamation", b: str = "kd") -> Check:
+    """Exercise 6.1: the pool sizes at which arm ``a`` is ahead of arm ``b`` (interval above 0)."""
     if summary is None:
         return Check(None, "figures/crossover.json is missing: there is nothing to check against yet (`make study`).")
     if unanswered(answer):
@@ -350,11 +438,65 @@ def check_crossover_wins(answer, summary: Mapping | None) -> Check:
         value = sorted(int(p) for p in answer)
     except (TypeError, ValueError):
         return wrong("the answer is a list of pool sizes (an empty list if there are none).")
-    truth = crossover_wins(summary)
-    if value == truth:
+    pools = crossover_pools(summary, a, b)
+    if value == pools["ahead"]:
         return right()
-    if set(value) > set(truth):
-        return wrong("a pool where the mean difference is positive but the 95 % interval reaches 0 or below is a "
-                     "tie, not a win.")
-    return wrong("look at summary['paired'] entries with a == 'amalgamation' and b == 'kd', and keep the pools whose "
-                 "ci95 lies entirely above 0.")
+    if set(value) & set(pools["behind"]):
+        return wrong("a pool whose whole interval lies below 0 is one where the arm is behind, not ahead.")
+    if set(value) & set(pools["level"]):
+        return wrong("a pool whose interval contains 0 is a tie (level), not a win, even where the mean is above 0.")
+    return wrong(f"look at summary['paired'] entries with a == '{a}' and b == '{b}', and keep the pools whose "
+                 "interval lies entirely above 0.")
+
+
+def budget_choice(summary: Mapping, pool: int, max_params: float) -> str | None:
+    """The arm with the highest mean test mAP (over the seeds that finished) among those whose mean parameters
+    at ``pool`` are at most ``max_params``; None where no arm fits."""
+    scores = {}
+    for arm in summary["arms"]:
+        runs = [r for r in summary["runs"] if r["arm"] == arm and r["pool"] == pool]
+        done = [r["test_map"] for r in runs if r["test_map"] is not None]
+        if runs and done and np.mean([r["params"] for r in runs]) <= max_params:
+            scores[arm] = float(np.mean(done))
+    return max(scores, key=scores.get) if scores else None
+
+
+def check_budget_choice(answer, summary: Mapping | None, pool: int, max_params: float) -> Check:
+    """Exercise 6.2: the arm to deploy at ``pool`` images when the network may have at most ``max_params``
+    parameters (an arm's key, such as "kd", or its label, such as "KD, same MACs")."""
+    if summary is None:
+        return Check(None, "figures/crossover.json is missing: there is nothing to check against yet (`make study`).")
+    if unanswered(answer):
+        return Check(None, NOT_ANSWERED)
+    from .crossover import ARM_LABELS
+    names = {**{a: a for a in summary["arms"]}, **{ARM_LABELS.get(a, a): a for a in summary["arms"]}}
+    if not isinstance(answer, str) or answer not in names:
+        return wrong(f"give one arm, as its key ({', '.join(summary['arms'])}) or its label.")
+    truth = budget_choice(summary, pool, max_params)
+    arm = names[answer]
+    runs = [r for r in summary["runs"] if r["arm"] == arm and r["pool"] == pool]
+    if runs and np.mean([r["params"] for r in runs]) > max_params:
+        return wrong("that arm's network is larger than the budget at this pool: compare the runs' params first.")
+    return exact(arm, truth, "among the arms whose mean parameters fit the budget at this pool, take the one with the "
+                 "highest mean test mAP over the seeds that finished.", kind=str)
+
+
+@torch.no_grad()
+def merged_map(teachers, plan, images: torch.Tensor, targets: torch.Tensor) -> float:
+    """Test mAP (%) of the merged start with no training: the mean of the teachers' weights (``teacher-mean``)
+    with the teachers' own head rows for the tasks of ``plan`` (``targets``: those tasks' labels)."""
+    from ..method.baselines import kd_student
+    from ..method.student import init_student
+    from ..metrics import mean_ap
+    from ..train import predict
+    merged = kd_student(init_student("teacher-mean", teachers), teachers, plan).eval()
+    return float(mean_ap(predict(merged, images).numpy(), np.asarray(targets)))
+
+
+def check_merged_map(answer, teachers, plan, images: torch.Tensor, targets: torch.Tensor) -> Check:
+    """Exercise 6.3: the test mAP of the merged start, without training, for the task set of ``plan``."""
+    if unanswered(answer):
+        return Check(None, NOT_ANSWERED)
+    return number(answer, merged_map(teachers, plan, images, targets), 0.05, "build the merged network as section "
+                  "6.3 does, with the task plan of this C, score the test images and take mean_ap over C's label "
+                  "columns of the test labels.")

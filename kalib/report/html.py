@@ -24,13 +24,27 @@ from ..errors import KalibError
 
 MATHML_NS = "http://www.w3.org/1998/Math/MathML"
 
-# The page's template: nbconvert's lab template without the CDN scripts (MathJax, require.js, Mermaid),
-# and a little spacing for display maths.
+# The page's template: nbconvert's lab template without the CDN scripts (MathJax, require.js, Mermaid), a
+# figure's alternative text from its output's metadata ("alt", written by kalib.report.notebook.show), and a
+# little spacing for display maths.
 TEMPLATE_NAME = "kalib_lesson.html.j2"
 TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block data_png scoped %}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}"
+{%- set alt = output | get_metadata('alt', 'image/png') -%}
+{%- if alt is not none %} alt="{{ alt | escape_html }}"{% endif %}
+{%- set width = output | get_metadata('width', 'image/png') -%}
+{%- if width is not none %} width={{ width | escape_html }}{% endif %}
+{%- set height = output | get_metadata('height', 'image/png') -%}
+{%- if height is not none %} height={{ height | escape_html }}{% endif %}
+{%- if output | get_metadata('needs_background', 'image/png') == 'light' %} class="jp-needs-light-background"{% endif %}
+>
+</div>
+{%- endblock data_png %}
 {% block extra_css %}
 <style type="text/css">
 math[display="block"] { margin: 0.6em 0; overflow-x: auto; overflow-y: hidden; }
@@ -124,6 +138,19 @@ def _math_renderer(base):
             return tex_to_mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", display=True)
 
     return MathMLRenderer
+
+
+def lesson_title(nb) -> str:
+    """A lesson's page title: the text of its first markdown heading, formulas as plain text (``$f_n^k$`` ->
+    ``f_n^k``), or "" when it has none."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("#"):
+                text = re.sub(r"\\[a-zA-Z]+\{([^}]*)\}", r"\1", line.lstrip("#").strip())
+                return " ".join(re.sub(r"\\[!,;]|[$\\]", "", text).split())
+    return ""
 
 
 def lesson_exporter():

@@ -1,4 +1,4 @@
-"""What the lesson notebooks (``notebooks/01…05``) say about a run's numbers, written from those numbers.
+"""What the lesson notebooks (``notebooks/01…05``; 06's in :mod:`kalib.report.choosing`) say about a run's numbers, written from those numbers.
 
 A lesson's markdown cells explain the method and may quote the paper; they never restate what kalib
 measured. Every sentence that interprets a measured result (which row wins, whether a claim of the paper
@@ -16,19 +16,17 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .crossover import ARM_LABELS, interval
-from .results import EQ9_ROW, target_row
+from .crossover import interval
+from .results import EQ9_ROW, table_map, target_row
 
 REPO = Path(__file__).resolve().parents[2]
-# the committed quick study of `kalib study crossover` (make study) and the committed seed study
-CROSSOVER_JSON = REPO / "figures" / "crossover.json"
+# the committed seed study (`kalib reproduce --preset quick --seeds 0,1,2`)
 COMMITTED_SEEDS = REPO / "figures" / "seeds.json"
 GARMENTS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 # row names of seed studies made before every TargetNet was named by its rule
@@ -71,10 +69,34 @@ def compare(a_name: str, a: float, b_name: str, b: float, unit: str = "mAP") -> 
     return f"{a_name} scores {num(a)} {unit}, {gap_words(a, b_name, b)}"
 
 
-def _steps(values: Sequence[float]) -> tuple[int, int]:
-    """How many consecutive steps of ``values`` go up, and how many there are."""
-    ups = sum(1 for x, y in itertools.pairwise(values) if y > x)
-    return ups, max(len(values) - 1, 0)
+def _moves(values: Sequence[float], digits: int) -> tuple[int, int, int]:
+    """How many consecutive steps of ``values``, read as shown (rounded to ``digits`` decimals), go up, go down
+    and stay level."""
+    shown = [round(float(v), digits) for v in values]
+    ups = sum(1 for x, y in itertools.pairwise(shown) if y > x)
+    downs = sum(1 for x, y in itertools.pairwise(shown) if y < x)
+    return ups, downs, max(len(shown) - 1, 0) - ups - downs
+
+
+def _steps_words(values: Sequence[float], digits: int, subject: str = "it", up: str = "goes up",
+                 down: str = "goes down") -> str:
+    """"of the n steps from one block to the next, it goes up on u, goes down on d and is level (to k decimals)
+    on l": every count read from the values as shown (rounded to ``digits``), a zero count of the last two left out."""
+    ups, downs, level = _moves(values, digits)
+    parts = [f"{up} on {ups}"] + ([f"{down} on {downs}"] if downs else []) + \
+        ([f"is level (to {digits} decimals) on {level}"] if level else [])
+    said = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"of the {ups + downs + level} steps from one block to the next, {subject} {said}"
+
+
+def going_further(preset, candidates: Sequence[str], apply, prompt: str) -> str:
+    """A "Going further" prompt that changes the preset the page ran with: the first of ``candidates`` (``--set``
+    strings, ``FIELD=VALUE``) for which ``apply(preset, [candidate])`` (:func:`kalib.runs.config.override`) is
+    another preset, put into ``prompt`` at ``{change}``; "" where every candidate is the preset's own setting."""
+    for change in candidates:
+        if apply(preset, [change]) != preset:
+            return prompt.format(change=change)
+    return ""
 
 
 # ------------------------------------------------------------------------------------ notebook 01
@@ -109,10 +131,10 @@ def alignment_sentence(alignment: Mapping[str, Mapping[str, float]]) -> str:
     corr = alignment[pair]
     blocks = list(corr)
     low, high = min(blocks, key=corr.get), max(blocks, key=corr.get)
-    downs = sum(1 for x, y in itertools.pairwise(blocks) if corr[y] < corr[x])
+    steps = _steps_words([corr[b] for b in blocks], 2, "their agreement", up="rises", down="falls")
     text = (f"The teachers' channels correlate {corr[blocks[0]]:.2f} after {blocks[0]} and {corr[blocks[-1]]:.2f} "
             f"after {blocks[-1]}; most after {high} ({corr[high]:.2f}), least after {low} ({corr[low]:.2f}). "
-            f"From one block to the next the agreement falls {downs} times out of {len(blocks) - 1}.")
+            f"{steps[0].upper()}{steps[1:]}.")
     starts = {k.split(" vs ")[0]: v for k, v in alignment.items() if k.endswith("vs start")}
     if starts:
         far = min(starts, key=lambda t: starts[t][blocks[-1]])
@@ -123,13 +145,20 @@ def alignment_sentence(alignment: Mapping[str, Mapping[str, float]]) -> str:
 
 # ------------------------------------------------------------------------------------ notebook 02
 
+def shown_map(ap: Mapping[str, float]) -> float:
+    """A record's mAP as the tables show it (:func:`kalib.report.results.table_map`), or its ``mAP`` where it
+    holds no label's AP."""
+    return table_map(ap) if len(ap) > 1 else ap["mAP"]
+
+
 def target_vs_teachers(record: Mapping) -> str:
-    """A run's fine-tuned TargetNet(s), each named by its branch-out rule, against the teachers."""
-    teachers = record["teacher_ap"]["mAP"]
+    """A run's fine-tuned TargetNet(s), each named by its branch-out rule, against the teachers (mAPs as the
+    tables show them)."""
+    teachers = shown_map(record["teacher_ap"])
     name = target_row("Target", record)
-    text = compare(f"This run's TargetNet, {name},", record["target_ap"]["mAP"], "its teachers", teachers)
+    text = compare(f"This run's TargetNet, {name},", shown_map(record["target_ap"]), "its teachers", teachers)
     if "eq9" in record:
-        return (text + "; " + compare(f"the TargetNet of the paper's rule, {EQ9_ROW},", record["eq9"]["target_ap"]["mAP"],
+        return (text + "; " + compare(f"the TargetNet of the paper's rule, {EQ9_ROW},", shown_map(record["eq9"]["target_ap"]),
                                       "the teachers", teachers) + ". Neither read a label.")
     return text + ". It read no label."
 
@@ -237,19 +266,21 @@ def loss_by_depth(losses: Mapping[str, Mapping[str, float]], blocks: Sequence[st
     """The mean over tasks of a task × block loss table (``losses[task][block]``) at the first and last block,
     and on how many steps it rises with depth."""
     mean = [float(np.mean([losses[t][b] for t in losses])) for b in blocks]
-    ups, steps = _steps(mean)
-    trend = "rises" if mean[-1] > mean[0] else "does not rise"
+    first, last = round(mean[0], 4), round(mean[-1], 4)
+    trend = "rises" if last > first else ("falls" if last < first else "is level")
     return (f"Averaged over tasks, the {what} {trend} from {mean[0]:.4f} after {blocks[0]} to {mean[-1]:.4f} "
-            f"after {blocks[-1]}; it goes up on {ups} of the {steps} steps from one block to the next.")
+            f"after {blocks[-1]}; {_steps_words(mean, 4)}.")
 
 
 def epoch_losses_by_depth(train_loss: Mapping[str, Sequence[float]]) -> str:
     """The last training epoch's loss of every block (``record["block_train_loss"]``) in one sentence."""
     last = {b: h[-1] for b, h in train_loss.items() if h}
     blocks = list(last)
-    ups, steps = _steps([last[b] for b in blocks])
+    if not blocks:
+        return "No block has finished an epoch: there is no training loss to read."
+    steps = _steps_words([last[b] for b in blocks], 4, "the last epoch's loss")
     return (f"The last epoch of {blocks[0]} ended at a training loss of {last[blocks[0]]:.4f}, that of "
-            f"{blocks[-1]} at {last[blocks[-1]]:.4f}; from one block to the next it went up {ups} times out of {steps}.")
+            f"{blocks[-1]} at {last[blocks[-1]]:.4f}; {steps}.")
 
 
 def rise_vs_floor(rise: float, floor: float) -> str:
@@ -299,7 +330,7 @@ def finetune_sentence(record: Mapping) -> str:
     """What fine-tuning (Alg. 1 line 14) changed in a run: held-out loss and test mAP before and after."""
     name = target_row("Target", record)
     held = record["heldout_loss"]
-    before, after = record["target_ap_before_finetune"]["mAP"], record["target_ap"]["mAP"]
+    before, after = shown_map(record["target_ap_before_finetune"]), shown_map(record["target_ap"])
     loss = "lowered" if held["after_finetune"] < held["before_finetune"] else "did not lower"
     return (f"Fine-tuning {name} {loss} its held-out loss ({held['before_finetune']:.4f} to "
             f"{held['after_finetune']:.4f} nats) and moved its test mAP from {num(before)} to {num(after)} "
@@ -316,16 +347,29 @@ PAPER_FIG3 = ("In the paper (§4.2, Fig. 3, ResNet-50, 16 blocks) Eq. 9 sends 'b
               "and the unrelated pair shares 13 blocks against 9 for the related one.")
 
 
+def _names(names: Sequence[str]) -> str:
+    """Task names in words: "a", "a and b", "a, b and c"; "none" for no name."""
+    names = [f"{n}" for n in names]
+    if not names:
+        return "none"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
 def fig3_sentence(fig3: Mapping[str, Mapping], blocks: Sequence[str]) -> str:
-    """The Fig. 3 pairs of this run against the paper's reading of its Fig. 3: does Eq. 9 pick the AP-best
-    block, do the tasks reach their teachers there, and which pair shares more blocks."""
+    """The Fig. 3 pairs of this run against the paper's reading of its Fig. 3: for which tasks Eq. 9 picks the
+    AP-best block, which tasks reach their teacher's AP at the block Eq. 9 picks (APs as shown, one decimal),
+    each count out of all tasks and each naming its tasks, and which pair shares more blocks."""
     tasks = [(t, d) for entry in fig3.values() for t, d in entry["tasks"].items()]
-    best = sum(1 for _, d in tasks if d["chosen_block"] == d["best_ap_block"])
-    beat = sum(1 for _, d in tasks if d["ap_by_block"][d["chosen_block"]] >= d["teacher_ap"])
+    best = [t for t, d in tasks if d["chosen_block"] == d["best_ap_block"]]
+    reach = [t for t, d in tasks if round(d["ap_by_block"][d["chosen_block"]], 1) >= round(d["teacher_ap"], 1)]
     shared = {p: pair_blocks(entry, blocks) for p, entry in fig3.items()}
-    text = (f"Here Eq. 9 picks the AP-best block for {best} of the {len(tasks)} tasks, and {beat} of them reach "
-            f"their teacher's AP at the block it picks. Shared blocks: " +
-            ", ".join(f"{p} pair {n}" for p, n in shared.items()) + f" (of {len(blocks)}).")
+    text = (f"Here Eq. 9 picks the AP-best block for {len(best)} of the {len(tasks)} tasks ({_names(best)}). At the "
+            f"block Eq. 9 picks, {len(reach)} of the {len(tasks)} tasks {'reaches' if len(reach) == 1 else 'reach'} "
+            f"their teacher's AP ({_names(reach)})")
+    both = [t for t in best if t in reach]
+    if best and reach:
+        text += f"; {len(both)} of the {len(best)} tasks at their AP-best block {'does' if len(both) == 1 else 'do'}"
+    text += (". Shared blocks: " + ", ".join(f"{p} pair {n}" for p, n in shared.items()) + f" (of {len(blocks)}).")
     if {"unrelated", "related"} <= set(shared):
         holds = shared["unrelated"] > shared["related"]
         text += (" The paper's reading, that the unrelated pair shares more blocks than the related one, "
@@ -342,6 +386,35 @@ def eq9_vs_ap_best(record: Mapping) -> str:
     return (f"In the {len(tasks)}-task student Eq. 9's block is the AP-best one for {same} tasks; branching at the "
             f"AP-best block instead would gain {float(np.nanmean(regret)):.1f} AP per task on average (the method "
             f"cannot know it: it never sees a label).")
+
+
+def images_per_block(record: Mapping) -> int:
+    """How many pool images each block of a run trained on (all of its training part where it names no number)."""
+    return int(record["pool"]["images_per_block"] or record["pool"]["train"])
+
+
+def pairs_vs_all_tasks(fig3: Mapping[str, Mapping], fig3_all: Mapping[str, Mapping], pair_images: int,
+                       all_images: int) -> str:
+    """The Fig. 3 tasks in their pair students against the same tasks in the 20-task student: on how many the
+    20-task student's AP at its own Eq. 9 block is as high or higher (as shown, one decimal), naming them, and
+    how many pool images each kind of student trained every block on, a difference that can decide it."""
+    tasks = [(t, d, fig3_all[p]["tasks"][t]) for p, entry in fig3.items() for t, d in entry["tasks"].items()
+             if t in fig3_all.get(p, {}).get("tasks", {})]
+    if not tasks:
+        return "No Fig. 3 task is in both students."
+
+    def at_choice(d):
+        return round(d["ap_by_block"][d["chosen_block"]], 1)
+    better = [t for t, pair, every in tasks if at_choice(every) >= at_choice(pair)]
+    text = (f"At its own Eq. 9 blocks the {len(next(iter(fig3_all.values()))['C'])}-task student scores as high as "
+            f"the pair students or higher on {len(better)} of the {len(tasks)} tasks ({_names(better)}).")
+    if pair_images != all_images:
+        fewer = "fewer" if pair_images < all_images else "more"
+        text += (f" Each pair student trained every block on {pair_images:,} pool images, the 20-task student on "
+                 f"{all_images:,}: the pair students saw {fewer} images, one reason their curves can differ.")
+    else:
+        text += f" Both kinds of student trained every block on {all_images:,} pool images."
+    return text
 
 
 # ------------------------------------------------------------------------------------ notebook 05
@@ -436,6 +509,24 @@ def table2_order(rows1: Mapping, rows2: Mapping, main1: str, main2: str, pool1: 
     return text
 
 
+def sizes_against_teachers(sizes: Mapping[str, tuple[int, int]]) -> str:
+    """Each TargetNet's parameters against its own teachers' together (``sizes``: row -> (TargetNet, teachers)):
+    which are smaller, which are not, as a fraction of the teachers' (three decimals: an early branch-out lands
+    within a percent of the teachers, on either side)."""
+    smaller = {r: t / te for r, (t, te) in sizes.items() if t < te}
+    larger = {r: t / te for r, (t, te) in sizes.items() if t >= te}
+    parts = []
+    if smaller:
+        parts.append("smaller than their own teachers together: " + ", ".join(f"{r} ({f:.3f}×)" for r, f in smaller.items()))
+    if larger:
+        parts.append("as large or larger: " + ", ".join(f"{r} ({f:.3f}×)" for r, f in larger.items()))
+    text = "TargetNets " + "; ".join(parts) + "." if parts else "No TargetNet to compare."
+    if larger:
+        text += (" A TargetNet whose tasks leave the trunk early keeps the trunk, a filter per branch and a copy of "
+                 "each teacher's later blocks, so it can end up larger than its teachers (notebook 04, section 4.3).")
+    return text
+
+
 def costs_sentence(cost: Mapping[str, Mapping[str, float]], reference: str = "Ensemble") -> str:
     """Each TargetNet row and KD against ``reference`` (the networks they replace): parameters and
     multiply-accumulates per image as fractions of the reference's."""
@@ -462,94 +553,9 @@ def run_time(timings: Mapping[str, float | None]) -> str:
             "docs/performance.md has the committed measurements.")
 
 
-# ------------------------------------------------------------------------------------ the crossover study
-
-CROSSOVER_KEYS = ("pool_sizes", "seeds", "arms", "teachers_test_map", "runs", "paired", "verdict")
-
-
-def load_crossover(path: str | Path | None = None) -> dict | None:
-    """The crossover study's summary (``figures/crossover.json``), or None when it is missing or incomplete."""
-    path = Path(path or CROSSOVER_JSON)
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and all(k in summary for k in CROSSOVER_KEYS) else None
-
-
-def crossover_source(summary: Mapping, preset: str, path: str | Path | None = None) -> str:
-    """Which study the crossover figure and verdict come from: the committed one, not this notebook's run."""
-    return (f"From `{Path(path or CROSSOVER_JSON).name}` (`figures/` at the repository root): the committed crossover study of "
-            f"preset {summary.get('preset', 'quick')}, seeds {', '.join(map(str, summary['seeds']))}, pools of "
-            f"{', '.join(f'{p:,}' for p in summary['pool_sizes'])} images, not a run of this notebook (preset "
-            f"{preset}).")
-
-
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """A path as the reader knows it: relative to the repository where it lies inside it."""
     try:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path)
-
-
-def crossover_missing(path: str | Path | None = None) -> str:
-    """What to say where the study's summary is missing, and how to make it."""
-    return (f"`{_shown(Path(path or CROSSOVER_JSON))}` is missing, so this section has no numbers to read. It is written by the crossover study: "
-            "`make study` (that is `python -m kalib study crossover --preset quick ...`; hours on two CPU cores, "
-            "resumable, see README); its runs are committed in `figures/crossover/records`.")
-
-
-def _pools(entries: Sequence[Mapping], outcome: str) -> list[int]:
-    def won(e):
-        low, high = e["ci95"]
-        return "ahead" if low > 0 else ("behind" if high < 0 else "level")
-    return [e["pool"] for e in entries if won(e) == outcome]
-
-
-def _pool_list(pools: Sequence[int]) -> str:
-    return ", ".join(f"{p:,}" for p in pools) if pools else "none"
-
-
-def _where_it_pays(ahead: Sequence[int], behind: Sequence[int]) -> str:
-    """Whether the block-wise start pays where one expects it to (on the smaller pools), at equal compute."""
-    if ahead and behind:
-        if max(ahead) < min(behind):
-            return ("So at equal compute the block-wise start pays on the smaller pools and plain distillation wins "
-                    "on the larger ones, as one expects.")
-        return "The pools where the block-wise start pays are not all smaller than those where it loses."
-    if ahead:
-        return "At equal compute the block-wise start pays on every pool where the two arms differ."
-    if behind:
-        return "At equal compute the block-wise start pays on no pool tried: plain distillation is never behind."
-    return "At equal compute the two arms are level on every pool tried."
-
-
-def crossover_explanation(summary: Mapping) -> str:
-    """Where the block-wise start pays, from the study's own numbers: at equal training MACs against KD, and
-    against KD with twice the MACs; what amalgamation's training costs; the arms against the teachers at the
-    largest pool."""
-    pairs, runs = summary["paired"], summary["runs"]
-    text = []
-    for b, what in (("kd", "KD at the same training MACs"), ("kd-2x", "KD with twice the MACs")):
-        entries = sorted((e for e in pairs if e["a"] == "amalgamation" and e["b"] == b), key=lambda e: e["pool"])
-        if entries:
-            text.append(f"Against {what}, amalgamation is ahead (95 % interval above 0) on pools of "
-                        f"{_pool_list(_pools(entries, 'ahead'))}, behind on {_pool_list(_pools(entries, 'behind'))} "
-                        f"and level on {_pool_list(_pools(entries, 'level'))} images.")
-        if b == "kd" and entries:
-            text.append(_where_it_pays(_pools(entries, "ahead"), _pools(entries, "behind")))
-    macs = {p: statistics.fmean(r["train_macs"] for r in runs if r["arm"] == "amalgamation" and r["pool"] == p)
-            for p in summary["pool_sizes"] if any(r["arm"] == "amalgamation" and r["pool"] == p for r in runs)}
-    if macs:
-        first, last = min(macs), max(macs)
-        text.append(f"Amalgamation's training costs {macs[first] / 1e12:.2f} TMAC at {first:,} pool images and "
-                    f"{macs[last] / 1e12:.2f} TMAC at {last:,}.")
-    largest = max(summary["pool_sizes"])
-    finished = [r for r in runs if r["pool"] == largest and r["test_map"] is not None]    # not a diverged run
-    means = {arm: statistics.fmean(r["test_map"] for r in finished if r["arm"] == arm)
-             for arm in summary["arms"] if any(r["arm"] == arm for r in finished)}
-    if means:
-        text.append(f"At {largest:,} images the teachers score {summary['teachers_test_map']:.1f} test mAP; " +
-                    ", ".join(f"{ARM_LABELS.get(a, a)} {v:.1f}" for a, v in means.items()) + " (means over seeds).")
-    return " ".join(text)

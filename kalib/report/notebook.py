@@ -1,4 +1,4 @@
-"""Helpers for the lesson notebooks (``notebooks/01..05``): their papermill parameters and what a preset's
+"""Helpers for the lesson notebooks (``notebooks/01..07``): their papermill parameters and what a preset's
 numbers can mean.
 
 * :func:`check_parameters` refuses a parameter the notebooks do not take. papermill only warns about an
@@ -99,3 +99,42 @@ def chance_note(preset_name: str, chance: float) -> str:
         return ""
     return (f"preset '{preset_name}' trains for seconds: these numbers are at chance level (random scores "
             f"give {chance:.1f} mAP here) and mean nothing; run preset 'lesson' for numbers that do")
+
+
+def alt_text(fig) -> str:
+    """What a figure shows, in words, for the image's alternative text: its label where one is set
+    (``fig.set_label``, the drawings do), else its title and every panel's title, axis labels and legend
+    entries, with the mathtext's ``$`` and backslashes taken out."""
+    def plain(text: str) -> str:
+        return " ".join(text.replace("$", "").replace("\\", "").split())
+
+    if fig.get_label():
+        return plain(fig.get_label())
+    panels = []
+    for ax in fig.axes:
+        parts = [plain(ax.get_title(loc)) for loc in ("left", "center", "right") if ax.get_title(loc)]
+        parts += [f"{axis}: {plain(label)}" for axis, label in (("x", ax.get_xlabel()), ("y", ax.get_ylabel())) if label]
+        legend = ax.get_legend()
+        if legend is not None:
+            parts.append("lines: " + ", ".join(plain(t.get_text()) for t in legend.get_texts()))
+        if parts:
+            panels.append("; ".join(parts))
+    title = plain(fig.get_suptitle()) if fig.get_suptitle() else ""
+    return (f"Figure{': ' + title if title else ''} with {len(panels)} panel{'s' if len(panels) != 1 else ''}: " +
+            " | ".join(panels)) if panels else (title or "A figure without titles or labels")
+
+
+def show(fig, alt: str | None = None) -> None:
+    """Show ``fig`` in a notebook with its alternative text (``alt``, else :func:`alt_text`) in the output's
+    metadata, which the lessons' HTML writes into the image's ``alt`` (:mod:`kalib.report.html`), and close it
+    so that the inline backend does not show it a second time. Returns nothing, so that a cell ending in
+    ``show(...)`` shows the figure once. Outside IPython it does nothing."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:                       # pragma: no cover - IPython comes with the notebooks' extras
+        return
+    if get_ipython() is not None:
+        import matplotlib.pyplot as plt
+        display(fig, metadata={"alt": alt or alt_text(fig)})
+        plt.close(fig)

@@ -71,6 +71,13 @@ def stage_end_blocks(block_names) -> dict[str, str]:
     return ends
 
 
+def table_map(values: dict) -> float:
+    """The mAP of a record's per-label APs (``{label: AP, ..., "mAP": ...}``) as the tables show it: recomputed
+    from the labels' APs by kalib's one rule (:func:`kalib.metrics.mean_of`), not the record's own ``mAP``, which
+    may differ in the last digit (it was taken before the labels' APs were rounded)."""
+    return mean_of([v for k, v in values.items() if k != "mAP"])
+
+
 def _ap_row(values: dict, labels) -> dict:
     """The APs of ``labels`` (those the record has) and their mAP, recomputed by kalib's one rule
     (:func:`kalib.metrics.mean_of`: a label without positives, NaN, is left out of the mean)."""

@@ -27,7 +27,7 @@ from ..method.branch import forced_branch_points
 from ..method.filters import task_plan
 from ..method.student import init_student, make_filters
 from ..method.targetnet import assemble
-from ..report.results import EQ9_ROW, target_row
+from ..report.results import EQ9_ROW, table_map, target_row
 from ..train import predict
 from .amalgamation import run
 from .baselines import ensemble_run, kd_run, merge_run, supervised_run
@@ -209,8 +209,8 @@ def ensure_tables(preset: Preset, benches: dict, out_dir: str | Path, seed: int 
         todo = list(jobs)
         records = run_parallel(list(jobs.values()), device=device, on_done=lambda i, r: log(
             f"{todo[i][0]} {ROW_OF_SET.get(todo[i][1], todo[i][1])}: " + (
-                f"TargetNet {r['target_ap']['mAP']:.1f} mAP, teachers {r['teacher_ap']['mAP']:.1f}"
-                if "target_ap" in r else f"{r['test_ap']['mAP']:.1f} mAP")))
+                f"TargetNet {table_map(r['target_ap']):.1f} mAP, teachers {table_map(r['teacher_ap']):.1f}"
+                if "target_ap" in r else f"{table_map(r['test_ap']):.1f} mAP")))
         runs.update(zip(todo, records))
         runs[variant, "Ensemble"] = _ensemble(preset, benches[variant], out_dir, variant, device)
     return runs

@@ -1,4 +1,4 @@
-"""``python -m kalib reproduce``: the five notebooks, run in order with papermill.
+"""``python -m kalib reproduce``: the six lesson notebooks, run in order with papermill, then their worked solutions.
 
 Each notebook gets the same parameters (``preset``, ``seed``, ``out_dir``), its executed copy is kept in
 ``OUT/notebooks/`` and rendered to HTML in ``OUT/lessons/`` (readable without running anything), and
@@ -38,7 +38,8 @@ def find_notebooks() -> Path:
             return place
     raise MissingFileError(f"the lesson notebooks are in none of {', '.join(map(str, places))}; reinstall kalib "
                            "(pip install kalib puts them in the second) or run from a clone")
-NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables")
+NOTEBOOKS = ("01_teachers", "02_filters", "03_block_training", "04_branch_out", "05_tables", "06_choosing")
+SOLUTIONS = "solutions"      # the worked solutions of the chapters' exercises: notebooks/solutions/NAME_solutions.ipynb
 KERNEL = "kalib"
 
 
@@ -56,17 +57,19 @@ def _logging_kernel_manager(log):
 
 def render_lesson(executed: Path, html: Path, root: Path | None = None) -> None:
     """An executed notebook as a stand-alone HTML page (nbconvert's lab template, as JupyterLab shows it;
-    widget state, which no kalib notebook needs, is left out to keep the page small). The page loads
+    widget state, which no kalib notebook needs, is left out to keep the page small), titled by its first
+    heading, each figure with the alternative text its output carries. The page loads
     nothing from the network: the markdown cells' formulas are written as MathML, not left to MathJax
     from a CDN (:mod:`kalib.report.html`; a formula it cannot convert raises ``MathConversionError``).
     Paths under ``root`` (default: the working directory) are shown relative to it, so the page names
     no machine's folders."""
     import nbformat
 
-    from ..report.html import lesson_exporter
+    from ..report.html import lesson_exporter, lesson_title
 
     nb = nbformat.read(executed, as_version=4)
     nb.metadata.pop("widgets", None)
+    nb.metadata["title"] = lesson_title(nb) or nb.metadata.get("title") or executed.stem
     body, _ = lesson_exporter().from_notebook_node(nb)
     root = (Path.cwd() if root is None else Path(root)).resolve()
     if root != root.parent:                                     # not the file system's root
@@ -97,19 +100,51 @@ def usable_cores() -> int:
 RUN_STATE = ("notebooks", "lessons", "table1", "table2", "figures", "results.json", "teachers.json", "fig3.json")
 
 
+def _execute(source: Path, executed: Path, params: dict, kernel: str) -> None:
+    """Run one notebook with papermill (its own folder as the working directory), the kernel's log beside the
+    executed copy; a failing cell or a dead kernel becomes one :class:`NotebookError`."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    kernel_log = executed.with_suffix(".kernel.log")
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with kernel_log.open("w") as klog:
+            pm.execute_notebook(source, executed, parameters=params, kernel_name=kernel, cwd=str(source.parent),
+                                progress_bar=False, kernel_manager_class=_logging_kernel_manager(klog))
+    except pm.PapermillExecutionError as err:
+        raise NotebookError(f"{source.stem}, cell {err.exec_count}: {err.ename}: {err.evalue} "
+                            f"(executed notebook: {executed})") from None
+    except DeadKernelError:
+        raise NotebookError(f"{source.stem}: the kernel died (a crash, or out of memory); its log is "
+                            f"{kernel_log}, the executed notebook {executed}") from None
+
+
+def lesson_pages(notebooks, notebook_dir: Path, solutions: bool = True) -> list[tuple[str, Path]]:
+    """(page, notebook) of every page a run renders, in order: the chapters, then (``solutions``) the worked
+    solutions of those that have them (``solutions/NAME_solutions``, after every chapter, whose runs they re-use)."""
+    chapters = [(name, notebook_dir / f"{name}.ipynb") for name in notebooks]
+    if not solutions:
+        return chapters
+    solved = [(f"{SOLUTIONS}/{name}_solutions", notebook_dir / SOLUTIONS / f"{name}_solutions.ipynb")
+              for name in notebooks]
+    return chapters + [(page, path) for page, path in solved if path.is_file()]
+
+
 def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: int | None = None,
               data_root: str | Path | None = None, device: str | None = None, restart: bool = False,
               overrides=(),
               figures: str | Path | None = None, notebooks=NOTEBOOKS, notebook_dir: Path | None = None,
-              log=print) -> dict:
-    """Run ``notebooks`` in order with papermill; returns the content of ``OUT/results.json``.
+              solutions: bool | None = None, log=print) -> dict:
+    """Run ``notebooks`` in order with papermill, then their worked solutions (:func:`lesson_pages`); returns
+    the content of ``OUT/results.json``. ``solutions``: whether to run and render the solutions too; by default
+    on the embedded presets, whose solutions the tests run (nbval), and not on the paper presets.
 
     ``restart`` first deletes what an earlier run wrote to ``out_dir`` (only the paths it writes);
     ``overrides`` are ``FIELD=VALUE`` changes of the preset (the CLI's ``--set``)."""
-    import papermill as pm
-    from nbclient.exceptions import DeadKernelError
-
-    precision = resolve_precision(override(get_preset(preset), overrides).precision, resolve_device(device))
+    chosen = override(get_preset(preset), overrides)
+    precision = resolve_precision(chosen.precision, resolve_device(device))
+    solutions = chosen.dataset == "embedded" if solutions is None else solutions
 
     notebook_dir = find_notebooks() if notebook_dir is None else Path(notebook_dir)
     if not notebook_dir.is_dir():
@@ -127,25 +162,15 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
     timings: dict[str, float] = {}
     cpu: dict[str, float] = {}
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    for i, name in enumerate(notebooks, start=1):
-        executed = out / "notebooks" / f"{name}.ipynb"
-        kernel_log = executed.with_suffix(".kernel.log")
+    pages = lesson_pages(notebooks, notebook_dir, solutions)
+    for i, (page, source) in enumerate(pages, start=1):
+        executed = out / "notebooks" / f"{page}.ipynb"
         t0, c0 = time.perf_counter(), cpu_seconds()
-        try:
-            with kernel_log.open("w") as klog:
-                pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed, parameters=params,
-                                    kernel_name=kernel, cwd=str(notebook_dir), progress_bar=False,
-                                    kernel_manager_class=_logging_kernel_manager(klog))
-        except pm.PapermillExecutionError as err:
-            raise NotebookError(f"{name}, cell {err.exec_count}: {err.ename}: {err.evalue} "
-                                f"(executed notebook: {executed})") from None
-        except DeadKernelError:
-            raise NotebookError(f"{name}: the kernel died (a crash, or out of memory); its log is "
-                                f"{kernel_log}, the executed notebook {executed}") from None
-        timings[name] = round(time.perf_counter() - t0, 1)
-        cpu[name] = round(cpu_seconds() - c0, 1)
-        render_lesson(executed, out / "lessons" / f"{name}.html")
-        log(f"[{i}/{len(notebooks)}] {name:<18s} {timings[name]:7.1f} s  (CPU {cpu[name]:.0f} s; total "
+        _execute(source, executed, params, kernel)
+        timings[page] = round(time.perf_counter() - t0, 1)
+        cpu[page] = round(cpu_seconds() - c0, 1)
+        render_lesson(executed, out / "lessons" / f"{page}.html")
+        log(f"[{i}/{len(pages)}] {page:<18s} {timings[page]:7.1f} s  (CPU {cpu[page]:.0f} s; total "
             f"{time.perf_counter() - start:.0f} s)")
 
     results_path = out / "results.json"
@@ -161,8 +186,8 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/quick", seed: i
         for f in sorted((out / "figures").glob("*")):
             shutil.copy2(f, dest / f.name)
         shutil.copy2(results_path, dest / "results.json")
-        (dest / "lessons").mkdir(exist_ok=True)
-        for name in notebooks:
-            shutil.copy2(out / "lessons" / f"{name}.html", dest / "lessons" / f"{name}.html")
-        log(f"figures, tables, results.json and the lessons (HTML) copied to {dest}")
+        for page, _ in pages:
+            (dest / "lessons" / page).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(out / "lessons" / f"{page}.html", dest / "lessons" / f"{page}.html")
+        log(f"figures, tables, results.json and the lessons and their solutions (HTML) copied to {dest}")
     return results

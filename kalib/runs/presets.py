@@ -2,7 +2,7 @@
 
 * ``smoke``: a few hundred canvases, a width-8 network; every step takes seconds, and the numbers are at
   chance level (the unit tests).
-* ``lesson``: the learner's preset: small canvases and short schedules, all five notebooks in minutes with
+* ``lesson``: the learner's preset: small canvases and short schedules, all six lesson notebooks in minutes with
   numbers far above chance (the notebooks' default, nbval).
 * ``quick``: the full embedded benchmark on a laptop CPU in minutes (``make reproduce``).
 * ``paper-voc07``, ``paper-voc12``, ``paper-coco``: the paper's experiments (Tables 1–3, Fig. 3) on PASCAL
