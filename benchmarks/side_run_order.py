@@ -1,5 +1,5 @@
 """The order in which a table's independent runs start, measured side by side in one run: Table 1's KD,
-Supervised, Target-3 and TargetDenseNet runs (notebook 05's first phase) on two single-thread workers,
+Supervised, Merge, Target-3 and TargetDenseNet runs (notebook 05's first phase) on two single-thread workers,
 once with the baselines started first and once in kalib's order, side amalgamations first
 (:func:`kalib.runs.experiments.side_jobs`). Each order starts from a copy of the same finished
 generic stage, teachers of set 2 and soft targets, and trains everything else from scratch.
@@ -25,7 +25,7 @@ from kalib.runs.parallel import default_workers, run_parallel
 from kalib.runs.presets import get_preset
 from kalib.runs.state import teacher_files
 
-ORDERS = {"baselines first": lambda keys: sorted(keys, key=lambda k: k[1] not in ("KD", "Supervised")),
+ORDERS = {"baselines first": lambda keys: sorted(keys, key=lambda k: k[1] not in ("KD", "Supervised", "Merge")),
           "side amalgamations first (kalib)": list}
 
 

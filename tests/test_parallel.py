@@ -33,9 +33,11 @@ def test_each_job_is_reported_when_it_ends_not_after_the_jobs_before_it():
 def test_a_table_starts_its_side_amalgamations_before_its_baselines(tmp_path):
     """A side run with its own teachers outlasts KD at equal MACs: started first, it does not run alone at the end."""
     jobs = experiments.side_jobs(get_preset("smoke"), None, tmp_path, "table1", done={("table1", "2")})
-    assert list(jobs) == [("table1", "3"), ("table1", "dense"), ("table1", "KD"), ("table1", "Supervised")]
+    assert list(jobs) == [("table1", "3"), ("table1", "dense"), ("table1", "KD"), ("table1", "Supervised"),
+                          ("table1", "Merge")]
     jobs = experiments.side_jobs(get_preset("smoke"), None, tmp_path, "table2")
-    assert list(jobs) == [("table2", "2"), ("table2", "3"), ("table2", "dense"), ("table2", "KD"), ("table2", "Supervised")]
+    assert list(jobs) == [("table2", "2"), ("table2", "3"), ("table2", "dense"), ("table2", "KD"),
+                          ("table2", "Supervised"), ("table2", "Merge")]
 
 
 def _phase_end(order: list[str], seconds: dict[str, float], workers: int = 2) -> float:

@@ -15,8 +15,8 @@ def test_both_orders_run_every_job_and_agree(smoke_teachers, tmp_path):
                                             "--work", str(tmp_path / "work"), "--json", str(out)])
     result = json.loads(out.read_text())
     before, now = result["orders"].values()
-    assert before["started"] == ["KD", "Supervised", "Target-3", "TargetDenseNet"]
-    assert now["started"] == ["Target-3", "TargetDenseNet", "KD", "Supervised"]
+    assert before["started"] == ["KD", "Supervised", "Merge", "Target-3", "TargetDenseNet"]
+    assert now["started"] == ["Target-3", "TargetDenseNet", "KD", "Supervised", "Merge"]
     for order in (before, now):
         assert set(order["ended_s"]) == set(order["started"])
         assert 0 < max(order["ended_s"].values()) <= order["wall_s"]

@@ -120,31 +120,33 @@ MERGE_LAMBDAS = (0.3, 0.4, 0.5, 0.7, 1.0)      # the crossover study's grid (doc
 def merge_run(preset, bench, teachers_dir: Path, out_dir: Path, device=None, log=print) -> dict:
     """The training-free row: the two teachers merged in weight space from their shared start
     (:func:`kalib.method.merge.merged_student`), BatchNorm statistics re-estimated on the images KD trains on (the
-    amalgamation pool's training part), λ chosen on the validation split from :data:`MERGE_LAMBDAS`. Its training
-    MACs are those forward passes."""
+    amalgamation pool's training part), λ chosen on the validation split from :data:`MERGE_LAMBDAS` (on a data set
+    without one, the paper's VOC and COCO, λ = 1/n: the plain mean). Its training MACs are those forward passes."""
     teachers, plan, paths, generic_path = _teachers(preset, teachers_dir)
     pool = bench.pool_images[:preset.student.pool_images or None]
     train_idx, _ = split_pool(len(pool), preset.student.loss_slice)
     images = pool[train_idx]
+    lambdas = MERGE_LAMBDAS if getattr(bench, "val_images", None) is not None else (1 / len(teachers),)
     settings = {"row": "Merge", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
-                "start": file_digest(generic_path), "images": len(train_idx), "lambdas": list(MERGE_LAMBDAS),
+                "start": file_digest(generic_path), "images": len(train_idx), "lambdas": list(lambdas),
                 "tasks": list(plan.tasks)}
     key, path = digest(settings), Path(out_dir) / "Merge.pt"
     if (done := _finished(path, key)) is not None:
         log(f"re-using {path}")
         return done
     t0, start = time.perf_counter(), load_model(generic_path)[0]
-    nets = {lam: merged_student(start, teachers, plan, lam, images, device=device) for lam in MERGE_LAMBDAS}
+    nets = {lam: merged_student(start, teachers, plan, lam, images, device=device) for lam in lambdas}
     idx = bench.label_indices(plan.tasks)
     grid = {lam: evaluate(net, bench.val_images, bench.val_labels[:, idx], plan.tasks, device)["mAP"]
-            for lam, net in nets.items()}
-    lam = max(MERGE_LAMBDAS, key=lambda v: (grid[v], -v))
+            for lam, net in nets.items()} if len(lambdas) > 1 else {}
+    lam = max(lambdas, key=lambda v: (grid[v], -v)) if grid else lambdas[0]
     macs = forward_macs_per_image(nets[lam], to_input(images[:8])) * len(images)
     record = {**settings, "lam": lam, "val_map_by_lambda": {f"{v:g}": round(m, 3) for v, m in grid.items()},
               "train_macs": int(macs), "seconds": round(time.perf_counter() - t0, 1),
               **_evaluated(nets[lam], bench, plan.tasks, device)}
     save_model(path, nets[lam], role="merge", key=key, record=record)
-    log(f"Merge: lambda {lam:g} chosen on validation ({', '.join(f'{v:g}: {m:.1f}' for v, m in grid.items())})")
+    log(f"Merge: lambda {lam:g} chosen on validation ({', '.join(f'{v:g}: {m:.1f}' for v, m in grid.items())})" if grid
+        else f"Merge: lambda {lam:g}, the mean (no validation split to choose it on)")
     return record
 
 
