@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from crossover_summary import summary as crossover_summary
 
 from kalib.method.filters import task_plan
 from kalib.method.student import freeze, init_student, make_filters
@@ -227,46 +228,54 @@ def test_top3_ceiling():
     _assert_unanswered(ex.check_top3_ceiling(None, targets))
 
 
-CROSSOVER = {"arms": ["amalgamation", "kd", "kd-2x"],
-             "paired": [{"pool": 250, "a": "amalgamation", "b": "kd", "ci95": [0.2, 1.0]},
-                        {"pool": 500, "a": "amalgamation", "b": "kd", "ci95": [0.1, 0.4]},
-                        {"pool": 1000, "a": "amalgamation", "b": "kd", "ci95": [-0.7, -0.1]},
-                        {"pool": 2000, "a": "amalgamation", "b": "kd", "ci95": [-0.1, 0.9]},
-                        {"pool": 250, "a": "amalgamation", "b": "kd-2x", "ci95": [0.1, 0.5]}],
-             "runs": [{"arm": a, "pool": 500, "seed": s, "params": p, "test_map": m + s / 10}
-                      for a, p, m in (("amalgamation", 1.9e6, 80.0), ("kd", 0.7e6, 78.0), ("kd-2x", 0.7e6, 78.5))
-                      for s in (0, 1)] + [{"arm": "kd", "pool": 500, "seed": 2, "params": 0.7e6, "test_map": None}]}
+STUDY = crossover_summary()      # version 2's summary of crafted runs, analysed by kalib's report
 
 
-def test_crossover_wins_tell_behind_from_level():
-    """`check_crossover_wins([250, 500, 1000])` used to call 1,000, whose interval lies below 0, a tie."""
-    assert ex.crossover_pools(CROSSOVER, "amalgamation", "kd") == {"ahead": [250, 500], "behind": [1000], "level": [2000]}
-    assert ex.check_crossover_wins([500, 250], CROSSOVER)
-    behind = ex.check_crossover_wins([250, 500, 1000], CROSSOVER)
-    assert not behind and "below 0" in behind.message and "behind, not ahead" in behind.message and "tie" not in behind.message
-    level = ex.check_crossover_wins([250, 500, 2000], CROSSOVER)
-    assert "contains 0" in level.message and "tie" in level.message
-    assert not ex.check_crossover_wins([250], CROSSOVER)
-    assert ex.check_crossover_wins([250], CROSSOVER, "amalgamation", "kd-2x")
-    assert "list" in ex.check_crossover_wins(500, CROSSOVER).message
-    _assert_unanswered(ex.check_crossover_wins(None, CROSSOVER))
-    missing = ex.check_crossover_wins([500], None)
-    assert missing.ok is None and "make study" in missing.message
-    worded = {"paired": [{**CROSSOVER["paired"][0], "word": "level"}]}        # version 2: the study's own word
-    assert ex.crossover_pools(worded, "amalgamation", "kd")["level"] == [250]
+def test_crossover_wins_read_the_studys_holm_adjusted_words():
+    """`pair-1/all`: amalgamation-b4-2x − kd-2x ahead at 250, equivalent at 4,000; amalgamation-b4 − kd behind at
+    4,000; `pair-1/custom`: inconclusive, once with its unadjusted interval above 0 (tests/crossover_summary.py)."""
+    assert ex.crossover_pools(STUDY, "pair-1/all", "amalgamation-b4-2x", "kd-2x") == \
+        {"ahead": [250], "behind": [], "equivalent": [4000], "inconclusive": []}
+    assert ex.check_crossover_wins([250], STUDY) and ex.check_crossover_wins((250,), STUDY, "pair-1/all")
+    equivalent = ex.check_crossover_wins([250, 4000], STUDY)
+    assert not equivalent and "inside the equivalence margin" in equivalent.message
+    behind = ex.check_crossover_wins([250, 4000], STUDY, "pair-1/all", "amalgamation-b4", "kd")
+    assert not behind and "'behind'" in behind.message
+    unadjusted = ex.check_crossover_wins([250], STUDY, "pair-1/custom")
+    assert not unadjusted and "Holm-adjusted interval (adjusted_ci95)" in unadjusted.message
+    inconclusive = ex.check_crossover_wins([250], STUDY, "pair-1/custom", "amalgamation-b4", "kd")
+    assert not inconclusive and "contains 0 and reaches beyond the margin" in inconclusive.message
+    assert ex.check_crossover_wins([], STUDY, "pair-1/custom", "amalgamation-b4", "kd")
+    missed = ex.check_crossover_wins([], STUDY)
+    assert not missed and "kind == 'verdict'" in missed.message and "250" not in missed.message
+    assert "list" in ex.check_crossover_wins(500, STUDY).message
+    _assert_unanswered(ex.check_crossover_wins(None, STUDY))
+    for check in (ex.check_crossover_wins([500], None), ex.check_crossover_wins(None, None)):
+        assert check.ok is None and "nothing to check against yet" in check.message and "make study" in check.message
+    no_cell = ex.check_crossover_wins([250], STUDY, "pair-2/all")
+    assert no_cell.ok is None and "no pair amalgamation-b4-2x − kd-2x in cell pair-2/all" in no_cell.message
 
 
-def test_budget_choice():
-    assert ex.budget_choice(CROSSOVER, 500, 2e6) == "amalgamation"
-    assert ex.budget_choice(CROSSOVER, 500, 1e6) == "kd-2x"
-    assert ex.budget_choice(CROSSOVER, 500, 1e5) is None
-    assert ex.check_budget_choice("kd-2x", CROSSOVER, 500, 1e6) and ex.check_budget_choice("KD, 2x MACs", CROSSOVER, 500, 1e6)
-    too_large = ex.check_budget_choice("amalgamation", CROSSOVER, 500, 1e6)
+def test_budget_choice_on_the_studys_means():
+    """`pair-1/custom` at 250: KD's student has 700,000 parameters and 35 MMACs; amalgamation-b4(-2x) 720,000 and
+    36 MMACs: inside 1.05 times KD's, not inside 1.0 times."""
+    assert ex.crossover_budget(STUDY, "pair-1/custom") == (250, pytest.approx(735_000), pytest.approx(36.75e6))
+    assert ex.budget_choice(STUDY, "pair-1/custom", 250, 735_000, 36.75e6) == "amalgamation-b4-2x"
+    assert ex.budget_choice(STUDY, "pair-1/custom", 250, 700_000, 35e6) == "kd-2x"
+    assert ex.budget_choice(STUDY, "pair-1/custom", 250, 1e5, 1e6) is None
+    assert ex.check_budget_choice("amalgamation-b4-2x", STUDY)
+    assert ex.check_budget_choice("amalgamation b4, fine-tuned to 2x MACs", STUDY, "pair-1/custom", 1.05)
+    assert ex.check_budget_choice("kd-2x", STUDY, "pair-1/custom", 1.0)
+    too_large = ex.check_budget_choice("amalgamation-b4-2x", STUDY, "pair-1/custom", 1.0)
     assert not too_large and "larger than the budget" in too_large.message
-    _assert_refused_without_the_answer(ex.check_budget_choice("kd", CROSSOVER, 500, 1e6), "kd-2x")
-    assert "one arm" in ex.check_budget_choice("distillation", CROSSOVER, 500, 1e6).message
-    _assert_unanswered(ex.check_budget_choice(None, CROSSOVER, 500, 1e6))
-    assert ex.check_budget_choice("kd", None, 500, 1e6).ok is None
+    assert "larger than the budget" in ex.check_budget_choice("teachers", STUDY).message
+    _assert_refused_without_the_answer(ex.check_budget_choice("kd", STUDY), "amalgamation-b4-2x")
+    assert "one arm" in ex.check_budget_choice("distillation", STUDY).message
+    assert "no run of that arm in pair-1/custom at N = 250" in ex.check_budget_choice("kd-tol", STUDY).message
+    _assert_unanswered(ex.check_budget_choice(None, STUDY))
+    assert ex.check_budget_choice("kd", None).ok is None and "nothing to check against yet" in \
+        ex.check_budget_choice("kd", None).message
+    assert "no cell pair-2/custom" in ex.check_budget_choice("kd", STUDY, "pair-2/custom").message
 
 
 def test_merged_map(nets):

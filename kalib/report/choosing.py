@@ -1,235 +1,233 @@
 """What notebook 06 (*choosing*: amalgamate, distil, merge, or keep the teachers) says, written from the numbers
-it reads: the committed crossover study (``figures/crossover.json``, written by ``kalib study crossover``) and
-this run's own rows (notebook 05's ``results.json`` and records).
+it reads: version 2 of the committed crossover study (``figures/crossover.json``, written by ``kalib study
+crossover``: :func:`kalib.runs.crossover.study.summarise` with :func:`kalib.report.crossover.analyse`;
+docs/design.md §9) and this run's own rows (notebook 05's ``results.json``).
 
-The study's file changes shape between versions: version 1 has no ``"version"`` key; version 2 says
-``"version": 2`` and adds a protocol, task sets, inference MACs and images seen per run, adjusted intervals and
-a word per paired entry, and a decision table. Every function here reads what the file holds and says which
-version it is; none assumes a key that version 1 lacks. Like :mod:`kalib.report.lessons`, each function
-returns markdown text (or a table) and trains nothing.
+Version 1 of the study (no ``"version"`` key; commit e71a9c8 and before) was withdrawn: its advice did not follow
+from its runs. This module reads version 2 only, and where the file holds anything else it says so and reads
+nothing from it. Like :mod:`kalib.report.lessons`, each function returns markdown text (or a table or figure)
+and trains nothing.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from .crossover import ARM_LABELS
+from .crossover import ARM_LABELS, CRITERIA, score
 from .lessons import REPO, shown_path
 
 CROSSOVER_JSON = REPO / "figures" / "crossover.json"
-# the keys notebook 06 reads in every version of the study's summary
-CROSSOVER_KEYS = ("pool_sizes", "seeds", "arms", "teachers_test_map", "runs", "paired", "verdict")
-# a paired entry's own word (version 2) in the words of this module
-WORDS = {"ahead": "ahead", "wins": "ahead", "win": "ahead", "behind": "behind", "loses": "behind",
-         "lose": "behind", "level": "level", "ties": "level", "tie": "level"}
+CROSSOVER_RECORDS = REPO / "figures" / "crossover" / "records"
+# the keys of version 2's summary that notebook 06 and its exercises read (all written by the study)
+CROSSOVER_KEYS = ("version", "preset", "protocol", "cells", "arms", "runs", "paired", "decision", "verdict",
+                  "commits", "cost")
+# the pairs that say whether the block-wise start pays against KD: at the same training MACs (the primary pair:
+# the same network, images and compute) and at twice them
+PRIMARY = ("amalgamation-b4", "kd")
+TWICE = ("amalgamation-b4-2x", "kd-2x")
+# what each of the study's words says about the block-wise start in a pair a − b whose b is KD at a's compute
+MEANING = {"ahead": "pays", "behind": "costs", "equivalent": "makes no difference", "inconclusive": "is undecided"}
+NOTES = {"behind": ": KD spends the same compute better", "equivalent": ": within the margin"}
+
+
+def _read(path: Path) -> tuple[dict | None, str]:
+    """The summary at ``path`` if it is version 2's and complete, else None, and why not in words."""
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError) as err:
+        return None, f"not readable JSON ({err})"
+    if not isinstance(summary, dict):
+        return None, "not a study's summary (not a JSON object)"
+    if summary.get("version", 1) == 1:
+        found = "no \"version\" key" if "version" not in summary else "\"version\": 1"
+        return None, (f"version 1 of the study ({found}), which was withdrawn: its advice did not follow from its "
+                      "runs (docs/design.md §9); this chapter reads version 2 only")
+    if summary["version"] != 2:
+        return None, f"of a version of the study this chapter does not know (\"version\": {summary['version']!r})"
+    missing = [k for k in CROSSOVER_KEYS if k not in summary]
+    if missing:
+        return None, f"an incomplete summary of version 2 (no {', '.join(missing)})"
+    return summary, ""
 
 
 def load_crossover(path: str | Path | None = None) -> dict | None:
-    """The crossover study's summary (``figures/crossover.json``), or None when it is missing or incomplete."""
-    path = Path(path or CROSSOVER_JSON)
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and all(k in summary for k in CROSSOVER_KEYS) else None
+    """Version 2 of the crossover study's summary (``figures/crossover.json``), or None when the file is missing,
+    unreadable, incomplete or of version 1, which was withdrawn (:func:`crossover_missing` says which)."""
+    return _read(Path(path or CROSSOVER_JSON))[0]
 
 
-def version(summary: Mapping) -> int:
-    """The study's version: the summary's ``"version"``, 1 where it has none (the first study had no key)."""
-    return int(summary.get("version", 1))
+def crossover_missing(path: str | Path | None = None, records: str | Path | None = None) -> str:
+    """What to say where :func:`load_crossover` gives None: what the file is (missing, version 1, incomplete),
+    that version 2 is running, how many records it has so far and how to resume it."""
+    path, records = Path(path or CROSSOVER_JSON), Path(records or CROSSOVER_RECORDS)
+    _, why = _read(path)
+    count = sum(1 for _ in records.rglob("*.json")) if records.is_dir() else 0
+    so_far = ("it has no records yet" if count == 0 else
+              f"its {count:,} record{'s so far are' if count > 1 else ' so far is'} in `{shown_path(records)}`")
+    return (f"`{shown_path(path)}` is {why}, so this section has no study to read. Version 2 of the crossover "
+            f"study is running: {so_far}, one per finished run, and `make study` resumes from them (hours on two CPU "
+            "cores; README) and writes the summary once every run has a record.")
 
 
-def _describe(value) -> str:
-    """A protocol or a task set in words: a string as it is, a mapping as "key: value; …", a list joined."""
-    if isinstance(value, Mapping):
-        return "; ".join(f"{k}: {_describe(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_describe(v) for v in value)
-    return str(value)
+def _series(values: Sequence) -> str:
+    values = [f"{v:,}" if isinstance(v, int) else str(v) for v in values]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + f" and {values[-1]}"
+
+
+def _cell_name(cell: Mapping) -> str:
+    return f"{cell['teachers']}/{cell['task_set']}"
+
+
+def _cell_words(cell: Mapping) -> str:
+    labels = cell["labels"]
+    shown = f"{len(labels)} labels" + (f": {', '.join(labels)}" if len(labels) <= 6 else "")
+    tuned = "" if cell.get("tuned", True) else ", settings chosen on a tuned cell of its task set"
+    return (f"{_cell_name(cell)} ({shown}) at N = {_series(cell['pools'])}, seeds {_series(cell['seeds'])}"
+            f"{tuned}")
 
 
 def crossover_source(summary: Mapping, preset: str, path: str | Path | None = None) -> str:
-    """Which study the chapter reads: the committed one (its version, preset, seeds and pools), not a run of
-    this notebook."""
-    v = version(summary)
-    text = (f"From `{Path(path or CROSSOVER_JSON).name}` (`figures/` at the repository root): version {v} of the "
-            f"committed crossover study" + (" (the file has no \"version\" key)" if "version" not in summary else "") +
-            f", preset {summary.get('preset', 'quick')}, seeds {', '.join(map(str, summary['seeds']))}, pools of "
-            f"{', '.join(f'{p:,}' for p in summary['pool_sizes'])} images, arms "
-            f"{', '.join(ARM_LABELS.get(a, a) for a in summary['arms'])}; not a run of this notebook (preset {preset}).")
-    if "protocol" in summary:
-        text += f" Its protocol: {_describe(summary['protocol'])}."
-    if "task_sets" in summary:
-        text += f" Its task sets: {_describe(summary['task_sets'])}."
-    if v == 1:
-        text += (" Version 1 measures one task set (C = A, every label of the teachers) and records per run its "
-                 "test mAP, parameters and training MACs; it has no inference MACs and no decision table.")
-    return text
+    """Which study the chapter reads: the committed version 2 (its preset, the commit that fixed its protocol, its
+    records and the commits that made them, whether the protocol changed after a test number was seen, its
+    cells and arms), not a run of this notebook."""
+    p, cost = summary["protocol"], summary["cost"]
+    commits = summary["commits"]
+    changes = p.get("changes") or []
+    changed = ("no change after a test number was seen" if not changes else
+               f"changed after a test number was seen: {'; '.join(changes)}")
+    arms = ", ".join(f"`{a}`" for a in summary["arms"])
+    own = [a for a in ("kd-tol", "kd-eq9") if a in summary["arms"]]
+    if own:
+        arms += (f" ({', '.join(f'`{a}`' for a in own)}: KD at the tolerance net's or the Eq. 9 net's training MACs, "
+                 f"run only where those differ from `amalgamation-b4`'s by more than {100 * p['budget_tolerance']:g} %; "
+                 "elsewhere that net is paired with `kd`)")
+    return (f"From `{shown_path(Path(path or CROSSOVER_JSON))}`: version {summary['version']} of the committed "
+            f"crossover study, preset {summary['preset']}, its protocol fixed at commit {p['commit']} before its "
+            f"first run (code path {p['code_path']}), {changed}. It reads {len(summary['runs']):,} runs at their "
+            f"chosen settings, out of {cost['records']:,} records with the tuning grids, made by "
+            f"commit{'s' if len(commits) > 1 else ''} {_series(commits)}. Cells: "
+            f"{'; '.join(_cell_words(c) for c in summary['cells'])}. Arms: {arms}. Every arm but the teachers sees exactly "
+            f"the N pool images of its seed; the amalgamation arms' blocks train on the first "
+            f"{100 * (1 - p['heldout_share']):g} % and hold the last {100 * p['heldout_share']:g} % out for the "
+            f"branch-out rules' losses, and fine-tuning uses all N. Not a run of this notebook (preset {preset}).")
 
 
-def crossover_missing(path: str | Path | None = None) -> str:
-    """What to say where the study's summary is missing, and how to make it."""
-    return (f"`{shown_path(Path(path or CROSSOVER_JSON))}` is missing, so this section has no numbers to read. It is "
-            "written by the crossover study: `make study` (that is `python -m kalib study crossover --preset quick "
-            "...`; hours on two CPU cores, resumable, see README); its runs are committed in "
-            "`figures/crossover/records`.")
+def cell_pairs(summary: Mapping, cell: str, a: str, b: str) -> list[dict]:
+    """The verdict's entries of the pair a − b in ``cell`` ("pair-1/all"), by pool."""
+    return sorted((e for e in summary["paired"] if f"{e['teachers']}/{e['task_set']}" == cell and e["a"] == a
+                   and e["b"] == b and e["kind"] == "verdict"), key=lambda e: e["pool"])
 
 
-def outcome(entry: Mapping) -> str:
-    """"ahead", "behind" or "level" for a paired entry a − b: its own word where the study gives one
-    (version 2), else from its interval (``adjusted_ci95`` where present, else ``ci95``): above 0, below 0,
-    or containing 0."""
-    word = WORDS.get(str(entry.get("word", "")).lower())
-    if word:
-        return word
-    low, high = entry.get("adjusted_ci95") or entry["ci95"]
-    return "ahead" if low > 0 else ("behind" if high < 0 else "level")
+def words_by_pool(entries: Sequence[Mapping]) -> dict[str, list[int]]:
+    """The pools of a pair's entries under each of the study's words (ahead, behind, equivalent, inconclusive)."""
+    return {w: [e["pool"] for e in entries if e["word"] == w] for w in MEANING}
 
 
-def _basis(entries: Sequence[Mapping]) -> str:
-    """What :func:`outcome` read for these entries, in words."""
-    if all(WORDS.get(str(e.get("word", "")).lower()) for e in entries):
-        return "as the study words each pool"
-    if all(e.get("adjusted_ci95") for e in entries):
-        return "by the adjusted 95 % interval"
-    return "by the 95 % interval of the paired differences"
+def start_pays(entries: Sequence[Mapping], a: str, b: str, budget: str) -> str:
+    """One sentence: where, by the study's words for the pair a − b, the block-wise start pays, costs, makes no
+    difference or is undecided, and the seeds that diverged (counted with their start's mAP, as the study
+    counts them)."""
+    if not entries:
+        return f"{budget}, the study has no pair `{a}` − `{b}` in this cell."
+    pools = words_by_pool(entries)
+    said = [f"{MEANING[w]} at N = {_series(pools[w])} ({w}{NOTES.get(w, '')})" for w in MEANING if pools[w]]
+    failed = [f"N = {e['pool']:,}, seed{'s' if len(e['failed']) > 1 else ''} {_series(e['failed'])}"
+              for e in entries if e.get("failed")]
+    diverged = f"; a run diverged at {'; '.join(failed)}, and counts with the mAP of its start" if failed else ""
+    return f"{budget} (`{a}` − `{b}`), the block-wise start {', '.join(said)}{diverged}."
 
 
-def _pool_list(pools: Sequence[int]) -> str:
-    pools = [f"{p:,}" for p in pools]
-    return pools[0] if len(pools) == 1 else ", ".join(pools[:-1]) + f" and {pools[-1]}"
-
-
-def _by_task_set(items: Sequence[Mapping]) -> dict:
-    """Items grouped by their ``task_set`` (version 2), or all under None (version 1)."""
-    groups: dict = {}
-    for item in items:
-        groups.setdefault(item.get("task_set"), []).append(item)
-    return groups
-
-
-def arm_against(entries: Sequence[Mapping], a: str, b: str) -> str:
-    """One sentence for arm ``a`` against arm ``b`` over the pools (``entries``: the paired entries of a − b):
-    where it is ahead, behind and level, and whether every pool where it is ahead is smaller than every pool
-    where it is behind. Names both arms, and so the budget of the KD arm."""
-    entries = sorted(entries, key=lambda e: e["pool"])
-    pools = {w: [e["pool"] for e in entries if outcome(e) == w] for w in ("ahead", "behind", "level")}
-    name_a, name_b = ARM_LABELS.get(a, a), ARM_LABELS.get(b, b)
-    said = [f"{w} on {_pool_list(pools[w])}" for w in ("ahead", "behind", "level") if pools[w]]
-    text = f"Against {name_b}, {name_a} is " + "; ".join(said).replace(" on ", " on pools of ", 1) + \
-        f" images ({_basis(entries)})"
-    if pools["ahead"] and pools["behind"]:
-        ordered = max(pools["ahead"]) < min(pools["behind"])
-        text += (": every pool where it is ahead is smaller than every pool where it is behind" if ordered else
-                 ": the pools where it is ahead are not all smaller than those where it is behind")
-    return text + "."
-
-
-def crossover_explanation(summary: Mapping, budgets: Sequence[str] = ("kd",)) -> str:
-    """Where the block-wise start pays, from the study's own numbers: each amalgamation arm against the KD arms
-    ``budgets`` (default: KD at the same training MACs), per task set where the study has several; each
-    amalgamation arm's training MACs at the smallest and largest pool; the arms' mean test mAP against the
-    teachers at the largest pool (runs that diverged left out)."""
+def crossover_explanation(summary: Mapping) -> str:
+    """Where, by the study's own words, the block-wise start pays against KD: per cell, the primary pair
+    (``amalgamation-b4`` − ``kd``: the same network, images and training MACs) and the pair at twice them
+    (``amalgamation-b4-2x`` − ``kd-2x``), each pool read with the word the study gives it (Holm-adjusted
+    intervals, the equivalence margin of its protocol)."""
+    margin = summary["protocol"]["margin"]
     text = []
-    amalgamation = [a for a in summary["arms"] if a.startswith("amalgamation")]
-    for task_set, pairs in _by_task_set(summary["paired"]).items():
-        lead = f"Task set {task_set}: " if task_set is not None else ""
-        for a in amalgamation:
-            for b in budgets:
-                entries = [e for e in pairs if e["a"] == a and e["b"] == b]
-                if entries:
-                    text.append(lead + arm_against(entries, a, b))
-    runs = summary["runs"]
-    for a in amalgamation:
-        macs = {p: statistics.fmean(r["train_macs"] for r in runs if r["arm"] == a and r["pool"] == p)
-                for p in summary["pool_sizes"] if any(r["arm"] == a and r["pool"] == p for r in runs)}
-        if macs:
-            first, last = min(macs), max(macs)
-            text.append(f"Training {ARM_LABELS.get(a, a)} costs {macs[first] / 1e12:.2f} TMAC at {first:,} pool images "
-                        f"and {macs[last] / 1e12:.2f} TMAC at {last:,}.")
-    largest = max(summary["pool_sizes"])
-    finished = [r for r in runs if r["pool"] == largest and r["test_map"] is not None]      # not a diverged run
-    means = {arm: statistics.fmean(r["test_map"] for r in finished if r["arm"] == arm)
-             for arm in summary["arms"] if any(r["arm"] == arm for r in finished)}
-    if means:
-        text.append(f"At {largest:,} images the teachers score {summary['teachers_test_map']:.1f} test mAP; " +
-                    ", ".join(f"{ARM_LABELS.get(a, a)} {v:.1f}" for a, v in means.items()) + " (means over seeds).")
+    for cell in summary["cells"]:
+        name = _cell_name(cell)
+        head = f"**{name}** ({len(cell['labels'])} labels):"
+        family = next((e["family_size"] for e in summary["paired"] if f"{e['teachers']}/{e['task_set']}" == name), 0)
+        if not family:
+            text.append(f"{head} the study has no paired runs in this cell.")
+            continue
+        same = start_pays(cell_pairs(summary, name, *PRIMARY), *PRIMARY, "At the same network size, images and "
+                          "training MACs")
+        twice = start_pays(cell_pairs(summary, name, *TWICE), *TWICE, "At twice the training MACs")
+        text.append(f"{head} {same} {twice} Words as the study gives them: 95 % intervals Holm-adjusted for the "
+                    f"cell's {family} pairs, equivalent within ±{margin:g} mAP.")
     return " ".join(text)
 
 
-def _mean(values: Sequence[float | None]) -> float:
-    finished = [v for v in values if v is not None]
-    return statistics.fmean(finished) if finished else math.nan
+def decision_frame(summary: Mapping) -> pd.DataFrame:
+    """The study's decision table: per cell, pool and question, the best arm by mean test mAP with its numbers, the
+    runner-up and the word of their pair."""
+    return pd.DataFrame([{"cell": f"{d['teachers']}/{d['task_set']}", "N": d["pool"],
+                          "question": CRITERIA[d["criterion"]], "best choice": ARM_LABELS.get(d["choice"], d["choice"]),
+                          "test mAP": d["test_map"], "parameters": d["params"],
+                          "inference MMAC / image": d["inference_macs"] / 1e6, "training TMAC": d["train_macs"] / 1e12,
+                          "runner-up": ARM_LABELS.get(d["runner_up"], d["runner_up"]) if d["runner_up"] else None,
+                          "word against it": d["word"]} for d in summary["decision"]])
 
 
 def arm_table(summary: Mapping) -> pd.DataFrame:
-    """Per task set (version 2), pool and arm: mean test mAP over the seeds that finished, how many did, and
-    the mean parameters, training MACs (10^12) and, where the study records them, inference MACs (10^6 per
-    image) and images seen."""
-    rows = []
-    for (task_set, pool, arm), runs in _groups(summary["runs"]).items():
-        row = {"task set": task_set, "pool": pool, "arm": ARM_LABELS.get(arm, arm),
-               "test mAP": _mean([r["test_map"] for r in runs]),
-               "seeds": f"{sum(r['test_map'] is not None for r in runs)} of {len(runs)}",
-               "parameters": _mean([r.get("params") for r in runs]),
-               "training TMAC": _mean([r.get("train_macs") for r in runs]) / 1e12}
-        if any("inference_macs" in r for r in runs):
-            row["inference MMAC / image"] = _mean([r.get("inference_macs") for r in runs]) / 1e6
-        if any("images_seen" in r for r in runs):
-            row["images seen"] = _mean([r.get("images_seen") for r in runs])
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty or frame["task set"].isna().all():
-        frame = frame.drop(columns=["task set"], errors="ignore")
-    return frame
-
-
-def _groups(runs: Sequence[Mapping]) -> dict:
+    """Per cell, pool and arm: mean test mAP over the seeds (a run that diverged counts with its start's mAP, as
+    in the study's pairs), how many finished, and the mean parameters, inference MACs (10^6 per image), training
+    MACs (10^12) and images seen."""
     groups: dict = {}
-    for r in sorted(runs, key=lambda r: (str(r.get("task_set")), r["pool"], r["arm"])):
-        groups.setdefault((r.get("task_set"), r["pool"], r["arm"]), []).append(r)
-    return groups
+    for r in summary["runs"]:
+        groups.setdefault((f"{r['teachers']}/{r['task_set']}", r["pool"], r["arm"]), []).append(r)
+    order = {a: i for i, a in enumerate(summary["arms"])}
+    rows = []
+    for (cell, pool, arm), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
+        scored = [score(r) for r in runs if score(r) is not None]
+        rows.append({"cell": cell, "N": pool, "arm": ARM_LABELS.get(arm, arm),
+                     "test mAP": statistics.fmean(scored) if scored else float("nan"),
+                     "finished": f"{sum(r['test_map'] is not None for r in runs)} of {len(runs)}",
+                     **{k: statistics.fmean(r[key] for r in runs) / scale for k, key, scale in (
+                         ("parameters", "params", 1), ("inference MMAC / image", "inference_macs", 1e6),
+                         ("training TMAC", "train_macs", 1e12), ("images seen", "images_seen", 1))}})
+    return pd.DataFrame(rows)
 
 
 def options_figure(table: pd.DataFrame, path=None):
-    """Test mAP against parameters, training MACs and (where the study records them) inference MACs per image:
-    one colour per arm, one point per pool (and task set), the pool written beside it."""
+    """Per cell (a row of panels): test mAP against parameters, inference MACs per image and training MACs, one
+    colour per arm and one point per pool (the pool written beside it); the teachers, which train nothing, are
+    a dashed line at their test mAP."""
     import matplotlib.pyplot as plt
-    columns = [c for c in ("parameters", "training TMAC", "inference MMAC / image") if c in table.columns]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), sharey=True, squeeze=False)
-    for ax, column in zip(axes[0], columns):
-        for arm, rows in table.groupby("arm", sort=False):
-            ax.plot(rows[column], rows["test mAP"], marker="o", ls="", label=arm)
-            for _, row in rows.iterrows():
-                ax.annotate(f"{row['pool']:,}", (row[column], row["test mAP"]), fontsize=6, xytext=(2, 2),
-                            textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel(column + " (log scale)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test mAP (%), mean over seeds")
-    axes[0][0].legend(fontsize=7)
-    axes[0][0].set_title("Accuracy against size and compute; the number beside a point is its pool", fontsize=9,
-                         loc="left")
+    columns = ("parameters", "inference MMAC / image", "training TMAC")
+    cells = list(dict.fromkeys(table["cell"]))
+    fig, axes = plt.subplots(len(cells), len(columns), figsize=(4.2 * len(columns), 3.3 * len(cells)),
+                             sharey="row", squeeze=False)
+    teachers = ARM_LABELS["teachers"]
+    for row, cell in zip(axes, cells):
+        at = table[table["cell"] == cell]
+        for ax, column in zip(row, columns):
+            for arm, rows in at.groupby("arm", sort=False):
+                if arm == teachers:
+                    ax.axhline(rows["test mAP"].mean(), color="k", ls="--", lw=1, label=arm)
+                    continue
+                ax.plot(rows[column], rows["test mAP"], marker="o", ls="", label=arm)
+                for _, r in rows.iterrows():
+                    ax.annotate(f"{r['N']:,}", (r[column], r["test mAP"]), fontsize=6, xytext=(2, 2),
+                                textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel(column + " (log scale)")
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(f"{cell}: test mAP (%)", fontsize=8)
+        row[0].legend(fontsize=6)
+    axes[0][0].set_title("Accuracy against size and compute; beside a point, its pool N", fontsize=9, loc="left")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=130)
     return fig
-
-
-def decision_frame(summary: Mapping) -> pd.DataFrame | None:
-    """The study's own decision table (version 2) as a table, or None where the study has none."""
-    decision = summary.get("decision")
-    if isinstance(decision, list) and decision and all(isinstance(d, Mapping) for d in decision):
-        return pd.DataFrame(decision)
-    if isinstance(decision, Mapping) and decision:
-        return pd.DataFrame.from_dict(decision, orient="index")
-    return None
 
 
 def options_sentence(options: Mapping[str, Mapping[str, float]], teachers: str = "keep the teachers") -> str:

@@ -296,7 +296,7 @@ def markdown(summary: dict) -> str:
     for cell in summary["cells"]:
         runs = [r for r in summary["runs"] if r["teachers"] == cell["teachers"] and r["task_set"] == cell["task_set"]]
         lines += [f"## {cell['teachers']}, {cell['task_set']}: {', '.join(cell['labels'])}", "",
-                  "| arm | " + " | ".join(f"N = {n:,}" for n in cell["pools"]) + " | parameters (largest N) |",
+                  "| arm | " + " | ".join(f"N = {n:,}" for n in cell["pools"]) + " | parameters (its largest N) |",
                   "|---|" + "---:|" * (len(cell["pools"]) + 1)]
         for arm in [a for a in summary["arms"] if any(r["arm"] == a for r in runs)]:
             cells = []
@@ -305,7 +305,8 @@ def markdown(summary: dict) -> str:
                 failed = sum(r["test_map"] is None for r in runs if r["arm"] == arm and r["pool"] == n)
                 cells.append((f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else
                               (f"{v[0]:.1f}" if v else "")) + (f" ({failed} diverged)" if failed else ""))
-            size = next(r["params"] for r in runs if r["arm"] == arm and r["pool"] == max(cell["pools"]))
+            largest = max(r["pool"] for r in runs if r["arm"] == arm)     # kd-tol, kd-eq9: not at every pool
+            size = next(r["params"] for r in runs if r["arm"] == arm and r["pool"] == largest)
             lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + f" | {size:,} |")
         lines.append("")
     lines += ["## Paired differences (a − b, test mAP)", "",

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..metrics import topk_metrics
-from .crossover import interval
+from .choosing import cell_pairs, words_by_pool
+from .crossover import ARM_LABELS, interval, means
 from .notebook import chance_map
 
 NOT_ANSWERED = "Not answered yet: set `answer` in the cell above and run this cell again."
@@ -417,68 +418,96 @@ def check_top3_ceiling(answer, targets: torch.Tensor) -> Check:
 
 # ------------------------------------------------------------------------------------ notebook 06
 
-def crossover_pools(summary: Mapping, a: str, b: str) -> dict[str, list[int]]:
-    """The pools where arm ``a`` is ahead of, behind and level with arm ``b``
-    (:func:`kalib.report.choosing.outcome`)."""
-    from .choosing import outcome
-    out: dict[str, list[int]] = {"ahead": [], "behind": [], "level": []}
-    for e in summary["paired"]:
-        if e["a"] == a and e["b"] == b:
-            out[outcome(e)].append(e["pool"])
-    return {k: sorted(v) for k, v in out.items()}
+NO_STUDY = ("figures/crossover.json holds no summary of version 2 of the crossover study (it is running): there is "
+            "nothing to check against yet (`make study`).")
 
 
-def check_crossover_wins(answer, summary: Mapping | None, a: str = "amalgamation", b: str = "kd") -> Check:
-    """Exercise 6.1: the pool sizes at which arm ``a`` is ahead of arm ``b`` (interval above 0)."""
+def crossover_pools(summary: Mapping, cell: str, a: str, b: str) -> dict[str, list[int]]:
+    """The pools of ``cell`` ("pair-1/all") under each of the study's words for the pair a − b (ahead, behind,
+    equivalent, inconclusive: Holm-adjusted, :func:`kalib.report.crossover.word`)."""
+    return words_by_pool(cell_pairs(summary, cell, a, b))
+
+
+def check_crossover_wins(answer, summary: Mapping | None, cell: str = "pair-1/all", a: str = "amalgamation-b4-2x",
+                         b: str = "kd-2x") -> Check:
+    """Exercise 6.1: the pools of ``cell`` at which the study words arm ``a`` *ahead* of arm ``b``."""
     if summary is None:
-        return Check(None, "figures/crossover.json is missing: there is nothing to check against yet (`make study`).")
+        return Check(None, NO_STUDY)
+    entries = {e["pool"]: e for e in cell_pairs(summary, cell, a, b)}
+    if not entries:
+        return Check(None, f"The study has no pair {a} − {b} in cell {cell}: there is nothing to check against.")
     if unanswered(answer):
         return Check(None, NOT_ANSWERED)
     try:
         value = sorted(int(p) for p in answer)
     except (TypeError, ValueError):
         return wrong("the answer is a list of pool sizes (an empty list if there are none).")
-    pools = crossover_pools(summary, a, b)
-    if value == pools["ahead"]:
+    words = {p: e["word"] for p, e in entries.items()}
+    if value == sorted(p for p, w in words.items() if w == "ahead"):
         return right()
-    if set(value) & set(pools["behind"]):
-        return wrong("a pool whose whole interval lies below 0 is one where the arm is behind, not ahead.")
-    if set(value) & set(pools["level"]):
-        return wrong("a pool whose interval contains 0 is a tie (level), not a win, even where the mean is above 0.")
-    return wrong(f"look at summary['paired'] entries with a == '{a}' and b == '{b}', and keep the pools whose "
-                 "interval lies entirely above 0.")
+    given = [words.get(p) for p in value]
+    if "behind" in given:
+        return wrong("a pool the study words 'behind' is one where the arm is below the other, not ahead.")
+    if "equivalent" in given:
+        return wrong("'equivalent' means the adjusted interval lies inside the equivalence margin: the two arms are as "
+                     "good as each other there, even where the mean difference is above 0.")
+    unadjusted = [p for p in value if words.get(p) == "inconclusive" and entries[p]["ci95"][0] > 0]
+    if unadjusted:
+        return wrong("a pool whose unadjusted 95 % interval (ci95) lies above 0 can still be 'inconclusive': the study "
+                     "words each pair by its Holm-adjusted interval (adjusted_ci95), which allows for the cell's other "
+                     "pairs and is wider.")
+    if "inconclusive" in given:
+        return wrong("'inconclusive' means the adjusted interval contains 0 and reaches beyond the margin: the study "
+                     "cannot tell the two arms apart there.")
+    return wrong(f"read summary['paired']: the entries of {cell} (teachers/task_set) with a == '{a}', b == '{b}' and "
+                 "kind == 'verdict', and keep the pools whose word is 'ahead'.")
 
 
-def budget_choice(summary: Mapping, pool: int, max_params: float) -> str | None:
-    """The arm with the highest mean test mAP (over the seeds that finished) among those whose mean parameters
-    at ``pool`` are at most ``max_params``; None where no arm fits."""
-    scores = {}
-    for arm in summary["arms"]:
-        runs = [r for r in summary["runs"] if r["arm"] == arm and r["pool"] == pool]
-        done = [r["test_map"] for r in runs if r["test_map"] is not None]
-        if runs and done and np.mean([r["params"] for r in runs]) <= max_params:
-            scores[arm] = float(np.mean(done))
-    return max(scores, key=scores.get) if scores else None
+def crossover_budget(summary: Mapping, cell: str, factor: float = 1.05) -> tuple[int, float, float]:
+    """A device's budget at the largest pool of ``cell``: that pool, and ``factor`` times the KD student's mean
+    parameters and inference MACs per image there."""
+    pool = max(next(c["pools"] for c in summary["cells"] if f"{c['teachers']}/{c['task_set']}" == cell))
+    kd = means(_cell_runs(summary, cell), pool)["kd"]
+    return pool, factor * kd["params"], factor * kd["inference_macs"]
 
 
-def check_budget_choice(answer, summary: Mapping | None, pool: int, max_params: float) -> Check:
-    """Exercise 6.2: the arm to deploy at ``pool`` images when the network may have at most ``max_params``
-    parameters (an arm's key, such as "kd", or its label, such as "KD, same MACs")."""
+def _cell_runs(summary: Mapping, cell: str) -> list[dict]:
+    return [r for r in summary["runs"] if f"{r['teachers']}/{r['task_set']}" == cell]
+
+
+def budget_choice(summary: Mapping, cell: str, pool: int, max_params: float, max_macs: float) -> str | None:
+    """The arm of ``cell`` with the highest mean test mAP at ``pool`` (a diverged run counted with its start's mAP,
+    as the study counts it) among those whose mean parameters and inference MACs fit the budget; None where
+    none fits."""
+    table = means(_cell_runs(summary, cell), pool)
+    fits = [a for a, v in table.items() if v["params"] <= max_params and v["inference_macs"] <= max_macs]
+    return max(fits, key=lambda a: table[a]["test_map"]) if fits else None
+
+
+def check_budget_choice(answer, summary: Mapping | None, cell: str = "pair-1/custom", factor: float = 1.05) -> Check:
+    """Exercise 6.2: the arm to deploy in ``cell`` at its largest pool when the network may have at most ``factor``
+    times the KD student's parameters and inference MACs per image (:func:`crossover_budget`); an arm's key, such
+    as "kd", or its label, such as "KD, b4's MACs"."""
     if summary is None:
-        return Check(None, "figures/crossover.json is missing: there is nothing to check against yet (`make study`).")
+        return Check(None, NO_STUDY)
+    if not any(f"{c['teachers']}/{c['task_set']}" == cell for c in summary["cells"]):
+        return Check(None, f"The study has no cell {cell}: there is nothing to check against.")
     if unanswered(answer):
         return Check(None, NOT_ANSWERED)
-    from .crossover import ARM_LABELS
     names = {**{a: a for a in summary["arms"]}, **{ARM_LABELS.get(a, a): a for a in summary["arms"]}}
     if not isinstance(answer, str) or answer not in names:
         return wrong(f"give one arm, as its key ({', '.join(summary['arms'])}) or its label.")
-    truth = budget_choice(summary, pool, max_params)
     arm = names[answer]
-    runs = [r for r in summary["runs"] if r["arm"] == arm and r["pool"] == pool]
-    if runs and np.mean([r["params"] for r in runs]) > max_params:
-        return wrong("that arm's network is larger than the budget at this pool: compare the runs' params first.")
-    return exact(arm, truth, "among the arms whose mean parameters fit the budget at this pool, take the one with the "
-                 "highest mean test mAP over the seeds that finished.", kind=str)
+    pool, max_params, max_macs = crossover_budget(summary, cell, factor)
+    mine = means(_cell_runs(summary, cell), pool).get(arm)
+    if mine is None:
+        return wrong(f"the study has no run of that arm in {cell} at N = {pool:,}.")
+    if mine["params"] > max_params or mine["inference_macs"] > max_macs:
+        return wrong("that arm's network is larger than the budget: compare its mean parameters and inference MACs "
+                     "with the budget first.")
+    return exact(arm, budget_choice(summary, cell, pool, max_params, max_macs), "among the arms whose mean "
+                 "parameters and inference MACs fit the budget at this pool, take the one with the highest mean test "
+                 "mAP.", kind=str)
 
 
 @torch.no_grad()
