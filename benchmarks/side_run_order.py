@@ -51,11 +51,13 @@ def main_record(preset, bench, src: Path, work: Path) -> Path:
     return experiments.run_dir(work) / "run.json"
 
 
-def time_order(preset, bench, src: Path, out: Path, order, main: Path) -> dict:
+def time_order(preset, bench, src: Path, out: Path, order, main: Path, rows=None) -> dict:
     copy_set2(preset, src, out)
     experiments.run_dir(out).mkdir(parents=True)
     shutil.copyfile(main, experiments.run_dir(out) / "run.json")
     jobs = experiments.side_jobs(preset, bench, out, "table1", log=lambda *a, **k: None, done={("table1", "2")})
+    if rows:
+        jobs = {k: job for k, job in jobs.items() if experiments.ROW_OF_SET.get(k[1], k[1]) in rows}
     keys = order(list(jobs))
     rows = [experiments.ROW_OF_SET.get(k[1], k[1]) for k in keys]
     ended = {}
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--teachers", required=True, help="a finished Table 1 teacher directory of the preset")
     parser.add_argument("--work", required=True, help="scratch directory for the two orders' runs (emptied)")
+    parser.add_argument("--rows", nargs="+", metavar="ROW",
+                        help="only these rows (KD, Supervised, Merge, Target-3, TargetDenseNet); default: all")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     preset = get_preset(args.preset)
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     main = main_record(preset, bench, Path(args.teachers), Path(args.work) / "main")
     for name, order in ORDERS.items():
         result["orders"][name] = timed = time_order(preset, bench, Path(args.teachers), Path(args.work) / name.split()[0],
-                                                    order, main)
+                                                    order, main, args.rows)
         print(f"{name}: {timed['wall_s']:.0f} s; started {', '.join(timed['started'])}; ended "
               + ", ".join(f"{job} at {s:.0f} s" for job, s in timed["ended_s"].items()), flush=True)
     old, new = (result["orders"][n]["wall_s"] for n in ORDERS)
