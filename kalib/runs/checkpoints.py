@@ -139,11 +139,14 @@ class EpochFile:
     """The per-epoch training state of one unit of work (a teacher, a block, a fine-tuning) in one file,
     tagged with the ``fingerprint`` of the settings that made it: the :class:`kalib.train.EpochStore` of
     the run layer. A file of other settings is refused (:class:`~kalib.errors.ConfigMismatchError`)
-    rather than resumed; :meth:`remove` deletes it once the unit's own result is saved."""
+    rather than resumed; :meth:`remove` deletes it once the unit's own result is saved. A file tagged with
+    ``legacy``, the fingerprint of the same settings as an older kalib computed it (teachers keyed by their
+    JSON, not their weights), is resumed too."""
 
-    def __init__(self, path: str | Path, fingerprint: str = ""):
+    def __init__(self, path: str | Path, fingerprint: str = "", legacy: str | None = None):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.legacy = legacy
 
     def __str__(self) -> str:
         return str(self.path)
@@ -167,7 +170,8 @@ class EpochFile:
             return None
         if not isinstance(state, dict) or state.get("format") != EPOCH_FORMAT:
             raise CheckpointError(f"{self.path} is not a kalib epoch checkpoint; delete it or rerun with --restart")
-        if state.get("fingerprint") != self.fingerprint or {k: state.get(k) for k in meta} != meta:
+        known = (self.fingerprint, self.legacy) if self.legacy is not None else (self.fingerprint,)
+        if state.get("fingerprint") not in known or {k: state.get(k) for k in meta} != meta:
             raise ConfigMismatchError(f"{self.path} holds the training state of another configuration; rerun "
                                       "with --restart to discard it and start over")
         return state

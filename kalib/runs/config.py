@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import file_sha
 from .presets import Preset, field_names, field_path, set_path
 
 
@@ -21,8 +22,22 @@ def digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def weights_key(path: str | Path) -> str:
+    """What runs and records key a checkpoint (a teacher, a generic start) by: the SHA-256 (first 16 hex digits)
+    of its weights file, as its JSON recorded it when it was written (``weights_sha256``), else computed now.
+    Teachers pretrained again with bit-identical weights have the same key, whatever else their JSON says
+    (seconds, memory, APs), so every run and table made from them is re-used."""
+    path = Path(path).with_suffix(".pt")
+    try:
+        recorded = json.loads(path.with_suffix(".json").read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded or file_sha(path)
+
+
 def file_digest(path: str | Path) -> str:
-    """Hash of a checkpoint's JSON metadata: changes whenever the checkpoint is rewritten."""
+    """Hash of a checkpoint's JSON metadata, the key kalib gave checkpoints before :func:`weights_key`: what
+    was saved under it is still re-used (each place that keys by weights also accepts this older key)."""
     return hashlib.sha1(Path(path).with_suffix(".json").read_bytes()).hexdigest()[:16]
 
 
