@@ -30,6 +30,8 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     (:func:`kalib.runs.teachers.teacher_paths`: old checkpoint names are found too)."""
     groups, arch, _ = preset.teacher_set(teacher_set)
     d = Path(teachers_dir)
+    if d.exists() and not d.is_dir():
+        raise MissingFileError(f"--teachers {d} is a file; give the folder `kalib pretrain --out DIR` wrote")
     paths = teacher_paths(d, arch, len(groups))
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
