@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,8 +49,15 @@ def _overrides(args) -> list[str]:
 
 
 def _preset(args):
-    """The preset named by ``--preset`` with the ``--set`` overrides and ``--precision`` applied (validated)."""
-    return override(get_preset(args.preset), _overrides(args))
+    """The preset named by ``--preset`` with the ``--set`` overrides and ``--precision`` applied (validated, its
+    networks' keyword arguments included)."""
+    preset = override(get_preset(args.preset), _overrides(args))
+    if preset.nets != get_preset(args.preset).nets:
+        try:
+            preset.nets.check_buildable()
+        except ConfigError as err:
+            raise ConfigError(f"--set: {err}") from None
+    return preset
 
 
 def _precision(preset, device) -> str:
@@ -118,7 +126,7 @@ def _describe(bench) -> str:
 
 
 def _teacher_sets(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     bad = [n for n in names if n not in TEACHER_SETS]
     if bad or not names:
         raise ConfigError(f"unknown teacher set '{','.join(bad) or text}'; valid: {', '.join(TEACHER_SETS)}")
@@ -149,7 +157,8 @@ def _pretrain(args) -> None:
     _say_if_at_chance(preset, bench.test_labels)
 
 
-OWN_OPTIONS = ("pool", "eval", "eval_labels", "weights", "mean", "std")     # amalgamate options of --teacher only
+OWN_OPTIONS = ("pool", "eval", "eval_labels", "weights", "mean", "std", "image_size")   # of --teacher only
+PRESET_OPTIONS = ("teacher_set", "eval_split", "data_root")     # amalgamate options of --teachers DIR only
 
 
 def _amalgamate(args) -> None:
@@ -164,8 +173,10 @@ def _amalgamate(args) -> None:
                            "ARCH:WEIGHTS:LABELS once per teacher (torchvision models you trained)")
     given = [f"--{o.replace('_', '-')}" for o in OWN_OPTIONS if getattr(args, o) is not None]
     if given:
-        raise CommandError(f"{', '.join(given)} go with --teacher (your own teachers), not with --teachers DIR")
+        raise CommandError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --teacher (your own "
+                           "teachers), not with --teachers DIR")
     args.preset = args.preset or "quick"
+    args.teacher_set, args.eval_split = args.teacher_set or "2", args.eval_split or "test"
     preset = _preset(args)
     device = _device(args)
     _out_dir(args.out)
@@ -199,13 +210,19 @@ def _amalgamate_own(args) -> None:
     if args.preset is not None:
         raise CommandError("--teacher and --preset exclude each other: your own teachers are amalgamated with "
                            "their own schedule (change it with --set, e.g. --set block.epochs=3), not a preset's")
+    given = [f"--{o.replace('_', '-')}" for o in PRESET_OPTIONS if getattr(args, o) is not None]
+    if given:
+        raise CommandError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --teachers DIR (a preset's "
+                           "teachers), not with --teacher: your own teachers are evaluated on --eval DIR "
+                           "--eval-labels FILE.csv")
     if args.pool is None:
         raise CommandError("--teacher needs --pool DIR, a folder of unlabelled images to amalgamate on")
     schedule = own_schedule(args.set)
     device = _device(args)
     _out_dir(args.out)
     t0 = time.perf_counter()
-    record = amalgamate_teachers(args.teacher, args.pool, args.out, tasks=args.tasks, image_size=args.image_size,
+    record = amalgamate_teachers(args.teacher, args.pool, args.out, tasks=args.tasks,
+                                 image_size=args.image_size or 224,
                                  mean=args.mean or IMAGENET_MEAN, std=args.std or IMAGENET_STD,
                                  init=args.init, weights=args.weights, allow_download=args.allow_download,
                                  eval_dir=args.eval, eval_labels=args.eval_labels, branch_at=args.branch_at,
@@ -225,6 +242,9 @@ def _amalgamate_own(args) -> None:
 def _predict(args) -> None:
     from .device import resolve_device
     from .runs.predict import predict_images
+    if args.json and args.threshold is not None:
+        raise CommandError("--threshold goes without --json: with --json every label's probability is printed")
+    args.threshold = 0.5 if args.threshold is None else args.threshold
     if not 0 <= args.threshold <= 1:
         raise CommandError(f"--threshold {args.threshold}: a probability, between 0 and 1")
     scores = predict_images(args.checkpoint, args.images, device=resolve_device(args.device),
@@ -259,6 +279,7 @@ def _evaluate(args) -> None:
     from .labels import resolve_tasks
     from .metrics import ap_dict
     from .runs.checkpoints import load_model, read_meta
+    from .runs.predict import model_labels
     from .train import predict
     if args.out is not None:
         if args.out.is_dir():
@@ -266,6 +287,11 @@ def _evaluate(args) -> None:
                                f"name, for example {args.out / 'ap.json'}")
         _writable(args.out)
     meta = read_meta(args.checkpoint)
+    if "own_format" in meta:
+        raise CommandError(f"{args.checkpoint} is a TargetNet of your own teachers (kalib amalgamate --teacher), "
+                           "not of a preset's data: evaluate it with that amalgamate command and --eval DIR "
+                           "--eval-labels FILE.csv added (its finished blocks are re-used), or score images with "
+                           "kalib predict")
     preset = _evaluation_preset(args, meta)
     device = resolve_device(args.device)
     if meta.get("kind") == "targetnet":
@@ -275,9 +301,7 @@ def _evaluate(args) -> None:
     else:
         model, meta = load_model(args.checkpoint)
         kind = meta.get("role", "model")
-    names = meta.get("labels")
-    if not names:
-        raise CheckpointError(f"{args.checkpoint} stores no label names")
+    names = model_labels(model, meta, args.checkpoint)
     try:
         cols = resolve_tasks(args.tasks, names) if args.tasks is not None else list(range(len(names)))
     except UnknownTaskError:
@@ -342,9 +366,14 @@ def _reproduce(args) -> None:
         raise CommandError("reproduce runs the notebooks in one process, not under torchrun; run `pretrain` and "
                            "`amalgamate` under torchrun (README, \"More than one GPU or machine\")")
     preset = _preset(args)                  # fail fast on an unknown preset or a bad --set
+    preset.labels.check_pairs()             # the notebooks draw Fig. 3
     device = resolve_device(args.device)
     from .runs import pipeline
     out = _out_dir(args.out if args.out is not None else Path("runs") / args.preset)
+    if args.figures is not None:
+        if args.figures.exists() and not args.figures.is_dir():
+            raise CommandError(f"--figures {args.figures} is a file; give a directory (it is created if missing)")
+        _writable(args.figures, "--figures")
     print(f"{preset.name}: training on {device}, precision {_precision(preset, device)}")
     if args.seeds:      # first, so the notebooks find every run of the preset's own seed and show the spread
         from .report.claims import write_seed_files
@@ -369,18 +398,23 @@ def _merge(args) -> None:
     if args.teacher:
         if args.pool is None:
             raise CommandError("--teacher needs --pool DIR, a folder of unlabelled images for the BatchNorm statistics")
-        for name, value in (("--preset", args.preset), ("--pool-images", args.pool_images)):
+        for name, value in (("--preset", args.preset), ("--pool-images", args.pool_images),
+                            ("--teacher-set", args.teacher_set), ("--data-root", args.data_root)):
             if value is not None:
                 raise CommandError(f"{name} goes with --teachers DIR, not with --teacher")
-        record = merge_own_teachers(args.teacher, args.pool, args.out, tasks=args.tasks, image_size=args.image_size,
-                                    mean=args.mean, std=args.std, start=args.start, lam=args.lam)
+        record = merge_own_teachers(args.teacher, args.pool, args.out, tasks=args.tasks,
+                                    image_size=args.image_size or 224, mean=args.mean, std=args.std, start=args.start,
+                                    lam=args.lam)
     else:
-        for name, value in (("--pool", args.pool), ("--start", args.start)):
+        for name, value in (("--pool", args.pool), ("--start", args.start), ("--image-size", args.image_size),
+                            ("--mean", args.mean), ("--std", args.std)):
             if value is not None:
-                raise CommandError(f"{name} goes with --teacher; with --teachers DIR the pool is the preset's and "
-                                   "the shared start is the directory's generic checkpoint")
+                raise CommandError(f"{name} goes with --teacher; with --teachers DIR the pool, image size and "
+                                   "normalisation are the preset's and the shared start is the directory's generic "
+                                   "checkpoint")
         preset = get_preset(args.preset or "quick")
-        record = merge_preset_teachers(preset, args.teachers, args.out, teacher_set=args.teacher_set, tasks=args.tasks,
+        record = merge_preset_teachers(preset, args.teachers, args.out, teacher_set=args.teacher_set or "2",
+                                       tasks=args.tasks,
                                        lam=args.lam, pool_images=args.pool_images, data_root=args.data_root)
     scores = ", ".join(f"{split} mAP {record[f'{split}_map']:.2f}" for split in ("val", "test")
                        if f"{split}_map" in record)
@@ -429,8 +463,24 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _path(text: str) -> Path:
+    """A path option's value: not empty (an empty path would quietly mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a file or folder name (. for the current folder)")
+    return Path(text)
+
+
+def _seed_value(text: str) -> int:
+    """``--seed``: a whole number from 0 to :data:`kalib.runs.preset_parts.MAX_SEED`."""
+    from .runs.preset_parts import MAX_SEED
+    value = _nonneg_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEED}, got {value}")
+    return value
+
+
 def _seed_list(text: str) -> list[int]:
-    seeds = [_nonneg_int(v.strip()) for v in text.split(",") if v.strip()]
+    seeds = [_seed_value(v.strip()) for v in text.split(",") if v.strip()]
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"give two or more different seeds, e.g. 0,1,2 (got '{text}')")
     return seeds
@@ -444,8 +494,8 @@ def _common(p: argparse.ArgumentParser, *, out_help: str, out_required: bool = T
     commands that train, and ``--set`` and ``--allow-download`` where ``overrides``."""
     p.add_argument("--preset", default=preset_default, choices=sorted(PRESETS),
                    help=f"preset (default {preset_default or 'the one recorded in the checkpoint'})")
-    p.add_argument("--out", type=Path, required=out_required, default=None, help=out_help)
-    p.add_argument("--data-root", type=Path, default=None,
+    p.add_argument("--out", type=_path, required=out_required, default=None, help=out_help)
+    p.add_argument("--data-root", type=_path, default=None,
                    help="dataset folder: the Fashion-MNIST IDX files for the embedded presets (default "
                         "$KALIB_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist), the VOC/COCO root "
                         "for the paper presets (default $KALIB_DATA_ROOT)")
@@ -454,7 +504,7 @@ def _common(p: argparse.ArgumentParser, *, out_help: str, out_required: bool = T
     if tasks:
         p.add_argument("--tasks", default=None, help=tasks)
     if training:
-        p.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: the preset's)")
+        p.add_argument("--seed", type=_seed_value, default=None, help="random seed (default: the preset's)")
         p.add_argument("--restart", action="store_true",
                        help="discard this run's saved partial state (and state of other settings) and "
                             "start over; other runs and finished teachers of these settings are kept")
@@ -486,10 +536,10 @@ def _add_amalgamate(sub, common) -> None:
                out_help="directory for the TargetNet, run.json and the block states",
                tasks="comma-separated customized task set C (default: all labels of the teachers, C = A)")
     p.set_defaults(preset=None)          # given or not: --teacher refuses it, the preset path defaults to quick
-    p.add_argument("--teachers", type=Path, default=None,
+    p.add_argument("--teachers", type=_path, default=None,
                    help="directory written by `kalib pretrain` (excludes --teacher)")
-    p.add_argument("--teacher-set", default="2", choices=list(TEACHER_SETS),
-                   help="2 (10/10 split), 3 (7/7/6) or dense (DenseNet 10/10); default 2")
+    p.add_argument("--teacher-set", default=None, choices=list(TEACHER_SETS),
+                   help="2 (10/10 split), 3 (7/7/6) or dense (DenseNet 10/10); default 2 (with --teachers only)")
     p.add_argument("--init", default=None, choices=[*INITS, "imagenet"],
                    help="student init (default: the preset's student_init): the teachers' shared generic "
                         "backbone, random, teacher 1, or the mean of the teachers' weights (teacher-mean); with "
@@ -497,8 +547,9 @@ def _add_amalgamate(sub, common) -> None:
                         "teacher1 or random")
     p.add_argument("--branch-at", default=None,
                    help="branch every task at this stage (b1..b4) or block instead of Eq. 9's choice")
-    p.add_argument("--eval-split", default="test", choices=["test", "val"],
-                   help="split for the reported APs: test (default) or val, the split to choose settings on")
+    p.add_argument("--eval-split", default=None, choices=["test", "val"],
+                   help="split for the reported APs: test (default) or val, the split to choose settings on "
+                        "(with --teachers only)")
     _add_own_teachers(p)
     p.set_defaults(func=_amalgamate)
 
@@ -520,33 +571,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _image_size(text: str) -> int:
+    """``--image-size``: a whole number of pixels from 1 to :data:`kalib.data.folder.MAX_IMAGE_SIZE`."""
+    from .data.folder import MAX_IMAGE_SIZE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of pixels") from None
+    if not 1 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_IMAGE_SIZE} px, got {value} (the size the "
+                                         "teachers were trained at, e.g. 224)")
+    return value
+
+
 def _add_own_teachers(p) -> None:
     """The options of ``kalib amalgamate --teacher``: torchvision models a user trained (kalib.runs.own)."""
     g = p.add_argument_group(
         "your own teachers", "amalgamate torchvision models you trained on a folder of unlabelled images, with "
         "kalib's default schedule (--set block.epochs=N, finetune.lr=X, ... change it; docs/design.md §8). "
-        "--teacher excludes --teachers and --preset; --teacher-set and --eval-split do not apply")
+        "--teacher excludes --teachers, --preset, --teacher-set, --eval-split and --data-root")
     g.add_argument("--teacher", action="append", default=[], metavar="ARCH:WEIGHTS:LABELS[:softmax]",
                    help="a teacher, repeated once per teacher: ARCH a torchvision name (resnet18, resnet34, "
                         "resnet50, resnet101, resnet152, densenet121; one for all), WEIGHTS the file of "
                         "torch.save(model.state_dict()) of torchvision.models.ARCH(num_classes=K) (it may hold "
                         "colons), LABELS a text file of its K label names, one a line, in head order (no "
                         "colons); :softmax marks a single-label teacher (default: multi-label, sigmoid)")
-    g.add_argument("--pool", type=Path, default=None, metavar="DIR",
+    g.add_argument("--pool", type=_path, default=None, metavar="DIR",
                    help="folder of unlabelled images, searched recursively (every file PIL opens; others are "
                         "skipped and named)")
-    g.add_argument("--image-size", type=_positive_int, default=224, metavar="N",
-                   help="side the images are resized to (default 224)")
+    g.add_argument("--image-size", type=_image_size, default=None, metavar="N",
+                   help="side the images are resized to (default 224, at most 4096)")
     g.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
                    help="the normalisation the teachers were trained with (default ImageNet's 0.485,0.456,0.406)")
     g.add_argument("--std", type=_floats3, default=None, metavar="R,G,B",
                    help="(default ImageNet's 0.229,0.224,0.225)")
-    g.add_argument("--weights", type=Path, default=None, metavar="FILE",
+    g.add_argument("--weights", type=_path, default=None, metavar="FILE",
                    help="the ImageNet state dict the teachers were fine-tuned from: the student starts there "
                         "(never downloaded unless --allow-download)")
-    g.add_argument("--eval", type=Path, default=None, metavar="DIR",
+    g.add_argument("--eval", type=_path, default=None, metavar="DIR",
                    help="a folder of labelled images: report AP per label and mAP of teachers and TargetNet")
-    g.add_argument("--eval-labels", type=Path, default=None, metavar="FILE.csv",
+    g.add_argument("--eval-labels", type=_path, default=None, metavar="FILE.csv",
                    help="the labels of --eval: header file,<label>,..., one row per image (its path relative "
                         "to DIR, then 0 or 1 per label)")
 
@@ -554,12 +618,12 @@ def _add_own_teachers(p) -> None:
 def _add_predict(sub, common) -> None:
     p = sub.add_parser("predict", help="score image files with a TargetNet or teacher checkpoint: a probability "
                                        "per label, at the checkpoint's own input size and normalisation")
-    p.add_argument("checkpoint", type=Path, help="a .pt checkpoint written by kalib (TargetNet or teacher)")
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR",
+    p.add_argument("checkpoint", type=_path, help="a .pt checkpoint written by kalib (TargetNet or teacher)")
+    p.add_argument("images", type=_path, nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files, or folders searched recursively")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object mapping each image path to {label: probability}")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=float, default=None,
                    help="without --json: list the labels at this probability or above (default 0.5)")
     p.add_argument("--device", default=None, help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
@@ -571,7 +635,7 @@ def _add_evaluate(sub, common) -> None:
                                                "on the test split"),
                out_help="also write the APs as JSON to this file", out_required=False, training=False,
                tasks="comma-separated labels of the checkpoint to evaluate (default: all)", preset_default=None)
-    p.add_argument("checkpoint", type=Path, help="a .pt checkpoint written by kalib (teacher, generic or TargetNet)")
+    p.add_argument("checkpoint", type=_path, help="a .pt checkpoint written by kalib (teacher, generic or TargetNet)")
     p.add_argument("--metric", default="voc07", choices=["voc07", "area"],
                    help="voc07: 11-point interpolated AP (default, Table 1); area: area under the "
                         "interpolated PR curve (VOC2010+)")
@@ -584,7 +648,7 @@ def _add_reproduce(sub, common) -> None:
                                                 "block training, branch-out, tables, choosing), then their "
                                                 "solutions; resumable"),
                out_help="run directory (default runs/PRESET)", out_required=False)
-    p.add_argument("--figures", type=Path, default=None,
+    p.add_argument("--figures", type=_path, default=None,
                    help="also copy the figures, tables, results.json and the lessons and solutions (HTML) into this "
                         "directory (make reproduce: figures)")
     p.add_argument("--seeds", type=_seed_list, default=None, metavar="0,1,2",
@@ -598,26 +662,27 @@ def _add_merge(sub, common) -> None:
     p = sub.add_parser("merge", help="merge the teachers in weight space from their shared start, with no training "
                                      "(theta_0 + lambda * sum(theta_n - theta_0), BatchNorm statistics re-estimated "
                                      "on unlabelled images): a student-sized network for evaluate and predict")
-    p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (NAME.pt and NAME.json)")
-    p.add_argument("--teachers", type=Path, default=None, help="directory written by `kalib pretrain`")
+    p.add_argument("--out", type=_path, required=True, help="the checkpoint to write (NAME.pt and NAME.json)")
+    p.add_argument("--teachers", type=_path, default=None, help="directory written by `kalib pretrain`")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="the preset of --teachers (default quick)")
-    p.add_argument("--teacher-set", default="2", choices=list(TEACHER_SETS), help="with --teachers (default 2)")
+    p.add_argument("--teacher-set", default=None, choices=list(TEACHER_SETS), help="with --teachers (default 2)")
     p.add_argument("--tasks", default=None, help="comma-separated labels of C (default all the teachers' labels)")
     p.add_argument("--lam", type=float, default=None,
                    help="lambda of task arithmetic (default 1/N, the plain average of the N teachers)")
     p.add_argument("--pool-images", type=_positive_int, default=None,
                    help="with --teachers: the BatchNorm statistics from the first N pool images (default all)")
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder of the preset (as for evaluate)")
-    p.add_argument("--start", type=Path, default=None, metavar="FILE",
+    p.add_argument("--data-root", type=_path, default=None, help="dataset folder of the preset (as for evaluate)")
+    p.add_argument("--start", type=_path, default=None, metavar="FILE",
                    help="with --teacher: the torchvision state dict the teachers were fine-tuned from (theta_0), "
                         "needed unless lambda is 1/N")
     g = p.add_argument_group("your own teachers", "torchvision models you fine-tuned from one shared start "
-                             "(--teacher excludes --teachers, --preset and --pool-images)")
+                             "(--teacher excludes --teachers, --preset, --teacher-set, --data-root and "
+                             "--pool-images)")
     g.add_argument("--teacher", action="append", default=[], metavar="ARCH:WEIGHTS:LABELS[:softmax]",
                    help="a teacher, repeated once per teacher, as for `kalib amalgamate --teacher`")
-    g.add_argument("--pool", type=Path, default=None, metavar="DIR",
+    g.add_argument("--pool", type=_path, default=None, metavar="DIR",
                    help="folder of unlabelled images for the BatchNorm statistics, searched recursively")
-    g.add_argument("--image-size", type=_positive_int, default=224, metavar="N", help="(default 224)")
+    g.add_argument("--image-size", type=_image_size, default=None, metavar="N", help="(default 224, at most 4096)")
     g.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
                    help="the teachers' input normalisation (default ImageNet's)")
     g.add_argument("--std", type=_floats3, default=None, metavar="R,G,B", help="(default ImageNet's)")
@@ -647,14 +712,14 @@ def _add_study(sub, common) -> None:
     p.add_argument("name", choices=["crossover"], help="the study to run")
     p.add_argument("--preset", default="quick", choices=["quick", "smoke"],
                    help="quick (the committed study) or smoke (minutes, numbers at chance)")
-    p.add_argument("--out", type=Path, default=Path("runs/crossover"),
+    p.add_argument("--out", type=_path, default=Path("runs/crossover"),
                    help="teachers, cached blocks and epoch states (default runs/crossover)")
-    p.add_argument("--records", type=Path, default=None,
+    p.add_argument("--records", type=_path, default=None,
                    help="one JSON record per finished run, re-used by a rerun (default OUT/records; the committed "
                         "study's are figures/crossover/records, as make study names them)")
-    p.add_argument("--figures", type=Path, default=None,
+    p.add_argument("--figures", type=_path, default=None,
                    help="where crossover.json, .md and .png go once every run has a record (default --out)")
-    p.add_argument("--teachers", type=Path, default=None,
+    p.add_argument("--teachers", type=_path, default=None,
                    help="a directory of the preset's two-teacher set to re-use as pair-1 (default OUT/teachers-pair-1)")
     p.add_argument("--pools", type=_study_list(int), default=None, metavar="250,4000", help="run only these pool sizes")
     p.add_argument("--seeds", type=_study_list(int), default=None, metavar="0,1", help="run only these seeds")
@@ -679,6 +744,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x1f\x7f]")    # ANSI sequences, control characters
+
+
+def one_line(text: str) -> str:
+    """``text`` as one plain line: terminal escape sequences and control characters out, blanks collapsed."""
+    return " ".join(_ESCAPES.sub(" ", text).split())
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (``kalib predict … | head``): point stdout at /dev/null, so that Python's last flush
+    at exit does not fail again; as command-line tools do, the command ends without a message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):     # stdout is no file (a test's buffer)
+        pass
+
+
 def main(argv=None) -> int:
     from . import distributed
     args = build_parser().parse_args(argv)
@@ -690,11 +773,14 @@ def main(argv=None) -> int:
         print(f"kalib {args.command}: interrupted; finished epochs and blocks are saved, rerun the same "
               "command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:         # the reader of stdout went away: nothing left to say to it
+        _quiet_stdout()
+        return 141                  # 128 + SIGPIPE, what a shell reports for a tool ended by a broken pipe
     except KalibError as err:       # a user's mistake or a missing input: the message says what to do
         if args.debug:
             raise
         if getattr(err, "echoed_from", None) is None:        # under torchrun rank 0 says what all ranks raise
-            print(f"kalib {args.command}: error{distributed.where()}: {' '.join(str(err).split())}", file=sys.stderr)
+            print(f"kalib {args.command}: error{distributed.where()}: {one_line(str(err))}", file=sys.stderr)
         return 2
     except Exception as err:   # a bug in kalib, or an unexpected failure deep inside a library: still one line
         if args.debug:
@@ -710,16 +796,16 @@ def _unexpected(command: str, err: Exception) -> int:
     from . import distributed
     mapped = storage_error(err) if isinstance(err, OSError) else None   # a full disk, no permission
     if mapped is not None:
-        print(f"kalib {command}: error{distributed.where()}: {mapped}", file=sys.stderr)
+        print(f"kalib {command}: error{distributed.where()}: {one_line(str(mapped))}", file=sys.stderr)
         return 2
     if distributed.peer_lost(err):
         print(f"kalib {command}: error{distributed.where()}: another process of this torchrun job stopped "
-              f"({' '.join(str(err).split())[:200]}); its own error is above, finished epochs and blocks are "
+              f"({one_line(str(err))[:200]}); its own error is above, finished epochs and blocks are "
               "kept: rerun the same command to resume", file=sys.stderr)
         return 1
     if getattr(err, "echoed_from", None) is not None:
         return 1
     print(f"kalib {command}: internal error{distributed.where()}: unexpected {type(err).__name__}: "
-          f"{' '.join(str(err).split())[:500]}; this is a bug in kalib, please report it; rerun with --debug "
+          f"{one_line(str(err))[:500]}; this is a bug in kalib, please report it; rerun with --debug "
           "for the traceback", file=sys.stderr)
     return 1

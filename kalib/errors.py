@@ -87,6 +87,11 @@ class StorageError(KalibError):
     """A file could not be written: no space left, no permission, a read-only file system."""
 
 
+class ResourceError(KalibError):
+    """What was asked for would not fit: a cache larger than the free disk space, an array larger than the
+    available memory (:mod:`kalib.resources`). The message gives the size and what to change."""
+
+
 class LockedError(KalibError):
     """Another process is working in the same run directory."""
 

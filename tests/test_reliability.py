@@ -15,6 +15,7 @@ import torch
 from test_errors import T1, T2, amalgamate, assert_one_line, cli, finished, snapshot, teachers  # noqa: F401
 
 import kalib.cli
+import kalib.errors
 import kalib.files
 import kalib.runs.checkpoints
 from kalib.runs.checkpoints import load_state
@@ -312,3 +313,53 @@ def test_teacher_checkpoints_have_readable_names_and_old_names_are_still_loaded(
     code, out, err = cli(capsys, "evaluate", teachers / "teacher2-resnet18_narrow-1.pt", "--json")
     assert code == 0 and "mAP" in json.loads(out), err
     assert snapshot(teachers) == before_t and snapshot(finished) == before_r
+
+
+# ------------------------------------------------------------------------- teachers keyed by their weights
+
+def test_teachers_pretrained_again_with_identical_weights_reuse_every_finished_run(capsys, teachers, finished):
+    """Run directories and teachers key a checkpoint by its weights (issue 36): teachers and generic start
+    written again with bit-identical weights (their JSON tells other seconds, memory and APs) re-use the
+    finished teachers and amalgamation, where keying by the JSON trained them again or refused the run."""
+    for path in teachers.glob("*.json"):
+        meta = json.loads(path.read_text())
+        meta.update(seconds=meta.get("seconds", 0) + 1.5, peak_rss_mb=1)
+        path.write_text(json.dumps(meta, indent=1))
+    before_t, before_r = snapshot(teachers), snapshot(finished)
+    code, out, err = cli(capsys, "pretrain", "--preset", "smoke", "--out", teachers, "--device", "cpu")
+    assert code == 0 and "teacher 1/2" not in out and "generic" not in out, err
+    code, out, err = cli(capsys, *amalgamate(teachers, finished))
+    assert code == 0 and "re-using the finished run" in out, err
+    assert snapshot(teachers) == before_t and snapshot(finished) == before_r
+
+
+def test_results_keyed_by_metadata_files_before_are_still_reused(tmp_path, teachers):
+    """What an older kalib saved under a key made from the teachers' JSON is taken as it is."""
+    from kalib.runs.state import BlockStore
+    from kalib.runs.teachers import _finished
+    store = tmp_path / "run"
+    (store / "blocks").mkdir(parents=True)
+    (store / "blocks" / "config.json").write_text(json.dumps({"fingerprint": "json-key", "settings": {}}))
+    old = BlockStore(store, "weights-key", legacy="json-key")
+    old.prepare({})
+    assert old.fingerprint == "json-key"
+    with pytest.raises(kalib.errors.ConfigMismatchError):
+        BlockStore(store, "weights-key", legacy="another").prepare({})
+    meta = json.loads((teachers / T1).with_suffix(".json").read_text())
+    assert _finished(teachers / T1, "weights-key", False, print, legacy_hash=meta["config_hash"])
+    with pytest.raises(kalib.errors.ConfigMismatchError):
+        _finished(teachers / T1, "weights-key", False, print, legacy_hash="another")
+
+
+def test_epoch_states_and_baselines_keyed_by_metadata_files_before_are_still_reused(tmp_path, teachers):
+    """A teacher's or baseline's epoch file tagged with the key of before resumes; a finished baseline saved with
+    it is re-used; another key is still refused (or trained again)."""
+    from kalib.runs.baselines import _finished
+    from kalib.runs.checkpoints import EpochFile, load_model, save_model
+    EpochFile(tmp_path / "unit.partial.pt", "json-key").save({"epoch": 1})
+    assert EpochFile(tmp_path / "unit.partial.pt", "weights-key", legacy="json-key").load({})["epoch"] == 1
+    with pytest.raises(kalib.errors.ConfigMismatchError):
+        EpochFile(tmp_path / "unit.partial.pt", "weights-key").load({})
+    save_model(tmp_path / "KD.pt", load_model(teachers / T1)[0], role="kd", key="json-key", record={"row": "KD"})
+    assert _finished(tmp_path / "KD.pt", "weights-key", "json-key") == {"row": "KD"}
+    assert _finished(tmp_path / "KD.pt", "weights-key") is None

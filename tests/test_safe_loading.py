@@ -69,14 +69,17 @@ def test_finished_checkpoints_and_targetnets_refuse_the_payload(tmp_path):
     assert not marker.exists()
 
 
-def test_epoch_checkpoints_and_block_states_refuse_the_payload(tmp_path):
+def test_epoch_checkpoints_and_block_states_refuse_the_payload(tmp_path, capsys):
+    """A block state is refused; an epoch checkpoint, like any damaged one (issue 36), is said, removed and its
+    unit trained from its first epoch: in both cases the payload never runs."""
     marker = tmp_path / "executed"
     model = nn.Linear(3, 1)
     ckpt = poison(tmp_path / "epoch.pt", marker)
     x = torch.randn(8, 3)
-    with pytest.raises(CheckpointError):
-        optimise(model.parameters(), 8, lambda idx: model(x[idx]).pow(2).mean(), Schedule(epochs=1, batch_size=4),
-                 module=model, store=EpochFile(ckpt))
+    history = optimise(model.parameters(), 8, lambda idx: model(x[idx]).pow(2).mean(),
+                       Schedule(epochs=1, batch_size=4), module=model, store=EpochFile(ckpt))
+    assert len(history) == 1 and f"{ckpt} is damaged" in capsys.readouterr().err
+    assert load_state(ckpt)["format"] == "kalib-epoch-checkpoint"          # its first epoch, saved anew
 
     store = BlockStore(tmp_path / "run", "fp")
     store.dir.mkdir(parents=True)

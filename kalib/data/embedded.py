@@ -38,6 +38,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..progress import progress_bar
+from ..resources import check_disk, check_memory
 from .sources import DIGIT_NAMES, FASHION_NAMES, cache_dir, check_fashion_dir, load_fashion_mnist, load_mnist_digits
 
 LABEL_NAMES: tuple[str, ...] = FASHION_NAMES + DIGIT_NAMES
@@ -68,6 +69,9 @@ class BenchmarkSpec:
                if not getattr(self, name) >= 1]
         bad += [f"{name} must be >= 0, got {getattr(self, name)}"           # Table 2's data has no generic split
                 for name in ("n_val", "n_generic", "seed", "clutter") if not getattr(self, name) >= 0]
+        if len(self.objects) != 2 or len(self.scale) != 2:
+            raise ConfigError(f"invalid data: objects and scale must be (low, high) pairs, got {self.objects} and "
+                              f"{self.scale}")
         if not 1 <= self.objects[0] <= self.objects[1]:
             bad.append(f"objects must be (low, high) with 1 <= low <= high, got {self.objects}")
         if not 1 <= self.scale[0] <= self.scale[1]:
@@ -283,6 +287,16 @@ def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
+def _check_room(spec: BenchmarkSpec, path: Path) -> None:
+    """Refuse canvases that would not fit in memory (they are rendered there) or on the cache's disk."""
+    nbytes = 3 * (spec.size ** 2 * (spec.n_train + spec.n_pool + spec.n_test + spec.n_val)
+                  + spec.generic_size ** 2 * spec.n_generic)
+    what = f"{spec.n_train + spec.n_pool + spec.n_test + spec.n_val + spec.n_generic:,} canvases of {spec.size} px"
+    fix = "lower data.size or the data.n_* counts (--set)"
+    check_memory(nbytes, what, fix)
+    check_disk(nbytes, path.parent, what, fix + ", or set KALIB_CACHE to a folder on a larger disk")
+
+
 def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
                    data_root: str | Path | None = None) -> Benchmark:
     """Load the canvases of ``spec`` from the cache, generating (and caching) them on first use.
@@ -294,6 +308,7 @@ def load_benchmark(spec: BenchmarkSpec, allow_download: bool = False,
     path = cache_dir() / f"embedded-{spec.key()}.npz"
     arrays = _read_cache(path) if path.is_file() else None
     if arrays is None:
+        _check_room(spec, path)
         arrays = generate(spec, allow_download, data_root)
         atomic_write(path, lambda tmp: _save_arrays(tmp, arrays))
     return Benchmark(

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 
 from ..errors import ImageFolderError
-from .paper import decode_images, default_workers
+from ..resources import check_disk, check_memory
+from .paper import DECODE_BATCH, decode_images, default_workers
 from .sources import cache_dir
 
 FORMAT_VERSION = 1
+MAX_IMAGE_SIZE = 4096       # --image-size: 50 MB per decoded image; ImageNet models are trained at 224-600 px
 
 
 class ImageRows:
@@ -94,14 +96,33 @@ class FolderImages:
 
 def list_files(root: str | Path) -> list[str]:
     """Every file under ``root``, recursively, as a sorted ``/``-separated path relative to it (hidden names,
-    those starting with a dot, and what lies inside hidden folders left out)."""
+    those starting with a dot, and what lies inside hidden folders left out). Links to folders are followed
+    once: a folder reached again (a link back to a parent, a second link to one folder) is not entered again,
+    so a loop of links ends and every file is listed once."""
     root = Path(root)
-    out = []
+    out, seen = [], set()
     for directory, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = Path(directory).relative_to(root)
         out += [(rel / f).as_posix() for f in files if not f.startswith(".") and (Path(directory) / f).is_file()]
     return sorted(out)
+
+
+def check_folder(root: str | Path, what: str = "--pool") -> list[str]:
+    """The files of the folder ``root`` (:func:`list_files`); :class:`~kalib.errors.ImageFolderError` when it is
+    not a folder or holds no file (``what`` names the option)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ImageFolderError(f"{what} {root} is not a folder of images")
+    files = list_files(root)
+    if not files:
+        raise ImageFolderError(f"{what} {root} holds no files; give a folder of images (searched recursively)")
+    return files
 
 
 def folder_fingerprint(root: str | Path, files: list[str], image_size: int) -> str:
@@ -121,24 +142,41 @@ def load_folder(root: str | Path, image_size: int, *, what: str = "--pool", work
     :class:`~kalib.errors.ImageFolderError` when ``root`` is not a folder, holds no file, or no file in it is
     a readable image (nothing is left behind then); ``what`` names the option in those messages."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ImageFolderError(f"{what} {root} is not a folder of images")
-    if image_size < 1:
-        raise ImageFolderError(f"image size must be at least 1 px, got {image_size}")
-    files = list_files(root)
-    if not files:
-        raise ImageFolderError(f"{what} {root} holds no files; give a folder of images (searched recursively)")
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ImageFolderError(f"--image-size {image_size}: must be between 1 and {MAX_IMAGE_SIZE} px (the size "
+                               "the teachers were trained at, e.g. 224)")
+    files = check_folder(root, what)
     fingerprint = folder_fingerprint(root, files, image_size)
-    key = hashlib.sha1(f"{root.resolve()}|{fingerprint}".encode()).hexdigest()[:12]
-    directory = cache_dir() / "folders" / f"{root.resolve().name or 'root'}-{image_size}px-{key}"
+    directory = _cache_directory(root, fingerprint, image_size)
     if not (directory / "meta.json").is_file():
         workers = workers if workers is not None else 0 if len(files) <= 2000 else default_workers()
+        check_room(root, image_size, what, workers, files)
         _build(root, files, image_size, directory, what, workers, log)
     meta = json.loads((directory / "meta.json").read_text())
     array = torch.from_numpy(np.load(directory / "images.npy", mmap_mode="c"))
     ok = meta["readable"]
     return FolderImages(root, tuple(files[i] for i in ok), ImageRows(array, ok),
                         tuple(files[i] for i in meta["skipped"]), fingerprint, image_size, directory)
+
+
+def _cache_directory(root: Path, fingerprint: str, image_size: int) -> Path:
+    key = hashlib.sha1(f"{root.resolve()}|{fingerprint}".encode()).hexdigest()[:12]
+    return cache_dir() / "folders" / f"{root.resolve().name or 'root'}-{image_size}px-{key}"
+
+
+def check_room(root: str | Path, size: int, what: str = "--pool", workers: int = 0,
+               files: list[str] | None = None) -> None:
+    """Refuse, before anything is decoded, a cache of the folder ``root`` at ``size`` px that would not fit the
+    cache directory's disk, or decoding batches that would not fit in memory (:mod:`kalib.resources`); nothing
+    to check where the folder is cached already."""
+    root = Path(root).expanduser()
+    files = list_files(root) if files is None else files
+    if (_cache_directory(root, folder_fingerprint(root, files, size), size) / "meta.json").is_file():
+        return
+    fix = f"lower --image-size ({size} now), use fewer images, or set KALIB_CACHE to a larger disk"
+    check_disk(len(files) * 3 * size * size, cache_dir(), f"the decoded images of {what} {root} "
+               f"({len(files)} files at {size} px)", fix)
+    check_memory(DECODE_BATCH * 3 * size * size * max(1, workers) * 2, f"decoding {what} {root} at {size} px", fix)
 
 
 def _build(root: Path, files: list[str], size: int, directory: Path, what: str, workers: int, log) -> None:
@@ -167,20 +205,41 @@ def _build(root: Path, files: list[str], size: int, directory: Path, what: str, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_label_csv(path: str | Path, images: FolderImages) -> tuple[list[str], torch.Tensor]:
-    """The labels of ``images`` from a CSV file with the header ``file,<label>,…`` and one row per image
-    (its path relative to the folder, then 0 or 1 per label): ``(label names, targets (N, labels))`` in
-    the order of ``images.files``. :class:`~kalib.errors.ImageFolderError` for a missing or malformed file,
-    rows that name no readable image of the folder, images without a row, a file named twice."""
-    path = Path(path)
+def _label_rows(path: Path) -> list[list[str]]:
+    """The non-blank rows of the CSV file ``path``, its header checked: ``file`` and one or more label names,
+    none empty, none twice."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ImageFolderError(f"--eval-labels {path} cannot be read ({type(err).__name__}: {err})") from None
+        raise ImageFolderError(f"--eval-labels {path} cannot be read ({type(err).__name__}: "
+                               f"{getattr(err, 'strerror', None) or err})") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows or len(rows[0]) < 2 or rows[0][0].strip() != "file":
         raise ImageFolderError(f"--eval-labels {path}: the first line must be the header file,<label>,… ")
+    names = [c.strip() for c in rows[0][1:]]
+    if "" in names:
+        raise ImageFolderError(f"--eval-labels {path}: column {names.index('') + 2} of the header has no label name")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ImageFolderError(f"--eval-labels {path}: the header names {', '.join(twice)} twice; one column per "
+                               "label")
+    return rows
+
+
+def read_label_header(path: str | Path) -> list[str]:
+    """The label names of a labels CSV (:func:`read_label_csv`), its header checked."""
+    return [c.strip() for c in _label_rows(Path(path))[0][1:]]
+
+
+def read_label_csv(path: str | Path, images: FolderImages) -> tuple[list[str], torch.Tensor]:
+    """The labels of ``images`` from a CSV file with the header ``file,<label>,…`` and one row per image
+    (its path relative to the folder, then 0 or 1 per label): ``(label names, targets (N, labels))`` in
+    the order of ``images.files``. :class:`~kalib.errors.ImageFolderError` for a missing or malformed file,
+    a label column named twice, rows that name no readable image of the folder, images without a row, a file
+    named twice."""
+    path = Path(path)
+    rows = _label_rows(path)
     names = [c.strip() for c in rows[0][1:]]
     targets, seen = {}, set()
     for line, row in enumerate(rows[1:], start=2):

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +50,13 @@ from PIL import Image
 
 from ..errors import ConfigError, DataRootError, GenericStageError
 from ..progress import progress_bar
+from ..resources import check_disk
 from .coco import COCO_CLASSES, COCO_LAYOUT, COCOMultiLabel
 from .sources import cache_dir
 from .voc import VOC_CLASSES, VOC_LAYOUT, VOCMultiLabel, find_voc_dir
 
 FORMAT_VERSION = 1
+DECODE_BATCH = 64           # images decoded per batch (per worker)
 # dataset -> (loader, VOC year, train split, test split)
 PAPER_DATASETS = {
     "voc07": ("voc", "2007", "trainval", "test"),
@@ -74,8 +77,8 @@ class PaperSpec:
     def __post_init__(self):
         if self.dataset not in PAPER_DATASETS:
             raise ConfigError(f"unknown paper dataset {self.dataset!r}; valid: {', '.join(PAPER_DATASETS)}")
-        if self.image_size < 16:
-            raise ConfigError(f"image_size must be at least 16 px, got {self.image_size}")
+        if not 16 <= self.image_size <= 4096:
+            raise ConfigError(f"image_size must be between 16 and 4096 px, got {self.image_size}")
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -177,11 +180,34 @@ def open_split(spec: PaperSpec, split: str, transform=None):
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:
     """The image at ``path`` warped to ``size``×``size`` RGB, as a uint8 ``(3, size, size)`` array (raises
-    whatever PIL raises for a file that is not a readable image)."""
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))   # JPEG: let libjpeg decode at a reduced scale >= size
-        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+    whatever PIL raises for a file that is not a readable image). Images of more than 8 bits per channel are
+    scaled by their real range (:func:`to_8bit`), not clipped at 255; PIL's warnings (a palette's transparency,
+    a very large image) stay quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))   # JPEG: let libjpeg decode at a reduced scale >= size
+            im = to_8bit(im).convert("RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(im).transpose(2, 0, 1).copy()
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits as 8-bit greyscale, scaled by its real range: 16-bit
+    (``I;16*``, and ``I`` whose values fit 0..65535) by 255/65535, floating point (``F``) in 0..1 by 255.
+    Other modes are returned as they are (PIL converts them to RGB correctly; 16-bit RGB PNGs are read as
+    8-bit RGB). A ``ValueError`` for an ``I`` or ``F`` image outside those ranges (its scale is unknown)."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    values = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        top = 1.0
+    elif im.mode.startswith("I;16") or (values.size and values.min() >= 0 and values.max() <= 65535):
+        top = 65535.0
+    else:
+        top = None
+    if top is None or not np.isfinite(values).all() or (values.size and not 0 <= values.min() <= values.max() <= top):
+        raise ValueError(f"{im.mode} image with values outside 0..{top or 65535:g}: its scale is unknown")
+    return Image.fromarray(np.rint(values * (255.0 / top)).astype(np.uint8))
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -208,7 +234,8 @@ def decode_images(paths: list[Path], size: int, out: np.ndarray, workers: int = 
     """Decode ``paths`` into ``out`` (uint8 ``(N, 3, size, size)``, e.g. a memmap), ``workers`` processes.
     Returns the indices of the files that are not readable images (their rows are zeros) with
     ``skip_broken``; without it such a file raises."""
-    loader = torch.utils.data.DataLoader(_Decode(paths, size, skip_broken), batch_size=64, num_workers=workers)
+    loader = torch.utils.data.DataLoader(_Decode(paths, size, skip_broken), batch_size=DECODE_BATCH,
+                                         num_workers=workers)
     broken = []
     for idx, batch, ok in progress_bar(loader, desc=desc):
         out[idx.numpy()] = batch.numpy()
@@ -234,6 +261,9 @@ def _build(spec: PaperSpec, directory: Path, workers: int, log) -> None:
             layout = COCO_LAYOUT if spec.dataset == "coco" else VOC_LAYOUT.format(year=ds.year, image_set=split)
             raise DataRootError(f"{len(missing)} of {len(paths)} images of split {split} are missing, e.g. "
                                 f"{missing[0]}; expected " + layout)
+        check_disk(len(paths) * 3 * spec.image_size ** 2, directory.parent, f"the decoded {spec.dataset} {split} "
+                   f"images ({len(paths)} at {spec.image_size} px)", "lower data.image_size (--set), or set "
+                   "KALIB_CACHE to a folder on a larger disk")
         log(f"{spec.dataset} {split}: decoding {len(paths)} images to {spec.image_size} px (once; cached in "
             f"{directory})")
         images = np.lib.format.open_memmap(tmp / f"{role}_images.npy", mode="w+", dtype=np.uint8,

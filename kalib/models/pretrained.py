@@ -17,7 +17,9 @@ fresh head, and the checkpoint's config says ``weights: None`` so that loading i
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -76,18 +78,49 @@ def missing_message(arch: str) -> str:
             "random initialisation instead with --set init=random")
 
 
-def _read_state(path: Path, arch: str) -> dict:
+def load_tensors(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, no pickled code;
+    torch's warnings about the file's pickle protocol stay quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_problem(err: Exception, path: str | Path) -> str:
+    """Why :func:`load_tensors` refused the file ``path``, in kalib's words (torch's own message gives advice that
+    does not apply, such as loading with ``weights_only=False``)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:   # truncated download, HTML error page saved as .pth, foreign pickle
-        raise MissingWeightsError(f"{path} is not a readable weights file for {arch} ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''}); delete it and fetch it "
-                                  "again") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if isinstance(err, EOFError) or not head:
+        return "it is empty or cut off"
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):       # neither torch's zip format nor a pickle
+        return f"it is not a file of torch.save (it begins {head!r})"
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        return ("it holds Python objects besides tensors (a whole pickled model, say), which kalib never loads: "
+                "it reads tensors only")
+    if isinstance(err, RuntimeError) and "zip archive" in str(err):
+        return "it is truncated or damaged (not a complete file of torch.save)"
+    return f"it is not a file of torch.save ({type(err).__name__})"
+
+
+def _read_state(path: Path, arch: str, given: bool = True) -> dict:
+    """The state dict in ``path``: ``given`` by the user (``--weights``, ``weights_paths``), or found in torch
+    hub's cache (then a damaged file is to be fetched again)."""
+    fix = (f"give the ImageNet state dict of torchvision's {arch} (a .pth file of torch.save(model.state_dict()), "
+           f"e.g. {weight_files(arch)[0][0]})" if given else "delete it and fetch it again")
+    try:
+        state = load_tensors(path)
+    except Exception as err:   # truncated download, HTML error page saved as .pth, a text file, foreign pickle
+        raise MissingWeightsError(f"{path} is not a readable weights file for {arch}: "
+                                  f"{load_problem(err, path)}; {fix}") from None
     for key in ("state_dict", "model"):     # checkpoints that wrap the state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise MissingWeightsError(f"{path} holds a {type(state).__name__}, not a state dict of {arch}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MissingWeightsError(f"{path} holds a {type(state).__name__}, not a state dict of {arch}; {fix}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -106,7 +139,7 @@ def imagenet_state(arch: str, weights_path: str | Path | None = None,
         state = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True)
         source = str(hub_checkpoints() / name)
     else:
-        state, source = _read_state(path, arch), str(path)
+        state, source = _read_state(path, arch, given=weights_path is not None), str(path)
     if arch.startswith("densenet"):   # torchvision's old DenseNet files name 'norm.1' what is now 'norm1'
         state = {(f"{m.group(1)}{m.group(2)}" if (m := _DENSE_OLD_KEY.match(k)) else k): v
                  for k, v in state.items()}

@@ -20,7 +20,7 @@ import torchvision
 
 from ..errors import TeacherFileError
 from .blocknet import BlockNet, build_backbone
-from .pretrained import load_torchvision_state
+from .pretrained import load_problem, load_tensors, load_torchvision_state
 
 TEACHER_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)     # torchvision's ImageNet normalisation (transforms.Normalize)
@@ -55,13 +55,13 @@ def read_state(path: str | Path) -> dict:
     ``{"model": ...}`` wrapper and DataParallel's ``module.`` prefixes are taken off)."""
     path = Path(path)
     if not path.is_file():
-        raise TeacherFileError(f"teacher weights {path} not found")
+        raise TeacherFileError(f"teacher weights {path} " + ("is a folder; give the file of torch.save("
+                                                             "model.state_dict(), PATH)" if path.is_dir() else "not found"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except Exception as err:   # truncated file, a pickle of a whole model, anything torch refuses to load safely
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise TeacherFileError(f"teacher weights {path} cannot be read as a state dict ({type(err).__name__}: "
-                               f"{first[:160]}); save them with torch.save(model.state_dict(), PATH)") from None
+        raise TeacherFileError(f"teacher weights {path} cannot be read as a state dict: {load_problem(err, path)}; "
+                               "save them with torch.save(model.state_dict(), PATH)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

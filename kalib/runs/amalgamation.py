@@ -31,7 +31,7 @@ from ..method.targetnet import assemble, count_parameters
 from ..metrics import ap_dict, ap_voc07, mean_of
 from ..train import predict
 from .checkpoints import EpochFile, load_model, load_target, read_meta, save_target
-from .config import digest, file_digest
+from .config import digest, file_digest, weights_key
 from .locks import run_lock
 from .parallel import run_parallel
 from .records import DAMAGED, read_record, verify
@@ -127,7 +127,7 @@ def run(bench, preset, teachers_dir: str | Path, out_dir: str | Path, *, teacher
     with writer_context(lambda: run_lock(job.out_dir, what=f"amalgamation into {job.out_dir}")):
         if restart:
             on_writer(lambda: _remove_finished(job.out_dir, log))
-        store = BlockStore(job.out_dir, digest(settings))
+        store = BlockStore(job.out_dir, digest(settings), legacy=digest(_settings(job, inputs, file_digest)))
         store.prepare(settings, restart, log)
         run_key = _run_key(job, store)
         record = on_writer(lambda: finished_record(job.out_dir, run_key, log))
@@ -180,11 +180,13 @@ def _check_inputs(job: _Job, tasks) -> _Inputs:
                    train_idx, held_idx)
 
 
-def _settings(job: _Job, inputs: _Inputs) -> dict:
-    """The settings block-wise training depends on; their digest is the fingerprint of ``OUT/blocks``."""
+def _settings(job: _Job, inputs: _Inputs, key=weights_key) -> dict:
+    """The settings block-wise training depends on; their digest is the fingerprint of ``OUT/blocks``. Teachers
+    and the generic start count by their weights (``key``; :func:`kalib.runs.config.file_digest` gives the
+    settings of a directory of an older kalib, whose blocks are re-used)."""
     student = job.preset.student
-    return {"data": job.bench.spec.key(), "pool": len(inputs.pool), "teachers": [file_digest(p) for p in inputs.paths],
-            "generic": file_digest(inputs.generic_path) if job.init == "generic" else None, "init": job.init,
+    return {"data": job.bench.spec.key(), "pool": len(inputs.pool), "teachers": [key(p) for p in inputs.paths],
+            "generic": key(inputs.generic_path) if job.init == "generic" else None, "init": job.init,
             "tasks": list(inputs.plan.tasks), "block": dataclasses.asdict(student.block),
             "block_images": student.block_images, "loss_slice": student.loss_slice, "seed": job.seed,
             **({"block_epochs": list(student.block_epochs)} if student.block_epochs else {}),

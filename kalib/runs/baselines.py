@@ -28,7 +28,7 @@ from ..method.teachers import evaluate
 from ..train import to_input
 from .budget import kd_macs, kd_passes, run_macs
 from .checkpoints import EpochFile, load_model, read_meta, save_model
-from .config import digest, file_digest
+from .config import digest, file_digest, weights_key
 from .records import verify
 from .state import load_teachers, pool_soft_targets, teacher_files
 
@@ -41,14 +41,16 @@ def _teachers(preset, teachers_dir: Path):
     return teachers, plan, paths, generic_path
 
 
-def _finished(path: Path, key: str) -> dict | None:
-    """The record of a finished baseline at ``path`` with settings ``key`` whose weights are still what was
-    saved (:func:`kalib.runs.records.verify`: their digest, or without one, they load); else None (it is
-    trained again, whatever the reason)."""
+def _finished(path: Path, key: str, legacy: str | None = None) -> dict | None:
+    """The record of a finished baseline at ``path`` with settings ``key`` (or ``legacy``, the key of the same
+    settings before teachers were keyed by their weights) whose weights are still what was saved
+    (:func:`kalib.runs.records.verify`: their digest, or without one, they load); else None (it is trained
+    again, whatever the reason)."""
     try:
         meta = read_meta(path)
     except CheckpointError:
         return None
+    key = legacy if legacy is not None and meta.get("key") == legacy else key
     verdict = verify(meta.get("key"), key, {path.with_suffix(".pt"): meta.get("weights_sha256")}, load=load_model)
     return meta["record"] if verdict.valid else None
 
@@ -67,15 +69,19 @@ def _precision(preset, device) -> dict:
     return {"precision": precision} if precision != "fp32" else {}
 
 
-def _train_and_save(path: Path, key: str, settings: dict, model, train: Callable[..., list], bench, tasks,
+def _train_and_save(path: Path, settings: dict, legacy: dict, model, train: Callable[..., list], bench, tasks,
                     device, log) -> dict:
-    done = _finished(path, key)
+    """The baseline of ``settings`` (``legacy``: the settings' values that were keyed otherwise before, which a
+    saved baseline may carry) from ``path`` when it is finished, else trained by ``train`` and saved there."""
+    key, old_key = digest(settings), digest({**settings, **legacy})
+    done = _finished(path, key, old_key)
     if done is not None:
         log(f"re-using {path}")
         return done
     t0, peak = time.perf_counter(), PeakMemory()
     precision = settings.get("precision", "fp32")
-    history = train(store=EpochFile(path.with_suffix(".partial.pt"), key), device=device, precision=precision)
+    history = train(store=EpochFile(path.with_suffix(".partial.pt"), key, legacy=old_key), device=device,
+                    precision=precision)
     record = {**settings, "precision": precision, "loss": [round(v, 5) for v in history], "seconds": round(time.perf_counter() - t0, 1),
               **_evaluated(model.eval(), bench, tasks, device), "peak_rss_mb": peak.mib()}
     save_model(path, model, role=path.stem.lower(), key=key, record=record)
@@ -105,11 +111,11 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
     image_passes = kd_passes(budget, student, teachers, plan, images[:8], train_images=len(train_idx),
                              batch_size=kd.batch_size)
     macs = kd_macs(student, teachers, plan, images[:8], train_images=len(train_idx), image_passes=image_passes)
-    settings = {"row": "KD", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
+    settings = {"row": "KD", "data": bench.spec.key(), "teachers": [weights_key(p) for p in paths],
                 "init": preset.student.student_init, "head": "teachers", "images": len(train_idx),
                 "schedule": dataclasses.asdict(kd), "budget_macs": budget, "image_passes": image_passes,
                 "train_macs": macs["total"], "seed": seed, "tasks": list(plan.tasks), **_precision(preset, device)}
-    return _train_and_save(Path(out_dir) / "KD.pt", digest(settings), settings, student,
+    return _train_and_save(Path(out_dir) / "KD.pt", settings, {"teachers": [file_digest(p) for p in paths]}, student,
                            lambda **kw: train_kd_passes(student, images, soft, kd, image_passes, seed, **kw),
                            bench, plan.tasks, device, log)
 
@@ -127,11 +133,12 @@ def merge_run(preset, bench, teachers_dir: Path, out_dir: Path, device=None, log
     train_idx, _ = split_pool(len(pool), preset.student.loss_slice)
     images = pool[train_idx]
     lambdas = MERGE_LAMBDAS if getattr(bench, "val_images", None) is not None else (1 / len(teachers),)
-    settings = {"row": "Merge", "data": bench.spec.key(), "teachers": [file_digest(p) for p in paths],
-                "start": file_digest(generic_path), "images": len(train_idx), "lambdas": list(lambdas),
+    settings = {"row": "Merge", "data": bench.spec.key(), "teachers": [weights_key(p) for p in paths],
+                "start": weights_key(generic_path), "images": len(train_idx), "lambdas": list(lambdas),
                 "tasks": list(plan.tasks)}
+    legacy = {"teachers": [file_digest(p) for p in paths], "start": file_digest(generic_path)}
     key, path = digest(settings), Path(out_dir) / "Merge.pt"
-    if (done := _finished(path, key)) is not None:
+    if (done := _finished(path, key, digest({**settings, **legacy}))) is not None:
         log(f"re-using {path}")
         return done
     t0, start = time.perf_counter(), load_model(generic_path)[0]
@@ -161,11 +168,11 @@ def supervised_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, 
     start = load_model(start_path)[0]
     net = copy.deepcopy(start) if warm_start is not None else start.with_new_head(len(plan.tasks))
     schedule = dataclasses.replace(preset.pretraining.teacher, epochs=preset.pretraining.teacher.epochs * len(paths))
-    settings = {"row": "Supervised", "data": bench.spec.key(), "start": file_digest(start_path),
+    settings = {"row": "Supervised", "data": bench.spec.key(), "start": weights_key(start_path),
                 "images": len(bench.train_images), "schedule": dataclasses.asdict(schedule), "seed": seed,
                 "tasks": list(plan.tasks), **_precision(preset, device)}
     labels = bench.train_labels[:, bench.label_indices(plan.tasks)]
-    return _train_and_save(Path(out_dir) / "Supervised.pt", digest(settings), settings, net,
+    return _train_and_save(Path(out_dir) / "Supervised.pt", settings, {"start": file_digest(start_path)}, net,
                            lambda **kw: train_supervised(net, bench.train_images, labels, schedule, seed, **kw),
                            bench, plan.tasks, device, log)
 

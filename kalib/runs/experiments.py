@@ -135,6 +135,7 @@ def ensure_fig3(preset: Preset, bench, out_dir: str | Path, seed: int | None = N
     curves. Only the curves and the branch-out are drawn, so the two-task TargetNets are assembled but not
     fine-tuned; each block trains on ``preset.student.pair_block_images`` pool images where the preset sets it.
     Returns pair name -> run record."""
+    preset.labels.check_pairs()
     ensure_teachers(preset, bench, out_dir, "table1", "2", seed, log, device)
     pair_preset = preset.replace(finetune=dataclasses.replace(preset.student.finetune, epochs=0),
                                  block_images=preset.student.pair_block_images or preset.student.block_images)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..data.folder import check_folder
 from ..errors import ConfigError
 from ..files import file_sha
 from ..method.filters import task_plan
@@ -15,11 +16,11 @@ from ..method.merge import merged_student
 from ..metrics import mean_ap
 from ..models.blocknet import BlockNet, build_backbone
 from ..models.pretrained import blocknet_key
-from ..models.torchvision_teachers import read_state, state_architecture
+from ..models.torchvision_teachers import IMAGENET_MEAN, IMAGENET_STD, read_labels, read_state, state_architecture
 from ..train import predict
 from .checkpoints import load_model, save_model
 from .data import load_data
-from .own import heads, image_pool, load_torchvision_teachers
+from .own import heads, image_pool, input_norm, load_torchvision_teachers, teacher_specs
 from .state import load_teachers, teacher_files
 
 
@@ -82,9 +83,11 @@ def merge_own_teachers(teachers: Sequence[str], pool: str | Path, out: str | Pat
     dict, needed unless ``lam`` is 1/N), BatchNorm statistics from the images of the folder ``pool``; write
     ``out`` and return its record."""
     kwargs = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-    loaded = load_torchvision_teachers(teachers, **kwargs)
-    plan = task_plan(tasks, loaded.labels, shared="first")
+    input_norm(kwargs.get("mean", IMAGENET_MEAN), kwargs.get("std", IMAGENET_STD))      # the cheap checks first
+    plan = task_plan(tasks, [read_labels(s.labels) for s in teacher_specs(teachers)], shared="first")
     lam = _lam(lam, len(plan.active_teachers))
+    check_folder(pool, "--pool")
+    loaded = load_torchvision_teachers(teachers, **kwargs)
     theta0 = shared_start(start, loaded.arch, loaded.input_norm) if start is not None else None
     images = image_pool(pool, image_size, log=log)
     net = merged_student(theta0, list(loaded.nets), plan, lam, images.rows)

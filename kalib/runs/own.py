@@ -28,6 +28,7 @@ and writes; every process trains on its share of each batch.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import time
@@ -39,10 +40,10 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..data.folder import FolderImages, load_folder, read_label_csv
+from ..data.folder import FolderImages, check_folder, check_room, load_folder, read_label_csv, read_label_header
 from ..device import as_device, resolve_precision
 from ..distributed import on_writer, writer_context
-from ..errors import CommandError, ConfigError
+from ..errors import CommandError, ConfigError, ImageFolderError
 from ..files import atomic_write, file_sha
 from ..macs import forward_macs_per_image
 from ..memory import PeakMemory
@@ -57,11 +58,12 @@ from ..metrics import ap_dict
 from ..models import BlockNet, build_backbone
 from ..models.pretrained import imagenet_state, load_imagenet
 from ..models.torchvision_teachers import (IMAGENET_MEAN, IMAGENET_STD, TEACHER_ARCHS, last_block_size,
-                                           load_torchvision_teacher)
+                                           load_torchvision_teacher, read_labels)
 from ..report.alignment import block_correlation
+from ..resources import check_memory
 from ..train import Schedule, predict, to_input
 from .checkpoints import EpochFile, save_target
-from .config import digest, parse_value
+from .config import checked, digest, parse_value
 from .locks import run_lock
 from .predict import probabilities
 from .presets import set_path
@@ -72,6 +74,9 @@ OWN_FORMAT = 1              # of targetnet.json and run.json written by this mod
 OWN_INITS = ("imagenet", "teacher-mean", "teacher1", "random")
 ALIGNED = 0.5               # first-block channel correlation of two teachers below which they look unrelated
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
+# a lower bound of the memory of one training step per image and pixel (fp32 forward and backward): torchvision's
+# ResNet-18 took 1,376 bytes, ResNet-50 3,224 and DenseNet-121 3,272 (128 px, batch 8, peak RSS on the CPU)
+TRAIN_BYTES_PER_PIXEL = 1000
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,31 @@ def parse_teacher(text: str | TeacherSpec) -> TeacherSpec:
     if not (sep1 and sep2 and arch and weights and labels):
         raise ConfigError(f"--teacher {text!r}: expected ARCH:WEIGHTS:LABELS[:softmax], e.g. "
                           "resnet18:colours.pt:colours.txt (WEIGHTS may hold colons, LABELS may not)")
+    if ":" in weights and not Path(labels).exists() and difflib.get_close_matches(labels.lower(), ["softmax"], 1, 0.6):
+        raise ConfigError(f"--teacher {text!r}: ':{labels}' is no suffix kalib knows (and no labels file); the only "
+                          "suffix is :softmax, for a single-label teacher (without it a teacher is multi-label)")
     return TeacherSpec(arch.strip(), Path(weights), Path(labels), softmax)
+
+
+def input_norm(mean: Sequence[float], std: Sequence[float]) -> dict:
+    """The normalisation ``{"mean", "std"}`` the teachers were trained with, on kalib's 0..1 pixel scale:
+    three finite means in 0..1 and three standard deviations in (0, 1]; :class:`~kalib.errors.ConfigError`
+    otherwise, naming a 0..255 scale where the numbers look like one."""
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    example = "ImageNet's: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
+    for name, values, low in (("--mean", mean, 0.0), ("--std", std, None)):
+        shown = f"{name} {','.join(f'{v:g}' for v in values)}"
+        if len(values) != 3:
+            raise ConfigError(f"{shown}: give three numbers R,G,B ({example})")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"{shown}: every value must be a finite number ({example})")
+        if all(0 < v <= 255 for v in values) and any(v > 1 for v in values):
+            raise ConfigError(f"{shown} looks like the 0..255 scale; kalib reads pixels as 0..1: divide by 255 "
+                              f"({example})")
+        if not all((v >= low) if low is not None else (v > 0) for v in values) or any(v > 1 for v in values):
+            raise ConfigError(f"{shown}: on kalib's 0..1 pixel scale means lie in 0..1 and standard deviations "
+                              f"in (0, 1] ({example})")
+    return {"mean": mean, "std": std}
 
 
 @dataclass(frozen=True)
@@ -141,8 +170,11 @@ class OwnSchedule:
 
 
 def own_schedule(assignments: Sequence[str] | None = None, base: OwnSchedule | None = None) -> OwnSchedule:
-    """``base`` (default :class:`OwnSchedule`) with ``FIELD=VALUE`` changes (``block.epochs=3``)."""
+    """``base`` (default :class:`OwnSchedule`) with ``FIELD=VALUE`` changes (``block.epochs=3``), every value set
+    first and checked once at the end (:func:`kalib.runs.config.checked`), so the order of the changes does not
+    matter."""
     schedule = base or OwnSchedule()
+    given = []
     for item in assignments or ():
         name, sep, text = item.partition("=")
         path = name.strip().split(".")
@@ -155,8 +187,9 @@ def own_schedule(assignments: Sequence[str] | None = None, base: OwnSchedule | N
             current = getattr(current, head)
         if not sep:
             raise ConfigError(f"--set expects FIELD=VALUE (for example block.epochs=3), got '{item}'")
-        schedule = set_path(schedule, path, parse_value(text.strip(), current, name.strip()))
-    return schedule
+        schedule = set_path(schedule, path, parse_value(text.strip(), current, name.strip()), check=False)
+        given.append((path, f"{name.strip()}={text.strip()}"))
+    return checked(schedule, given)
 
 
 @dataclass(frozen=True)
@@ -180,7 +213,7 @@ def load_torchvision_teachers(teachers: Sequence[str | TeacherSpec], mean: Seque
     that does not parse, fewer than two teachers, teachers of different architectures (:func:`teacher_specs`),
     weights or labels that do not fit (:class:`~kalib.errors.TeacherFileError`)."""
     specs = teacher_specs(teachers)
-    norm = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    norm = input_norm(mean, std)
     loaded = [load_torchvision_teacher(s.arch, s.weights, s.labels, norm) for s in specs]
     nets = freeze([net for net, _ in loaded])
     return Teachers(specs, tuple(nets), tuple(tuple(labels) for _, labels in loaded), norm)
@@ -246,7 +279,7 @@ def amalgamate_teachers(teachers, pool, out_dir: str | Path, *, tasks=None, imag
     precision = resolve_precision(precision, device)
     t0 = time.perf_counter()
     checked = _check(teachers, pool, tasks, image_size, mean, std, init, weights, allow_download, eval_dir,
-                     eval_labels, schedule, seed, workers, log)
+                     eval_labels, schedule, seed, workers, log, device)
     if branch_at is not None:
         forced_branch_points(checked.student, branch_at, len(checked.plan.tasks))   # an unknown block: refused now
     out = Path(out_dir)
@@ -290,24 +323,36 @@ def _write_record(out: Path, record: dict, blocks: Path) -> None:
 
 
 def _check(teachers, pool, tasks, image_size, mean, std, init, weights, allow_download, eval_dir, eval_labels,
-           schedule: OwnSchedule, seed: int, workers: int | None, log) -> _Checked:
-    """Every input, checked before any work (module docstring, step 1); the pool last but the evaluation set,
-    since decoding them is the only slow check."""
+           schedule: OwnSchedule, seed: int, workers: int | None, log, device=None) -> _Checked:
+    """Every input, checked before any work (module docstring, step 1): the cheap checks first (sizes, label files,
+    tasks, folders, the CSV's header), then the teachers' weights, the student's start, and the pool and the
+    evaluation set last, since decoding them is the only slow check."""
     arch = teachers.arch if isinstance(teachers, Teachers) else teacher_specs(teachers)[0].arch
     size = pool.image_size if isinstance(pool, FolderImages) else image_size
     if last_block_size(arch, size) is None:
         raise ConfigError(f"--image-size {size} is too small for {arch}: its last block's output would be "
                           "smaller than 1x1; use a larger size (the teachers' training size, e.g. 224)")
-    loaded = teachers if isinstance(teachers, Teachers) else load_torchvision_teachers(teachers, mean, std)
-    temperatures = [schedule.temperature if s.softmax else None for s in loaded.specs]
-    plan = task_plan(tasks, loaded.labels, shared="first", temperatures=temperatures)
+    batch = max(schedule.block.batch_size, schedule.finetune.batch_size)
+    check_memory(TRAIN_BYTES_PER_PIXEL * batch * size * size, f"a training step on {batch} images of {size} px",
+                 "lower --image-size or the batch size (--set block.batch_size=N --set finetune.batch_size=N)", device)
+    specs = teachers.specs if isinstance(teachers, Teachers) else teacher_specs(teachers)
+    labels = teachers.labels if isinstance(teachers, Teachers) else [read_labels(s.labels) for s in specs]
+    temperatures = [schedule.temperature if s.softmax else None for s in specs]
+    plan = task_plan(tasks, labels, shared="first", temperatures=temperatures)
+    if (eval_dir is None) != (eval_labels is None):
+        raise CommandError("--eval DIR and --eval-labels FILE.csv go together: give both, or neither")
+    if eval_labels is not None:
+        check_folder(eval_dir, "--eval")
+        _label_columns(eval_labels, {n for names in labels for n in names})
+    if not isinstance(pool, FolderImages):
+        check_room(pool, size, "--pool", files=check_folder(pool, "--pool"))
+    init, imagenet = _start(arch, init, weights, allow_download)
+    loaded = teachers if isinstance(teachers, Teachers) else load_torchvision_teachers(specs, mean, std)
     for name, owners in shared_labels(loaded.labels).items():
         if name in plan.tasks:
             log(f"label '{name}' is known to teachers {', '.join(str(n + 1) for n in owners)}; taken from teacher "
                 f"{owners[0] + 1} ({loaded.specs[owners[0]].weights})")
-    if (eval_dir is None) != (eval_labels is None):
-        raise CommandError("--eval DIR and --eval-labels FILE.csv go together: give both, or neither")
-    student, start = _student(loaded, init, weights, allow_download, seed)
+    student, start = _student(loaded, init, imagenet, seed)
     if not isinstance(pool, FolderImages):
         _decode_first(pool, size, "--pool", workers, log)
     images = pool if isinstance(pool, FolderImages) else image_pool(pool, size, workers=workers, log=log)
@@ -322,10 +367,10 @@ def _check(teachers, pool, tasks, image_size, mean, std, init, weights, allow_do
                     alignment)
 
 
-def _student(teachers: Teachers, init: str | None, weights, allow_download: bool, seed: int) -> tuple[BlockNet, dict]:
-    """The student's start (Alg. 1 line 1) and what it is: ``imagenet`` (the teachers' shared ImageNet weights,
-    ``weights`` or torch hub's cache, downloaded only with ``allow_download``), or :func:`init_student`'s
-    ``teacher-mean``, ``teacher1``, ``random``. Default: ``imagenet`` with ``weights``, else ``teacher-mean``."""
+def _start(arch: str, init: str | None, weights, allow_download: bool) -> tuple[str, tuple | None]:
+    """The student's start (Alg. 1 line 1), checked before the teachers are loaded: ``init`` (default
+    ``imagenet`` with ``weights``, else ``teacher-mean``) and, for ``imagenet``, the teachers' shared ImageNet
+    state dict and where it came from (``weights`` or torch hub's cache, downloaded only with ``allow_download``)."""
     init = init or ("imagenet" if weights else "teacher-mean")
     if init not in OWN_INITS:
         valid = ", ".join(OWN_INITS)
@@ -333,8 +378,14 @@ def _student(teachers: Teachers, init: str | None, weights, allow_download: bool
                           f"valid: {valid}" if init in INITS else f"unknown --init {init}; valid: {valid}")
     if weights is not None and init != "imagenet":
         raise ConfigError(f"--weights {weights} is the ImageNet start; it does not go with --init {init}")
+    return init, imagenet_state(arch, weights, allow_download) if init == "imagenet" else None
+
+
+def _student(teachers: Teachers, init: str, imagenet: tuple | None, seed: int) -> tuple[BlockNet, dict]:
+    """The student of :func:`_start`'s choice: ``imagenet`` (its state dict), or :func:`init_student`'s
+    ``teacher-mean``, ``teacher1``, ``random``."""
     if init == "imagenet":
-        state, source = imagenet_state(teachers.arch, weights, allow_download)
+        state, source = imagenet
         torch.manual_seed(seed)
         net = build_backbone(teachers.arch, teachers.nets[0].num_classes, input_norm=teachers.input_norm)
         return load_imagenet(net, state, source).requires_grad_(True).train(), {"name": "imagenet", "source": source}
@@ -349,6 +400,17 @@ def _decode_first(folder, size: int, what: str, workers: int | None, log) -> Non
         load_folder(folder, size, what=what, workers=workers, log=log)
     if distributed.active():
         on_writer(decode)
+
+
+def _label_columns(eval_labels, known: set) -> None:
+    """Refuse, before any image is decoded, a labels CSV whose header is malformed or names a label no teacher
+    knows (a misspelt label would otherwise be left out of the evaluation without a word)."""
+    unknown = [n for n in read_label_header(eval_labels) if n not in known]
+    if unknown:
+        raise ImageFolderError(f"--eval-labels {eval_labels}: column{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(unknown)} name{'' if len(unknown) > 1 else 's'} no label of the "
+                               f"teachers (theirs: {', '.join(sorted(known))}); rename or remove "
+                               f"{'them' if len(unknown) > 1 else 'it'}")
 
 
 def _eval_set(eval_dir, eval_labels, plan: TaskPlan, size: int, workers: int | None, log) -> tuple:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import ConfigError
 from ..method.student import INITS
-from ..models import ARCHS
+from ..models import ARCHS, build_backbone
 from ..train import Schedule
 
 SHARED_STARTS = ("generic", "imagenet", "random")   # random: a seeded random start (paper presets, no weights)
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
+MAX_SEED = 2 ** 31 - 1     # seeds are scaled and offset on the way to torch's and numpy's generators (64 bits)
 
 
 def refuse(part: str, problems: list[str]) -> None:
@@ -50,7 +53,21 @@ class Networks:
         refuse("network", [f"{name} must be one of {', '.join(ARCHS)}, got {getattr(self, name)!r}"
                            for name in ("arch", "dense_arch") if getattr(self, name) not in ARCHS]
                + ([] if self.init in SHARED_STARTS else
-                  [f"init must be one of {', '.join(SHARED_STARTS)}, got {self.init!r}"]))
+                  [f"init must be one of {', '.join(SHARED_STARTS)}, got {self.init!r}"])
+               + ([] if all(isinstance(v, str) for v in self.weights_paths.values()) else
+                  [f"weights_paths must map an arch to a file name, got {self.weights_paths!r}"]))
+
+    def check_buildable(self) -> None:
+        """Refuse ``arch_kwargs``/``dense_kwargs`` the networks cannot be built with (an unknown keyword, a
+        width too small), by building both on the meta device (no memory, no computation): called where a
+        command starts, since building costs a moment."""
+        for arch, kwargs, name in ((self.arch, self.arch_kwargs, "arch_kwargs"),
+                                   (self.dense_arch, self.dense_kwargs, "dense_kwargs")):
+            try:
+                with torch.device("meta"):
+                    build_backbone(arch, 2, **kwargs)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ConfigError(f"{name} {kwargs} do not build a {arch}: {str(err).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -64,13 +81,29 @@ class Labels:
     def __post_init__(self):
         problems = []
         for name in ("groups", "groups3"):
-            flat = [t for g in getattr(self, name) for t in g]
-            if len(set(flat)) != len(flat) or not all(getattr(self, name)):
-                problems.append(f"{name} must be non-empty groups that share no label")
-        known = {t for g in self.groups for t in g}
-        problems += [f"Fig. 3 pair {name} names a label outside the groups: {list(pair)}"
-                     for name, pair in self.pairs.items() if not set(pair) <= known]
+            groups = getattr(self, name)
+            flat = [t for g in groups for t in g] if all(isinstance(g, (list, tuple)) for g in groups) else [None]
+            if len(set(flat)) != len(flat) or not all(groups) or not all(isinstance(t, str) for t in flat):
+                problems.append(f"{name} must be non-empty groups of label names that share no label")
+            elif len(groups) < 2:
+                problems.append(f"{name} must have two or more groups (one teacher each), got {len(groups)}")
+        if not isinstance(self.pairs, dict) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(t, str) for t in p)
+                for p in self.pairs.values()):
+            problems.append(f"pairs must map names to two labels, e.g. {{\"unrelated\": [\"bus\", \"dog\"]}}, got "
+                            f"{self.pairs!r}")
         refuse("label", problems)
+
+    def check_pairs(self) -> None:
+        """Refuse Fig. 3 pairs that are not one label of teacher 1 and one of teacher 2 (the two-teacher
+        ``groups``): checked where Fig. 3 is drawn (``reproduce``), not where the groups are only trained
+        (``pretrain``, ``amalgamate``), so that new groups need new pairs only there."""
+        bad = [f"{name} {list(pair)}" for name, pair in self.pairs.items()
+               if len(self.groups) != 2 or pair[0] not in self.groups[0] or pair[1] not in self.groups[1]]
+        if bad:
+            raise ConfigError(f"Fig. 3 pairs {', '.join(bad)} are not one label of teacher 1 and one of teacher 2 "
+                              f"(groups {[list(g) for g in self.groups]}); give pairs of these groups with --set "
+                              "'pairs={\"unrelated\": [\"A\", \"B\"]}'")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ from ..data.voc import VOC_CLASSES
 from ..device import PRECISIONS
 from ..errors import ConfigError
 from ..train import Schedule
-from .preset_parts import Baselines, Labels, Networks, Pretraining, SideRuns, Student, non_negative, refuse
+from .preset_parts import (MAX_SEED, Baselines, Labels, Networks, Pretraining, SideRuns, Student, non_negative,
+                           refuse)
 
 SPLIT_SEED = 0   # the seeded 10/10 and 7/7/6 label splits, fixed like the paper's random VOC split
 GROUPS_2 = seeded_split(LABEL_NAMES, (10, 10), SPLIT_SEED)
@@ -58,9 +60,15 @@ class Preset:
     precision: str = "fp32"
 
     def __post_init__(self):
-        problems = non_negative(self, "seed")
+        problems = non_negative(self, "seed") + ([] if self.seed <= MAX_SEED else
+                                                 [f"seed must be at most {MAX_SEED}, got {self.seed}"])
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        known = set(self.data.label_names if isinstance(self.data, PaperSpec) else LABEL_NAMES)
+        unknown = sorted({t for groups in (self.labels.groups, self.labels.groups3) for g in groups for t in g} - known)
+        if unknown:
+            problems.append(f"groups name labels the data does not have: {', '.join(unknown)}; valid: "
+                            f"{', '.join(sorted(known))}")
         pools = (self.student.pool_images or getattr(self.data, "n_pool", 0), self.side.pool_images)
         small = [n for n in pools if n is not None and 0 < n <= self.student.loss_slice]
         if small:
@@ -112,14 +120,20 @@ def field_names(preset: Preset) -> list[str]:
                   | {f.name for part in PARTS for f in dataclasses.fields(getattr(preset, part))})
 
 
-def set_path(obj, path: list[str], value):
-    """``obj`` (a frozen dataclass or a dict, nested) with the field at ``path`` set to ``value``."""
+def set_path(obj, path: list[str], value, *, check: bool = True):
+    """``obj`` (a frozen dataclass or a dict, nested) with the field at ``path`` set to ``value``; the dataclasses
+    on the way check their new values, unless ``check`` is False (then :func:`kalib.runs.config.override` has
+    them checked once all values are set)."""
     head, rest = path[0], path[1:]
     if isinstance(obj, dict):
-        return {**obj, head: set_path(obj.get(head), rest, value) if rest else value}
+        return {**obj, head: set_path(obj.get(head), rest, value, check=check) if rest else value}
     if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:
         raise ConfigError(f"'{head}' is not a field of {type(obj).__name__}")
-    new = set_path(getattr(obj, head), rest, value) if rest else value
+    new = set_path(getattr(obj, head), rest, value, check=check) if rest else value
+    if not check:
+        unchecked = copy.copy(obj)
+        object.__setattr__(unchecked, head, new)
+        return unchecked
     try:
         return dataclasses.replace(obj, **{head: new})
     except TypeError as err:

@@ -20,7 +20,7 @@ from ..files import atomic_write, file_sha
 from ..method.blockwise import Amalgamation, BlockHooks, soft_targets
 from ..method.student import freeze
 from .checkpoints import EpochFile, load_model, load_state
-from .config import changed_keys, digest, file_digest
+from .config import changed_keys, digest, file_digest, weights_key
 from .records import DAMAGED, read_record, verify
 from .teachers import teacher_paths
 
@@ -30,6 +30,8 @@ def teacher_files(preset, teachers_dir: str | Path, teacher_set: str = "2") -> t
     (:func:`kalib.runs.teachers.teacher_paths`: old checkpoint names are found too)."""
     groups, arch, _ = preset.teacher_set(teacher_set)
     d = Path(teachers_dir)
+    if d.exists() and not d.is_dir():
+        raise MissingFileError(f"--teachers {d} is a file; give the folder `kalib pretrain --out DIR` wrote")
     paths = teacher_paths(d, arch, len(groups))
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
@@ -88,27 +90,32 @@ class BlockStore:
     ``blocks/config.json`` holds the fingerprint and the settings behind it; ``blockKK.partial.pt`` and
     ``finetune-*.partial.pt`` the per-epoch state of the unit in progress."""
 
-    def __init__(self, out_dir: Path, fingerprint: str):
+    def __init__(self, out_dir: Path, fingerprint: str, legacy: str | None = None):
         self.dir = Path(out_dir) / "blocks"
         self.fingerprint = fingerprint
+        self.legacy = legacy      # the fingerprint as kalib computed it before it keyed teachers by their weights
 
     def prepare(self, settings: dict, restart: bool = False, log: Callable[[str], None] | None = None) -> None:
         """Check that the saved state belongs to ``settings`` (:class:`ConfigMismatchError` naming the
         changed settings otherwise) and record them; ``restart`` first deletes this directory, and only
-        it (teachers and other runs are never touched)."""
-        on_writer(lambda: self._prepare(settings, restart, log))
+        it (teachers and other runs are never touched). State saved under the ``legacy`` fingerprint is taken
+        as it is: the store keeps that fingerprint (and the run its key). A damaged ``config.json`` is written
+        again: every block and epoch file carries the fingerprint it belongs to. Under torchrun rank 0 decides
+        and every rank keeps its choice of fingerprint."""
+        self.fingerprint = on_writer(lambda: self._prepare(settings, restart, log))
 
-    def _prepare(self, settings: dict, restart: bool, log: Callable[[str], None] | None) -> None:
+    def _prepare(self, settings: dict, restart: bool, log: Callable[[str], None] | None) -> str:
         config = self.dir / "config.json"
         if restart and self.dir.exists():
             shutil.rmtree(self.dir)
             if log:
                 log(f"--restart: removed {self.dir}")
-        if config.is_file():
-            try:
-                old = json.loads(config.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = {}
+        old = read_record(config) if config.is_file() else None
+        if config.is_file() and old is None and log:
+            log(f"{config} is damaged; written again (each finished block is still checked against its own JSON)")
+        if old is not None:
+            if self.legacy is not None and old.get("fingerprint") == self.legacy:
+                self.fingerprint = self.legacy       # a directory of an older kalib keeps its key and its blocks
             if old.get("fingerprint") != self.fingerprint:
                 changed = changed_keys(old.get("settings", {}), json.loads(json.dumps(settings)))
                 raise ConfigMismatchError(
@@ -120,6 +127,7 @@ class BlockStore:
             atomic_write(config, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
         for stale in self.dir.glob(".*.tmp*"):     # temporary files of a killed run
             stale.unlink(missing_ok=True)
+        return self.fingerprint
 
     def hooks(self, done: int, names: Sequence[str], log: Callable[[str], None] | None = None) -> BlockHooks:
         """The hooks of block-wise training (:class:`kalib.method.blockwise.BlockHooks`): block k's epochs in
@@ -192,16 +200,18 @@ class BlockStore:
         return result
 
 
-def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The tensor saved at ``path``, or ``compute()`` saved there (atomically) when the file is missing or
-    unreadable. The file's name is its key (the caller's digest of what the tensor depends on) and no digest
-    of its bytes is kept, so :func:`kalib.runs.records.verify` checks it by loading it. Under torchrun rank 0
-    reads (and hands to the others) or writes the file; every process computes it (``compute`` may share the work)."""
+def cached_tensor(path: Path, compute: Callable[[], torch.Tensor], legacy: Path | None = None) -> torch.Tensor:
+    """The tensor saved at ``path`` (or, where there is none, at ``legacy``: its name under an older key), or
+    ``compute()`` saved at ``path`` (atomically) when the file is missing or unreadable. The file's name is its
+    key (the caller's digest of what the tensor depends on) and no digest of its bytes is kept, so
+    :func:`kalib.runs.records.verify` checks it by loading it. Under torchrun rank 0 reads (and hands to the
+    others) or writes the file; every process computes it (``compute`` may share the work)."""
     def saved() -> torch.Tensor | None:
-        if path.is_file():
-            verdict = verify(path.stem, path.stem, {path: None}, load=load_state)
-            if verdict.valid:
-                return verdict.loaded[path]
+        for file in (path, legacy):
+            if file is not None and file.is_file():
+                verdict = verify(file.stem, file.stem, {file: None}, load=load_state)
+                if verdict.valid:
+                    return verdict.loaded[file]
         return None
     value = on_writer(saved)
     if value is not None:
@@ -215,6 +225,8 @@ def pool_soft_targets(teachers, plan, paths, bench, pool: torch.Tensor, teachers
                       device=None) -> torch.Tensor:
     """Every teacher's logits for all its labels on ``pool`` (``plan`` is C = A), computed once per teacher
     set, data and pool size and cached in ``teachers_dir/soft-targets`` (shared with the amalgamation runs)."""
-    key = digest([bench.spec.key(), len(pool), [file_digest(p) for p in paths]])
+    key = digest([bench.spec.key(), len(pool), [weights_key(p) for p in paths]])
+    legacy = digest([bench.spec.key(), len(pool), [file_digest(p) for p in paths]])
     return cached_tensor(Path(teachers_dir) / "soft-targets" / f"{key}.pt",
-                         lambda: soft_targets(teachers, pool, plan, device=device))
+                         lambda: soft_targets(teachers, pool, plan, device=device),
+                         legacy=Path(teachers_dir) / "soft-targets" / f"{legacy}.pt")

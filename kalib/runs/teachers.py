@@ -29,7 +29,7 @@ from ..models import BlockNet, build_backbone
 from ..models.pretrained import INITS, imagenet_backbone
 from ..train import Schedule
 from .checkpoints import EpochFile, load_model, read_meta, save_model
-from .config import digest, file_digest
+from .config import digest, file_digest, weights_key
 from .locks import run_lock
 from .parallel import run_parallel
 from .records import DAMAGED, verify
@@ -47,20 +47,24 @@ def teacher_paths(out_dir: str | Path, arch: str, count: int) -> list[Path]:
     return paths
 
 
-def _finished(path: Path, config_hash: str, restart: bool, log) -> bool:
+def _finished(path: Path, config_hash: str, restart: bool, log, legacy_hash: str | None = None) -> bool:
     """Whether the finished checkpoint ``path`` can be re-used (:func:`kalib.runs.records.verify`): made
     with ``config_hash`` (or before kalib stored hashes) and its weights still match the digest in its JSON
     (or, saved without one, still load); a damaged file is trained again. One from another configuration is
     refused, or removed with ``restart``. Weights without their JSON (a kill between the two writes) count
-    as unfinished. Under torchrun rank 0 decides (and removes) and tells the others."""
-    return on_writer(lambda: _reusable(path, config_hash, restart, log))
+    as unfinished. ``legacy_hash``: the configuration hash as kalib computed it before it keyed the generic
+    start by its weights (:func:`kalib.runs.config.file_digest`); a checkpoint made with it is re-used too.
+    Under torchrun rank 0 decides (and removes) and tells the others."""
+    return on_writer(lambda: _reusable(path, config_hash, restart, log, legacy_hash))
 
 
-def _reusable(path: Path, config_hash: str, restart: bool, log) -> bool:
+def _reusable(path: Path, config_hash: str, restart: bool, log, legacy_hash: str | None = None) -> bool:
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         return False
     meta = read_meta(path)
     sha = meta.get("weights_sha256")
+    if legacy_hash is not None and meta.get("config_hash") == legacy_hash:     # keyed as before weights_key
+        config_hash = legacy_hash
     verdict = verify(meta.get("config_hash"), config_hash, {path: sha}, load=load_model, keyless_is_old=True)
     if verdict.valid:
         return True
@@ -138,7 +142,6 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                        seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=peak.mib())
             _remove(partial)
             log(f"generic {arch}: {time.perf_counter() - t0:.0f} s")
-        generic_digest = file_digest(generic_path)
         paths, jobs = [], []
         for (n, labels), path in zip(enumerate(groups, start=1), teacher_paths(out_dir, arch, len(groups))):
             on_writer(lambda: _other_labels(path, labels, restart, log))
@@ -148,19 +151,18 @@ def pretrain(bench: Benchmark, groups: Sequence[Sequence[str]], arch: str, arch_
                 if start_labels != list(labels):
                     raise ConfigError(f"{start} is a teacher for {start_labels}, not for "
                                      f"{list(labels)}; warm_start needs one teacher per group, in order")
-            config_hash = digest({"role": "teacher", "generic": generic_digest, "data": bench.spec.key(),
-                                  "labels": list(labels), "schedule": dataclasses.asdict(teacher_schedule),
-                                  "seed": seed + n, **({"augment": True} if augment else {}), **by_precision,
-                                  **({"warm_start": file_digest(start)} if start is not None else {})})
+            config_hash, legacy = (_teacher_hash(key, generic_path, bench, labels, teacher_schedule, seed + n,
+                                                 augment, by_precision, start) for key in (weights_key, file_digest))
             partial = _partial(out_dir, path, restart)
-            if _finished(path, config_hash, restart, log):
+            if _finished(path, config_hash, restart, log, legacy):
                 _remove(partial)
             else:
                 if partial.is_file():
                     log(f"teacher {n}/{len(groups)}: resuming from {partial}")
-                jobs.append(lambda n=n, labels=labels, path=path, partial=partial, config_hash=config_hash, start=start:
-                            _train_and_save(generic, bench, labels, teacher_schedule, seed + n, path, partial,
-                                            config_hash, device, augment, start, precision))
+                jobs.append(lambda n=n, labels=labels, path=path, partial=partial, config_hash=config_hash, start=start,
+                            legacy=legacy: _train_and_save(generic, bench, labels, teacher_schedule, seed + n, path,
+                                                           partial, config_hash, device, augment, start, precision,
+                                                           legacy))
             paths.append(path)
         run_parallel(jobs, device=device, on_done=lambda i, line: log(line))
         on_writer(lambda: _remove_empty(out_dir / "partial"))
@@ -183,15 +185,25 @@ def _remove_empty(directory: Path) -> None:
         directory.rmdir()
 
 
+def _teacher_hash(key, generic_path: Path, bench: Benchmark, labels, schedule: Schedule, seed: int, augment: bool,
+                  by_precision: dict, start: Path | None) -> str:
+    """The configuration hash of a teacher, the generic start (and the warm start) counted by ``key``: their
+    weights (:func:`kalib.runs.config.weights_key`), or, as kalib did before, their JSON (``file_digest``)."""
+    return digest({"role": "teacher", "generic": key(generic_path), "data": bench.spec.key(), "labels": list(labels),
+                   "schedule": dataclasses.asdict(schedule), "seed": seed, **({"augment": True} if augment else {}),
+                   **by_precision, **({"warm_start": key(start)} if start is not None else {})})
+
+
 def _train_and_save(generic: BlockNet, bench: Benchmark, labels, schedule: Schedule, seed: int, path: Path,
                     partial: Path, config_hash: str, device, augment: bool, start: Path | None,
-                    precision: str = "fp32") -> str:
-    """Train one teacher (resumable through ``partial``), evaluate it on the test split (and on the
-    validation split where the data has one), save it to ``path``; returns the line to log."""
+                    precision: str = "fp32", legacy_hash: str | None = None) -> str:
+    """Train one teacher (resumable through ``partial``, also where an older kalib tagged it ``legacy_hash``),
+    evaluate it on the test split (and on the validation split where the data has one), save it to ``path``;
+    returns the line to log."""
     t0, peak = time.perf_counter(), PeakMemory()
     idx = resolve_tasks(labels, bench.label_names)
     teacher = train_teacher(generic, bench.train_images, bench.train_labels[:, idx], schedule, seed,
-                            desc=f"teacher[{labels[0]}…]", store=EpochFile(partial, config_hash),
+                            desc=f"teacher[{labels[0]}…]", store=EpochFile(partial, config_hash, legacy_hash),
                             device=device, augment=BatchAugment(seed) if augment else None,
                             warm_start=None if start is None else load_model(start)[0], precision=precision)
     seconds = time.perf_counter() - t0
