@@ -57,8 +57,9 @@ reproduce: install
 study: install
 	$(PY) -m kalib study crossover --preset quick --out runs/crossover --records figures/crossover/records --figures figures
 
-# two pytest-xdist workers (conftest.py: the notebooks in one worker, each test file in one); TEST_WORKERS=0: one process
-TEST_WORKERS ?= 2
+# three pytest-xdist workers on two cores (conftest.py: the chapters in order in one worker, each test file in
+# one); TEST_WORKERS=0: one process
+TEST_WORKERS ?= 3
 test: install browser
 	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS)
 

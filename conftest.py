@@ -1,9 +1,11 @@
-"""How `make test` spreads the suite over two pytest-xdist workers (``-n 2``); without ``-n`` nothing here
-applies. The tests of one file run in one worker (their module fixtures are made once), and every notebook
-cell in one worker, in order (02–05 and the solutions read what 01–04 trained). The notebooks start first,
-then the longest files, so that both workers end at about the same time. Each worker trains on one thread,
-as :mod:`kalib.runs.parallel` does: two single-thread processes on two cores. tests/conftest.py shares the
-trained smoke artefacts between the workers."""
+"""How `make test` spreads the suite over pytest-xdist workers (``-n 3``; without ``-n`` nothing here
+applies). The tests of one file run in one worker (their module fixtures are made once), and every cell of the
+chapters and their solutions in one worker, in order (02–06 and the solutions read what 01–05 trained; 07
+trains its own stand-in teachers and runs in a worker of its own). The chapters start first, then the
+longest files, so that the workers end at about the same time. Each worker trains on one thread, as
+:mod:`kalib.runs.parallel` does; three of them on two cores keep both busy while one waits (a kernel
+starting, the processes of a torchrun or kill-and-resume test). tests/conftest.py shares the trained smoke
+artefacts between the workers."""
 
 import os
 from pathlib import Path
@@ -27,10 +29,16 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: 0 if item.path.suffix == ".ipynb" else 1 if item.path.name in LONGEST else 2)
 
 
+INDEPENDENT_NOTEBOOKS = ("07_your_teachers.ipynb",)     # reads nothing the chapters before it wrote
+
+
 def scope(nodeid: str) -> str:
-    """The unit one worker runs: all notebooks, or one test file."""
+    """The unit one worker runs: the chapters and their solutions (in order), a notebook that needs none of
+    them, or one test file."""
     path = nodeid.split("::", 1)[0]
-    return "notebooks" if Path(path).suffix == ".ipynb" else path
+    if Path(path).suffix != ".ipynb" or Path(path).name in INDEPENDENT_NOTEBOOKS:
+        return path
+    return "notebooks"
 
 
 @pytest.hookimpl(optionalhook=True)

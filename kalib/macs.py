@@ -12,6 +12,10 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+# Images a count runs on. Every counted operation (convolution, matrix product) is linear in the batch, so
+# MACs per image do not depend on it (tests/test_macs.py); two, not one, so that BatchNorm in train mode works.
+SAMPLE = 2
+
 
 def counted_macs(fn: Callable[[], object]) -> int:
     """MACs of everything ``fn()`` computes (a forward pass, or a forward and ``loss.backward()``)."""

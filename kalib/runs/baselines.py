@@ -19,7 +19,7 @@ from ..device import as_device, resolve_precision
 from ..errors import CheckpointError
 from ..memory import PeakMemory
 from ..method.baselines import TeacherEnsemble, kd_student, train_kd_passes, train_supervised
-from ..macs import forward_macs_per_image
+from ..macs import SAMPLE, forward_macs_per_image
 from ..method.filters import task_plan
 from ..method.merge import merged_student
 from ..method.pool import split_pool
@@ -102,15 +102,15 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
     train_idx, _ = split_pool(len(pool), preset.student.loss_slice)
     soft = pool_soft_targets(teachers, plan, paths, bench, pool, teachers_dir, device)[train_idx]
     images = pool[train_idx]
-    budget = run_macs(preset, teachers, plan, [main_record["branch_block"][t] for t in plan.tasks], images[:8],
+    budget = run_macs(preset, teachers, plan, [main_record["branch_block"][t] for t in plan.tasks], images[:SAMPLE],
                       train_images=len(train_idx))["total"]
     generic = load_model(generic_path)[0] if preset.student.student_init == "generic" else None
     torch.manual_seed(seed)                   # as the crossover study's KD arm: the same network from a seed
     student = kd_student(init_student(preset.student.student_init, teachers, generic, seed), teachers, plan)
     kd = preset.baselines.kd
-    image_passes = kd_passes(budget, student, teachers, plan, images[:8], train_images=len(train_idx),
+    image_passes = kd_passes(budget, student, teachers, plan, images[:SAMPLE], train_images=len(train_idx),
                              batch_size=kd.batch_size)
-    macs = kd_macs(student, teachers, plan, images[:8], train_images=len(train_idx), image_passes=image_passes)
+    macs = kd_macs(student, teachers, plan, images[:SAMPLE], train_images=len(train_idx), image_passes=image_passes)
     settings = {"row": "KD", "data": bench.spec.key(), "teachers": [weights_key(p) for p in paths],
                 "init": preset.student.student_init, "head": "teachers", "images": len(train_idx),
                 "schedule": dataclasses.asdict(kd), "budget_macs": budget, "image_passes": image_passes,
@@ -147,7 +147,7 @@ def merge_run(preset, bench, teachers_dir: Path, out_dir: Path, device=None, log
     grid = {lam: evaluate(net, bench.val_images, bench.val_labels[:, idx], plan.tasks, device)["mAP"]
             for lam, net in nets.items()} if len(lambdas) > 1 else {}
     lam = max(lambdas, key=lambda v: (grid[v], -v)) if grid else lambdas[0]
-    macs = forward_macs_per_image(nets[lam], to_input(images[:8])) * len(images)
+    macs = forward_macs_per_image(nets[lam], to_input(images[:SAMPLE])) * len(images)
     record = {**settings, "lam": lam, "val_map_by_lambda": {f"{v:g}": round(m, 3) for v, m in grid.items()},
               "train_macs": int(macs), "seconds": round(time.perf_counter() - t0, 1),
               **_evaluated(nets[lam], bench, plan.tasks, device)}

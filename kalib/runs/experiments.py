@@ -186,7 +186,7 @@ def side_jobs(preset: Preset, bench, out_dir: str | Path, variant: str, seed: in
               device=None, done=()) -> dict[tuple[str, str], Callable[[], dict]]:
     """The independent runs of one table, keyed (variant, teacher set or row), in the order they are
     started: the amalgamations of every teacher set whose key is not in ``done`` (Table 1's main run is
-    notebook 02's; each side run trains its own teachers first), then the baselines (KD, then Supervised).
+    notebook 02's; each side run trains its own teachers first), then the baselines (KD, Supervised, Merge).
     Longest first: at equal training MACs KD is shorter than a side run with its teachers (replayed on the
     committed seconds, docs/performance.md). The table's teachers of set 2 must exist."""
     jobs = {(variant, s): (lambda s=s: ensure_amalgamation(preset, bench, out_dir, variant, s, seed, log, device))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ...macs import forward_macs_per_image
+from ...macs import SAMPLE, forward_macs_per_image
 from ...method.baselines import TeacherEnsemble, kd_student, train_kd_passes
 from ...method.blockwise import Amalgamation, amalgamate
 from ...method.branch import branch_points, tolerant_branch_points
@@ -60,7 +60,7 @@ def merge_runs(ctx: Context, tctx: Context, pool: int, seed: int, tune: bool) ->
     def run_one(lam: float) -> dict:
         def train(partial: EpochFile, known: Known) -> dict:
             net = merge_network(ctx, pool, seed, lam)
-            per_image = forward_macs_per_image(net, to_input(ctx.bench.pool_images[:8]))
+            per_image = forward_macs_per_image(net, to_input(ctx.bench.pool_images[:SAMPLE]))
             return {**scores(ctx, net), **size(ctx, net), "train_macs": int(round(pool * per_image)),
                     "images_seen": pool}
         return finished_or_run(ctx, "merge", pool, seed, {"lam": lam}, train)
@@ -146,7 +146,7 @@ def branched(ctx: Context, arm: str, result: Amalgamation, images, held: int, fi
     target = assemble(student, result.filters, ctx.teachers, ctx.plan, points)
     trained = len(images) - held
     macs = amalgamation_macs(
-        student, result.filters, ctx.teachers, ctx.plan, images[:8], block_images=min(s.block_images or trained, trained),
+        student, result.filters, ctx.teachers, ctx.plan, images[:SAMPLE], block_images=min(s.block_images or trained, trained),
         block_epochs=(epochs_per_block(s.block_epochs, len(names)) if s.block_epochs else [s.block.epochs] * len(names)),
         block_batch=s.block.batch_size, train_images=trained, heldout=held, target=target,
         finetune_images=finetune_images, finetune_epochs=s.finetune.epochs, finetune_batch=s.finetune.batch_size,
@@ -167,7 +167,7 @@ def extension_runs(ctx: Context, tctx: Context, pool: int, seed: int, tune: bool
     def run_one(lr: float) -> dict:
         def train(partial: EpochFile, known: Known) -> dict:
             net = b4_net()
-            step = network_step_macs(net, to_input(images[:8]), len(ctx.plan.tasks))
+            step = network_step_macs(net, to_input(images[:SAMPLE]), len(ctx.plan.tasks))
             passes = max(round(b4["train_macs"] / (step * batch)), 1) * batch
             known.values.update({**size(ctx, net), "images_seen": pool, "image_passes": passes,
                                  "train_macs": b4["train_macs"] + int(passes * step),
@@ -215,9 +215,9 @@ def kd_runs(ctx: Context, tctx: Context, pool: int, seed: int, tune: bool, arms)
 
         def train(partial: EpochFile, known: Known) -> dict:
             probe = kd_network(ctx, tctx, pool, seed, start)      # counting runs it in training mode
-            passes = kd_passes(int(budget), probe, ctx.teachers, ctx.plan, images[:8], train_images=pool,
+            passes = kd_passes(int(budget), probe, ctx.teachers, ctx.plan, images[:SAMPLE], train_images=pool,
                                batch_size=kd.batch_size)
-            macs = kd_macs(probe, ctx.teachers, ctx.plan, images[:8], train_images=pool, image_passes=passes)
+            macs = kd_macs(probe, ctx.teachers, ctx.plan, images[:SAMPLE], train_images=pool, image_passes=passes)
             net = kd_network(ctx, tctx, pool, seed, start)
             known.values.update({**size(ctx, net), "train_macs": macs["total"], "macs": macs, "images_seen": pool,
                                  "image_passes": passes, "budget_macs": int(budget), "budget_of": source})

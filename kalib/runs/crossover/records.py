@@ -20,7 +20,7 @@ from ... import distributed
 from ...device import resolve_precision
 from ...errors import ConfigError, NonFiniteLossError
 from ...files import atomic_write, file_sha
-from ...macs import forward_macs_per_image
+from ...macs import SAMPLE, forward_macs_per_image
 from ...method.filters import task_plan
 from ...metrics import mean_ap
 from ...train import predict, to_input
@@ -212,7 +212,7 @@ def scores(ctx: Context, net: torch.nn.Module) -> dict[str, float]:
 
 def size(ctx: Context, net: torch.nn.Module) -> dict[str, int]:
     """Parameters, and inference MACs per image counted by FlopCounterMode while ``net`` runs on test images."""
-    x = to_input(ctx.bench.test_images[:8])
+    x = to_input(ctx.bench.test_images[:SAMPLE])
     return {"params": sum(p.numel() for p in net.parameters()),
             "inference_macs": int(round(forward_macs_per_image(net, x)))}
 
