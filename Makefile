@@ -13,12 +13,12 @@ OUT    ?= runs/$(PRESET)$(if $(BF16),-$(PRECISION))
 
 .PHONY: install data browser reproduce study test clean-cache
 
-# The virtual environment with kalib (editable), its test extras and a Jupyter kernel named "kalib". --no-compile:
-# Python compiles what it imports on first use, instead of pip compiling every file of torch up front.
+# The virtual environment with kalib (editable), its test extras and a Jupyter kernel named "kalib". pip compiles
+# every module up front: with PYTHONDONTWRITEBYTECODE set (as on CI machines) nothing else would keep the bytecode.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-cache-dir --no-compile -e ".[test]"
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name kalib --display-name "Python (kalib)" > /dev/null
 	touch $(STAMP)
 
