@@ -14,7 +14,7 @@ OUT    ?= runs/$(PRESET)$(if $(BF16),-$(PRECISION))
 .PHONY: install data browser reproduce study test clean-cache
 
 # The virtual environment with kalib (editable), its test extras and a Jupyter kernel named "kalib". pip compiles
-# every module up front: with PYTHONDONTWRITEBYTECODE set (as on CI machines) nothing else would keep the bytecode.
+# every module up front: where PYTHONDONTWRITEBYTECODE is set nothing else keeps the bytecode.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
