@@ -110,6 +110,11 @@ def d(tmp_path_factory) -> Path:
 
 A, B = "resnet18:{d}/a.pt:{d}/a.txt", "resnet18:{d}/b.pt:{d}/b.txt"
 OWN = ["amalgamate", "--teacher", A, "--teacher", B, "--pool", "{d}/pool", "--out", "{out}"]
+
+
+def own_with_first(teacher: str) -> list[str]:
+    """OWN with its first teacher's ``ARCH:WEIGHTS:LABELS`` replaced by ``teacher``."""
+    return [*OWN[:2], teacher, *OWN[3:]]
 PRE = ["pretrain", "--preset", "smoke", "--out", "{out}"]
 AMP = ["amalgamate", "--preset", "smoke", "--teachers", "{d}/kt", "--out", "{out}"]
 IMG = "{d}/pool/p0.png"
@@ -177,22 +182,14 @@ TABLE = [
     ("own-set-heldout", [*OWN, "--set", "heldout_fraction=1"], "heldout_fraction must be in (0, 1)"),
     ("own-eval-alone", [*OWN, "--eval", "{d}/eval"], "go together"),
     # amalgamate --teacher: files
-    ("own-weights-missing", ["amalgamate", "--teacher", "resnet18:{d}/none.pt:{d}/a.txt", "--teacher", B,
-                             "--pool", "{d}/pool", "--out", "{out}"], "not found"),
-    ("own-weights-folder", ["amalgamate", "--teacher", "resnet18:{d}:{d}/a.txt", "--teacher", B,
-                            "--pool", "{d}/pool", "--out", "{out}"], "is a folder"),
-    ("own-weights-empty", ["amalgamate", "--teacher", "resnet18:{d}/empty.pt:{d}/a.txt", "--teacher", B,
-                           "--pool", "{d}/pool", "--out", "{out}"], "empty or cut off"),
-    ("own-weights-truncated", ["amalgamate", "--teacher", "resnet18:{d}/cut.pt:{d}/a.txt", "--teacher", B,
-                               "--pool", "{d}/pool", "--out", "{out}"], "truncated or damaged"),
-    ("own-weights-text", ["amalgamate", "--teacher", "resnet18:{d}/text.pt:{d}/a.txt", "--teacher", B,
-                          "--pool", "{d}/pool", "--out", "{out}"], "not a file of torch.save"),
-    ("own-weights-pickled-model", ["amalgamate", "--teacher", "resnet18:{d}/model.pt:{d}/a.txt", "--teacher", B,
-                                   "--pool", "{d}/pool", "--out", "{out}"], "Python objects besides tensors"),
-    ("own-labels-twice", ["amalgamate", "--teacher", "resnet18:{d}/a.pt:{d}/dup.txt", "--teacher", B,
-                          "--pool", "{d}/pool", "--out", "{out}"], "names red more than once"),
-    ("own-labels-folder", ["amalgamate", "--teacher", "resnet18:{d}/a.pt:{d}", "--teacher", B,
-                           "--pool", "{d}/pool", "--out", "{out}"], "cannot be read"),
+    ("own-weights-missing", own_with_first("resnet18:{d}/none.pt:{d}/a.txt"), "not found"),
+    ("own-weights-folder", own_with_first("resnet18:{d}:{d}/a.txt"), "is a folder"),
+    ("own-weights-empty", own_with_first("resnet18:{d}/empty.pt:{d}/a.txt"), "empty or cut off"),
+    ("own-weights-truncated", own_with_first("resnet18:{d}/cut.pt:{d}/a.txt"), "truncated or damaged"),
+    ("own-weights-text", own_with_first("resnet18:{d}/text.pt:{d}/a.txt"), "not a file of torch.save"),
+    ("own-weights-pickled-model", own_with_first("resnet18:{d}/model.pt:{d}/a.txt"), "Python objects besides tensors"),
+    ("own-labels-twice", own_with_first("resnet18:{d}/a.pt:{d}/dup.txt"), "names red more than once"),
+    ("own-labels-folder", own_with_first("resnet18:{d}/a.pt:{d}"), "cannot be read"),
     ("own-imagenet-weights-text", [*OWN, "--weights", "{d}/a.txt"], "give the ImageNet state dict"),
     ("own-eval-labels-unknown-column", [*OWN, "--eval", "{d}/eval", "--eval-labels", "{d}/unknown.csv"],
      "column rde names no label of the teachers"),
