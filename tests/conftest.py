@@ -6,6 +6,7 @@ directories), so nothing is trained twice."""
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ from filelock import FileLock
 
 from kalib.data import load_benchmark
 from kalib.runs.presets import get_preset
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside, and back to what they were after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def shared_dir(config, tmp_path_factory) -> Path | None:
@@ -26,12 +38,8 @@ def made_once(request, tmp_path_factory, name: str, make) -> Path:
     """A directory filled by ``make(path)`` once per test run, on one thread: by this process, or under
     pytest-xdist by the first worker that asks for it (the others wait for it)."""
     def make_single_threaded(path):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             make(path)
-        finally:
-            torch.set_num_threads(threads)
     root = shared_dir(request.config, tmp_path_factory)
     if root is None:
         path = tmp_path_factory.mktemp(name)
@@ -71,10 +79,8 @@ def smoke_bench(request, tmp_path_factory, private_cache):
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny networks run fastest on one thread, and two threads crawl when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
