@@ -26,7 +26,7 @@ from ..method.pool import split_pool
 from ..method.student import init_student
 from ..method.teachers import evaluate
 from ..train import to_input
-from .budget import kd_macs, kd_passes, run_macs
+from .budget import kd_costs, kd_macs, kd_passes, run_macs
 from .checkpoints import EpochFile, load_model, read_meta, save_model
 from .config import digest, file_digest, weights_key
 from .records import verify
@@ -108,9 +108,9 @@ def kd_run(preset, bench, teachers_dir: Path, out_dir: Path, seed: int, device=N
     torch.manual_seed(seed)                   # as the crossover study's KD arm: the same network from a seed
     student = kd_student(init_student(preset.student.student_init, teachers, generic, seed), teachers, plan)
     kd = preset.baselines.kd
-    image_passes = kd_passes(budget, student, teachers, plan, images[:SAMPLE], train_images=len(train_idx),
-                             batch_size=kd.batch_size)
-    macs = kd_macs(student, teachers, plan, images[:SAMPLE], train_images=len(train_idx), image_passes=image_passes)
+    costs = kd_costs(student, teachers, plan, images[:SAMPLE])
+    image_passes = kd_passes(budget, costs, train_images=len(train_idx), batch_size=kd.batch_size)
+    macs = kd_macs(costs, train_images=len(train_idx), image_passes=image_passes)
     settings = {"row": "KD", "data": bench.spec.key(), "teachers": [weights_key(p) for p in paths],
                 "init": preset.student.student_init, "head": "teachers", "images": len(train_idx),
                 "schedule": dataclasses.asdict(kd), "budget_macs": budget, "image_passes": image_passes,

@@ -17,6 +17,7 @@ Evaluation on the validation and test splits is not training and is left out for
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -74,52 +75,73 @@ def network_step_macs(net: nn.Module, x: torch.Tensor, outputs: int) -> float:
     return macs
 
 
+def alg1_costs(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan,
+               sample: torch.Tensor) -> dict:
+    """Per image, what Alg. 1's MACs are made of: the teachers' soft targets (``soft_targets``) and every
+    block's :func:`block_macs` (``blocks``), measured on a uint8 ``sample`` batch of pool images. They depend on
+    the networks' architectures and the image size, not on the weights: a study counts them once and re-uses
+    them for every run on the same teachers and task set."""
+    x = to_input(sample)
+    was = [m.training for m in (student, filters)]
+    student.eval(), filters.eval()
+    costs = {"soft_targets": teacher_macs(teachers, plan, x),
+             "blocks": [block_macs(student, filters[k - 1], teachers, plan, x, k)
+                        for k in range(1, len(student.block_names) + 1)]}
+    for m, flag in zip((student, filters), was):
+        m.train(flag)
+    return costs
+
+
 def amalgamation_macs(student: BlockNet, filters, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor,
                       *, block_images: int, block_epochs: Sequence[int], block_batch: int, train_images: int,
                       heldout: int, target: nn.Module, finetune_images: int, finetune_epochs: int,
-                      finetune_batch: int, heldout_losses: bool = True) -> dict[str, int]:
+                      finetune_batch: int, heldout_losses: bool = True, costs: dict | None = None) -> dict[str, int]:
     """Training MACs of one amalgamation (Alg. 1 and fine-tuning), by part and in ``total``: the student
     and filters as trained (any block), the teachers, a uint8 ``sample`` batch of pool images to measure on,
     ``block_images`` per block for ``block_epochs[k-1]`` epochs, ``train_images`` and ``heldout`` pool
     images with soft targets, and the assembled TargetNet ``target`` fine-tuned over ``finetune_images``.
     ``heldout_losses=False``: a TargetNet whose branch blocks no rule chose (every task at the last block)
-    needs no held-out losses L_i^k, and they are not counted."""
+    needs no held-out losses L_i^k, and they are not counted. ``costs``: :func:`alg1_costs` of these networks,
+    where they were counted before."""
+    costs = costs or alg1_costs(student, filters, teachers, plan, sample)
     x = to_input(sample)
-    was = [m.training for m in (student, filters, target)]
-    student.eval(), filters.eval(), target.eval()
-    parts = {"soft_targets": (train_images + heldout) * teacher_macs(teachers, plan, x),
-             "prefix": 0.0, "blocks": 0.0, "heldout": 0.0}
-    for k, epochs in enumerate(block_epochs, start=1):
-        cost = block_macs(student, filters[k - 1], teachers, plan, x, k)
+    parts = {"soft_targets": (train_images + heldout) * costs["soft_targets"], "prefix": 0.0, "blocks": 0.0,
+             "heldout": 0.0}
+    for epochs, cost in zip(block_epochs, costs["blocks"], strict=True):
         parts["prefix"] += block_images * cost["prefix"]
         parts["blocks"] += passes(block_images, epochs, block_batch) * cost["step"]
         parts["heldout"] += heldout * cost["heldout"] if heldout_losses else 0.0
+    was = target.training
+    target.eval()
     parts["finetune"] = passes(finetune_images, finetune_epochs, finetune_batch) * network_step_macs(
         target, x, len(plan.tasks))
-    for m, flag in zip((student, filters, target), was):
-        m.train(flag)
+    target.train(was)
     out = {name: int(v) for name, v in parts.items()}
     out["total"] = sum(out.values())
     return out
 
 
-def kd_macs(net: nn.Module, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor, *,
-            train_images: int, image_passes: int) -> dict[str, int]:
-    """Training MACs of a KD student: soft targets on its ``train_images`` and ``image_passes`` training
-    steps' worth of images."""
+def kd_costs(net: nn.Module, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor) -> dict[str, float]:
+    """Per image, what a KD student's MACs are made of: the teachers' soft targets and one training step of
+    ``net`` (like :func:`alg1_costs`, they do not depend on the weights). The step is counted on a copy, so that
+    its forward pass in training mode leaves ``net``'s BatchNorm statistics as they were."""
     x = to_input(sample)
-    parts = {"soft_targets": int(train_images * teacher_macs(teachers, plan, x)),
-             "steps": int(image_passes * network_step_macs(net, x, len(plan.tasks)))}
+    return {"soft_targets": teacher_macs(teachers, plan, x),
+            "step": network_step_macs(copy.deepcopy(net), x, len(plan.tasks))}
+
+
+def kd_macs(costs: dict[str, float], *, train_images: int, image_passes: int) -> dict[str, int]:
+    """Training MACs of a KD student of :func:`kd_costs` ``costs``: soft targets on its ``train_images`` and
+    ``image_passes`` training steps' worth of images."""
+    parts = {"soft_targets": int(train_images * costs["soft_targets"]), "steps": int(image_passes * costs["step"])}
     return {**parts, "total": sum(parts.values())}
 
 
-def kd_passes(budget: int, net: nn.Module, teachers: Sequence[BlockNet], plan: TaskPlan, sample: torch.Tensor, *,
-              train_images: int, batch_size: int) -> int:
-    """The image passes (a whole number of batches, at least one) that give a KD student on ``train_images``
-    pool images ``budget`` training MACs in all (:func:`kd_macs`)."""
-    x = to_input(sample)
-    left = budget - train_images * teacher_macs(teachers, plan, x)
-    steps = round(left / (network_step_macs(net, x, len(plan.tasks)) * batch_size))
+def kd_passes(budget: int, costs: dict[str, float], *, train_images: int, batch_size: int) -> int:
+    """The image passes (a whole number of batches, at least one) that give a KD student of :func:`kd_costs`
+    ``costs``, on ``train_images`` pool images, ``budget`` training MACs in all (:func:`kd_macs`)."""
+    left = budget - train_images * costs["soft_targets"]
+    steps = round(left / (costs["step"] * batch_size))
     return max(steps, 1) * batch_size
 
 

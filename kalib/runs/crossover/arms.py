@@ -32,7 +32,7 @@ from ...method.pool import block_subset, epochs_per_block
 from ...method.student import init_student, make_filters
 from ...method.targetnet import assemble
 from ...train import to_input
-from ..budget import amalgamation_macs, kd_macs, kd_passes, network_step_macs
+from ..budget import alg1_costs, amalgamation_macs, kd_costs, kd_macs, kd_passes, network_step_macs
 from ..checkpoints import EpochFile
 from ..state import BlockStore
 from .protocol import AMALGAMATION_ARMS, KD_ARMS, KD_STARTS
@@ -145,8 +145,10 @@ def branched(ctx: Context, arm: str, result: Amalgamation, images, held: int, fi
               "amalgamation-eq9": lambda: branch_points(result.losses)}[arm]()
     target = assemble(student, result.filters, ctx.teachers, ctx.plan, points)
     trained = len(images) - held
+    costs = ctx.counted("alg1", lambda: alg1_costs(student, result.filters, ctx.teachers, ctx.plan, images[:SAMPLE]))
     macs = amalgamation_macs(
-        student, result.filters, ctx.teachers, ctx.plan, images[:SAMPLE], block_images=min(s.block_images or trained, trained),
+        student, result.filters, ctx.teachers, ctx.plan, images[:SAMPLE], costs=costs,
+        block_images=min(s.block_images or trained, trained),
         block_epochs=(epochs_per_block(s.block_epochs, len(names)) if s.block_epochs else [s.block.epochs] * len(names)),
         block_batch=s.block.batch_size, train_images=trained, heldout=held, target=target,
         finetune_images=finetune_images, finetune_epochs=s.finetune.epochs, finetune_batch=s.finetune.batch_size,
@@ -214,11 +216,10 @@ def kd_runs(ctx: Context, tctx: Context, pool: int, seed: int, tune: bool, arms)
         budget = factor * arm_macs(ctx, source, pool, seed)
 
         def train(partial: EpochFile, known: Known) -> dict:
-            probe = kd_network(ctx, tctx, pool, seed, start)      # counting runs it in training mode
-            passes = kd_passes(int(budget), probe, ctx.teachers, ctx.plan, images[:SAMPLE], train_images=pool,
-                               batch_size=kd.batch_size)
-            macs = kd_macs(probe, ctx.teachers, ctx.plan, images[:SAMPLE], train_images=pool, image_passes=passes)
             net = kd_network(ctx, tctx, pool, seed, start)
+            costs = ctx.counted(("kd", start), lambda: kd_costs(net, ctx.teachers, ctx.plan, images[:SAMPLE]))
+            passes = kd_passes(int(budget), costs, train_images=pool, batch_size=kd.batch_size)
+            macs = kd_macs(costs, train_images=pool, image_passes=passes)
             known.values.update({**size(ctx, net), "train_macs": macs["total"], "macs": macs, "images_seen": pool,
                                  "image_passes": passes, "budget_macs": int(budget), "budget_of": source})
             known.start = copy.deepcopy(net)

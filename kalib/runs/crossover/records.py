@@ -52,6 +52,7 @@ class Context:
     records: Path
     cache: Path
     commit: str
+    per_image: dict = dataclasses.field(default_factory=dict, repr=False)     # MAC counts, see counted()
 
     def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         labels = getattr(self.bench, f"{split}_labels")[:, self.bench.label_indices(self.plan.tasks)]
@@ -62,6 +63,14 @@ class Context:
         whole pool, so a seed's smaller pools are parts of its larger ones; the same in every cell."""
         order = torch.randperm(len(self.bench.pool_images), generator=torch.Generator().manual_seed(10_007 + seed))
         return order[:pool].sort().values
+
+    def counted(self, what, count: Callable[[], object]):
+        """``count()``'s per-image MACs, counted the first time ``what`` is asked for in this process: they
+        depend on the architectures and the image size only, which every run of the cell shares
+        (:func:`kalib.runs.budget.alg1_costs`)."""
+        if what not in self.per_image:
+            self.per_image[what] = count()
+        return self.per_image[what]
 
     @property
     def precision(self) -> str:
