@@ -5,7 +5,10 @@ once with the baselines started first and once in kalib's order, side amalgamati
 generic stage, teachers of set 2 and soft targets, and trains everything else from scratch.
 
     python benchmarks/side_run_order.py --teachers runs/quick/table1/teachers --work runs/side-order \\
-        --json runs/side_order.json
+        --main runs/quick/table1/amalgamation-2 --json runs/side_order.json
+
+(``--main``: Table 1's finished main amalgamation of those teachers, whose ``run.json`` sets KD's budget; without
+it, it is made again in ``--work`` first.)
 
 Prints each order's wall time, when each job ended, the ratio of the two wall times, and whether both orders
 gave the same test mAP (each job seeds itself, so they must).
@@ -75,13 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", required=True, help="scratch directory for the two orders' runs (emptied)")
     parser.add_argument("--rows", nargs="+", metavar="ROW",
                         help="only these rows (KD, Supervised, Merge, Target-3, TargetDenseNet); default: all")
+    parser.add_argument("--main", help="the finished main amalgamation of these teachers (its run.json sets KD's "
+                                       "budget); default: made in --work")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     preset = get_preset(args.preset)
     bench = experiments.load_variant(preset, "table1")
     result = {"preset": preset.name, "workers": default_workers(), "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg()[0], "orders": {}}
-    main = main_record(preset, bench, Path(args.teachers), Path(args.work) / "main")
+    main = Path(args.main) / "run.json" if args.main else main_record(preset, bench, Path(args.teachers),
+                                                                       Path(args.work) / "main")
+    if not main.is_file():
+        parser.error(f"--main: {main} not found: name a finished amalgamation's directory, or leave --main out")
     for name, order in ORDERS.items():
         result["orders"][name] = timed = time_order(preset, bench, Path(args.teachers), Path(args.work) / name.split()[0],
                                                     order, main, args.rows)

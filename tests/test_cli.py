@@ -1,20 +1,31 @@
-"""`python -m kalib`: help, pretrain/evaluate on the smoke preset, one-line errors with exit code 2."""
+"""`python -m kalib`: help, pretrain/evaluate on the smoke preset, one-line errors with exit code 2. The help
+test starts the real entry point; the others call its ``main`` in this process (what the command runs after
+Python's own start, which would cost each test the import of torch again)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from kalib.cli import main
+from kalib.errors import KalibError
 from kalib.models import build_backbone
 from kalib.runs.checkpoints import save_model
 
 
-def run(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kalib", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "kalib", *args], capture_output=True, text=True, timeout=600)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``kalib ARGS`` in this process: exit code (argparse's SystemExit included), stdout, stderr."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def test_help_lists_the_commands_and_their_shared_options(capsys):
@@ -72,44 +83,49 @@ def test_evaluate_prints_per_label_ap_of_a_targetnet(smoke_target, tmp_path, cap
     assert "at chance level (random scores give" in lines[-1]     # smoke's numbers are said to mean nothing
 
 
-def test_pretrain_then_evaluate_on_the_smoke_preset(tmp_path, smoke_bench):
-    out = run("pretrain", "--preset", "smoke", "--out", str(tmp_path))
-    assert out.returncode == 0, out.stderr
-    assert "at chance level" in out.stdout.splitlines()[-1]
+def test_pretrain_then_evaluate_on_the_smoke_preset(tmp_path, smoke_bench, capsys, one_thread):
+    code, out, err = cli(capsys, "pretrain", "--preset", "smoke", "--out", tmp_path)
+    assert code == 0, err
+    assert "at chance level" in out.splitlines()[-1]
     teacher = tmp_path / "set2-teacher1-resnet18_narrow.pt"
     assert teacher.is_file() and (tmp_path / "generic-resnet18_narrow.pt").is_file()
-    ev = run("evaluate", str(teacher), "--preset", "smoke", "--json")
-    assert ev.returncode == 0, ev.stderr
-    ap = json.loads(ev.stdout)
+    code, out, err = cli(capsys, "evaluate", teacher, "--preset", "smoke", "--json")
+    assert code == 0, err
+    ap = json.loads(out)
     labels = json.loads(teacher.with_suffix(".json").read_text())["labels"]
     assert set(ap) == set(labels) | {"mAP"} and 0 <= ap["mAP"] <= 100
 
 
-def test_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path, smoke_bench):
+def test_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path, smoke_bench, capsys):
     path = save_model(tmp_path / "t.pt", build_backbone("resnet18_narrow", 2, width=8), labels=["coat", "bag"])
     path.write_bytes(b"not a zip")
-    out = run("evaluate", str(path), "--preset", "smoke")
-    assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "corrupt" in out.stderr and "Traceback" not in out.stderr
+    code, _, err = cli(capsys, "evaluate", path, "--preset", "smoke")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "corrupt" in err and "Traceback" not in err
     assert path.is_file()   # nothing is deleted
 
 
-def test_missing_data_source_is_one_line_and_exit_2(tmp_path):
-    out = run("pretrain", "--preset", "smoke", "--out", str(tmp_path / "t"),
-              env={"KALIB_FASHION_MNIST_DIR": str(tmp_path), "KALIB_CACHE": str(tmp_path / "cache")})
-    assert out.returncode == 2
-    assert "apt-get install dataset-fashion-mnist" in out.stderr and "Traceback" not in out.stderr
+@pytest.fixture
+def no_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setenv("KALIB_FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setenv("KALIB_CACHE", str(tmp_path / "cache"))
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    out = run("--debug", "pretrain", "--preset", "smoke", "--out", str(tmp_path / "t"),
-              env={"KALIB_FASHION_MNIST_DIR": str(tmp_path), "KALIB_CACHE": str(tmp_path / "cache")})
-    assert out.returncode != 0 and "Traceback" in out.stderr
+def test_missing_data_source_is_one_line_and_exit_2(tmp_path, no_fashion_mnist, capsys):
+    code, _, err = cli(capsys, "pretrain", "--preset", "smoke", "--out", tmp_path / "t")
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
+
+
+def test_debug_raises_the_error_itself(tmp_path, no_fashion_mnist):
+    """--debug: the exception leaves main (Python prints its traceback), instead of the one line."""
+    with pytest.raises(KalibError, match="dataset-fashion-mnist"):
+        main(["--debug", "pretrain", "--preset", "smoke", "--out", str(tmp_path / "t")])
 
 
 @pytest.mark.parametrize("args", [["pretrain", "--preset", "huge", "--out", "x"], ["nothing"]])
-def test_bad_options_exit_2(args):
-    assert run(*args).returncode == 2
+def test_bad_options_exit_2(args, capsys):
+    assert cli(capsys, *args)[0] == 2
 
 
 def test_the_readme_and_the_cli_agree_on_commands_and_options():

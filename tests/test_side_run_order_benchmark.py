@@ -8,12 +8,13 @@ from pathlib import Path
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "side_run_order.py"
 
 
-def test_both_orders_run_every_job_and_agree(smoke_teachers, tmp_path):
+def test_both_orders_run_every_job_and_agree(smoke_teachers, smoke_target, tmp_path):
     teachers = tmp_path / "teachers"
     shutil.copytree(smoke_teachers, teachers)
     out = tmp_path / "side_order.json"
     runpy.run_path(str(BENCHMARK))["main"](["--preset", "smoke", "--teachers", str(teachers),
                                             "--work", str(tmp_path / "work"), "--json", str(out),
+                                            "--main", str(smoke_target[0]),
                                             "--rows", "KD", "TargetDenseNet"])
     result = json.loads(out.read_text())
     before, now = result["orders"].values()
