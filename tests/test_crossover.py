@@ -314,6 +314,20 @@ def test_an_arm_whose_dependencies_have_no_records_is_refused_before_any_work(st
     with pytest.raises(ConfigError, match="--arms kd needs the records of amalgamation-b4"):
         run_study(STUDY, out, out / "records", arms=["kd"], log=lambda *_: None)
     assert not (out / "records").exists() or not list((out / "records").rglob("*.json"))
+    # a fresh directory: refused before any teacher is pretrained
+    with pytest.raises(ConfigError, match="--arms kd needs the records of amalgamation-b4"):
+        run_study(STUDY, tmp_path / "fresh", tmp_path / "fresh" / "records", arms=["kd"],
+                  log=lambda line: pytest.fail(f"worked before refusing: {line}"))
+    assert not list((tmp_path / "fresh").rglob("*.pt"))
+    # records that are there by name but of other settings (their key) do not count either
+    other = tmp_path / "other-records"
+    for path in (study[0] / "records").rglob("*.json"):
+        if path.name.startswith(("amalgamation-b4-", "merge-")):
+            record = json.loads(path.read_text())
+            (other / path.parent.relative_to(study[0] / "records")).mkdir(parents=True, exist_ok=True)
+            (other / path.relative_to(study[0] / "records")).write_text(json.dumps({**record, "key": "other"}))
+    with pytest.raises(ConfigError, match="--arms kd needs the records of amalgamation-b4"):
+        run_study(STUDY, out, other, arms=["kd"], log=lambda *_: None)
 
 
 def test_a_grid_grows_until_its_best_is_inside_and_ties_go_to_the_smaller_setting():

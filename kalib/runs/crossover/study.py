@@ -18,7 +18,7 @@ from ...report import crossover as report
 from ..locks import run_lock
 from ..parallel import run_parallel
 from .arms import amalgamation_runs, kd_runs, merge_runs, teachers_runs
-from .protocol import AMALGAMATION_ARMS, DEPENDS, KD_ARMS, Study
+from .protocol import AMALGAMATION_ARMS, DEPENDS, KD_ARMS, Cell, Study
 from .records import Context, best, chosen, finished, load_context, rank, records_of, tuning_context
 
 SETTING_OF = {"kd-tol": "kd", "kd-eq9": "kd"}      # arms that take another arm's chosen setting
@@ -81,19 +81,19 @@ def run_job(contexts: dict[str, Context], job: tuple, arms: Sequence[str]) -> li
         torch.set_num_threads(threads)
 
 
-def check_dependencies(study: Study, contexts: dict[str, Context], arms: Sequence[str], pools=None,
-                       seeds=None) -> None:
+def check_dependencies(study: Study, arms: Sequence[str], pools, seeds,
+                       found: Callable[[Cell, str, int, int], bool]) -> None:
     """Refuse, before any work, an ``--arms`` subset whose runs need records of an arm left out that do not
-    exist yet (KD's budget is an amalgamation arm's MACs; its starts include the merge)."""
+    exist yet (KD's budget is an amalgamation arm's MACs; its starts include the merge): ``found(cell, arm,
+    pool, seed)`` says whether they do."""
     for arm in arms:
         for need in DEPENDS.get(arm, ()):
             if need in arms:
                 continue
             for cell in study.cells:
-                ctx = contexts[cell.name]
                 for pool in [p for p in cell.pools if not pools or p in pools]:
                     for seed in [s for s in cell.seeds if not seeds or s in seeds]:
-                        if not records_of(ctx, need, pool, seed):
+                        if not found(cell, need, pool, seed):
                             raise ConfigError(f"--arms {arm} needs the records of {need} (at N = {pool}, seed "
                                               f"{seed}, {cell.name}), which do not exist yet: add {need} to --arms")
 
@@ -109,8 +109,12 @@ def run_study(study: Study, out_dir: Path, records: Path, figures: Path | None =
     arms = tuple(arms) if arms else study.arms
     with writer_context(lambda: run_lock(out_dir, "study", what=f"a crossover study in {out_dir}")), \
             writer_context(lambda: run_lock(records, "study", what=f"a crossover study writing {records}")):
+        # no record file at all: refused before the teachers are loaded (or pretrained); then by their keys
+        check_dependencies(study, arms, pools, seeds, lambda cell, arm, pool, seed: on_writer(lambda: any(
+            (Path(records) / cell.teachers / cell.task_set).glob(f"{arm}-N{pool}-s{seed}-*.json"))))
         contexts = load_contexts(study, Path(out_dir), Path(records), teachers_dir, log)
-        check_dependencies(study, contexts, arms, pools, seeds)
+        check_dependencies(study, arms, pools, seeds, lambda cell, arm, pool, seed: bool(
+            records_of(contexts[cell.name], arm, pool, seed)))
         stages = jobs(study, arms, pools, seeds)
         total = sum(job_cost(j) for stage in stages for j in stage)
         done, started = 0.0, time.perf_counter()
