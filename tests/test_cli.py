@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from test_errors import cli
 
 from kalib.cli import main
 from kalib.errors import KalibError
@@ -16,16 +17,6 @@ from kalib.runs.checkpoints import save_model
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "kalib", *args], capture_output=True, text=True, timeout=600)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """``kalib ARGS`` in this process: exit code (argparse's SystemExit included), stdout, stderr."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_help_lists_the_commands_and_their_shared_options(capsys):

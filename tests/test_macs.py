@@ -11,8 +11,7 @@ import torch
 from kalib.macs import SAMPLE, forward_macs_per_image
 from kalib.method.baselines import kd_student
 from kalib.method.filters import task_plan
-from kalib.method.student import init_student
-from kalib.method.student import make_filters
+from kalib.method.student import init_student, make_filters
 from kalib.method.targetnet import assemble
 from kalib.runs.budget import alg1_costs, amalgamation_macs, kd_costs, kd_macs, run_macs
 from kalib.runs.presets import get_preset
