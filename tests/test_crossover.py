@@ -34,20 +34,20 @@ def start(out: Path, smoke_teachers) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """The study on two threads, in this process and in the commands it starts, as tests/data/crossover_golden.py
+def one_thread_also_in_commands():
+    """The study on one thread, in this process and in the commands it starts, as tests/data/crossover_golden.py
     made it (a different number of threads sums in another order: a smoke training then ends a few tenths of
     a point elsewhere), also in a pytest-xdist worker that runs everything else on one."""
     threads, mp = torch.get_num_threads(), pytest.MonkeyPatch()
-    torch.set_num_threads(2)
-    mp.setenv("OMP_NUM_THREADS", "2")
+    torch.set_num_threads(1)
+    mp.setenv("OMP_NUM_THREADS", "1")
     yield
     mp.undo()
     torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def study(two_threads, smoke_teachers, tmp_path_factory):
+def study(one_thread_also_in_commands, smoke_teachers, tmp_path_factory):
     """One uninterrupted smoke study: (its directory, its summary)."""
     out = start(tmp_path_factory.mktemp("study") / "s", smoke_teachers)
     return out, run_study(STUDY, out, out / "records", log=lambda *_: None)

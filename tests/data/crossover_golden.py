@@ -1,5 +1,5 @@
 """Writes tests/data/crossover-smoke.json: the numbers of every record of the smoke crossover study, made the way
-tests/test_crossover.py makes them (the session's smoke teachers as pair-1, one thread while pretraining). Run it
+tests/test_crossover.py makes them (the session's smoke teachers as pair-1; one thread throughout). Run it
 only at a commit whose study code path is the one the committed records were made with (CODE_PATH), e.g. from a
 worktree of that commit: ``PYTHONPATH=<worktree> python tests/data/crossover_golden.py``."""
 
@@ -27,7 +27,6 @@ bench = load_benchmark(preset.data)
 torch.set_num_threads(1)
 pretrain(bench, preset.labels.groups, preset.nets.arch, preset.nets.arch_kwargs, preset.pretraining.generic,
          preset.pretraining.teacher, work / "s" / "teachers-pair-1", seed=preset.seed, log=lambda *_: None)
-torch.set_num_threads(2)
 run_study(STUDIES["smoke"], work / "s", work / "s" / "records", log=print)
 (Path(__file__).parent / "crossover-smoke.json").write_text(json.dumps(golden_view(work / "s" / "records"), indent=1) + "\n")
 print(f"written from {work}")
