@@ -15,11 +15,11 @@ def test_both_orders_run_every_job_and_agree(smoke_teachers, smoke_target, tmp_p
     runpy.run_path(str(BENCHMARK))["main"](["--preset", "smoke", "--teachers", str(teachers),
                                             "--work", str(tmp_path / "work"), "--json", str(out),
                                             "--main", str(smoke_target[0]),
-                                            "--rows", "KD", "TargetDenseNet"])
+                                            "--rows", "Merge", "Target-3"])
     result = json.loads(out.read_text())
     before, now = result["orders"].values()
-    assert before["started"] == ["KD", "TargetDenseNet"]
-    assert now["started"] == ["TargetDenseNet", "KD"]
+    assert before["started"] == ["Merge", "Target-3"]
+    assert now["started"] == ["Target-3", "Merge"]
     for order in (before, now):
         assert set(order["ended_s"]) == set(order["started"])
         assert 0 < max(order["ended_s"].values()) <= order["wall_s"]
