@@ -61,9 +61,9 @@ reproduce: install
 study: install
 	$(PY) -m kalib study crossover --preset quick --out runs/crossover --records figures/crossover/records --figures figures
 
-# three pytest-xdist workers on two cores (conftest.py: the chapters in order in one worker, each test file in
-# one); TEST_WORKERS=0: one process
-TEST_WORKERS ?= 3
+# two pytest-xdist workers, one per core (conftest.py: the chapters in order in one worker, each test file in
+# one; three were slower, docs/performance.md); TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
 test: install browser
 	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS)
 

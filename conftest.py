@@ -1,10 +1,11 @@
-"""How `make test` spreads the suite over pytest-xdist workers (``-n 3``; without ``-n`` nothing here
+"""How `make test` spreads the suite over pytest-xdist workers (``-n 2``; without ``-n`` nothing here
 applies). The tests of one file run in one worker (their module fixtures are made once), and every cell of the
 chapters and their solutions in one worker, in order (02–06 and the solutions read what 01–05 trained; 07
 trains its own stand-in teachers and runs in a worker of its own). The chapters start first, then the
 longest files, so that the workers end at about the same time. Each worker trains on one thread, as
-:mod:`kalib.runs.parallel` does; three of them on two cores keep both busy while one waits (a kernel
-starting, the processes of a torchrun or kill-and-resume test). tests/conftest.py shares the trained smoke
+:mod:`kalib.runs.parallel` does. Two workers on two cores: a third kept both cores busy while one waited (a
+kernel starting, the processes of a torchrun or kill-and-resume test), but the processes then slowed each other
+down more than the waits cost (docs/performance.md). tests/conftest.py shares the trained smoke
 artefacts between the workers."""
 
 import os
