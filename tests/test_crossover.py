@@ -34,16 +34,14 @@ def start(out: Path, smoke_teachers) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread_also_in_commands():
-    """The study on one thread, in this process and in the commands it starts, as tests/data/crossover_golden.py
-    made it (a different number of threads sums in another order: a smoke training then ends a few tenths of
-    a point elsewhere), also in a pytest-xdist worker that runs everything else on one."""
-    threads, mp = torch.get_num_threads(), pytest.MonkeyPatch()
-    torch.set_num_threads(1)
+def one_thread_also_in_commands(one_thread):
+    """The study on one thread, in this process (tests/conftest.py's ``one_thread``) and in the commands it starts,
+    as tests/data/crossover_golden.py made it (a different number of threads sums in another order: a smoke
+    training then ends a few tenths of a point elsewhere)."""
+    mp = pytest.MonkeyPatch()
     mp.setenv("OMP_NUM_THREADS", "1")
     yield
     mp.undo()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
