@@ -1,6 +1,7 @@
 """The crossover study, version 2 (kalib.runs.crossover, kalib.report.crossover) on the smoke preset: every arm
 of every cell, equal images, matched compute, tuning on validation, the merge, Holm-adjusted words, the decision
-table, a killed study that resumes to the same numbers, and the code path unchanged since the protocol commit."""
+table, a killed study that resumes to the same numbers, and the code path unchanged since the protocol commit. The
+checks that read only a summary read the committed quick study's figures/crossover.json too, once it exists."""
 
 import json
 import math
@@ -51,6 +52,22 @@ def study(one_thread_also_in_commands, smoke_teachers, tmp_path_factory):
     return out, run_study(STUDY, out, out / "records", log=lambda *_: None)
 
 
+COMMITTED = ROOT / "figures" / "crossover.json"
+# the committed summary of the quick study joins the smoke study's checks once `make study` has written it
+SUMMARIES = ["smoke"] + (["committed"] if COMMITTED.exists() else [])
+
+
+@pytest.fixture(params=SUMMARIES)
+def summary(request):
+    """(a study's summary, its protocol, its markdown table): the smoke study of this module, then the committed
+    ``figures/crossover.json`` where it exists, each read against its own protocol."""
+    if request.param == "smoke":
+        out, summary = request.getfixturevalue("study")
+        return summary, STUDY, (out / "crossover.md").read_text()
+    summary = json.loads(COMMITTED.read_text())
+    return summary, STUDIES[summary["preset"]], COMMITTED.with_suffix(".md").read_text()
+
+
 def golden_view(records: Path) -> dict:
     """What the code path decides of every record: the numbers, not the seconds or the commit."""
     out = {}
@@ -75,16 +92,20 @@ def test_the_code_path_gives_the_numbers_of_the_protocol_commit(study):
                 assert now[name][key] == value, (name, key)
 
 
-def test_every_arm_of_every_cell_pool_and_seed_is_in_the_summary(study):
+def test_the_study_writes_its_summary_and_figure(study):
     out, summary = study
     assert json.loads((out / "crossover.json").read_text()) == summary and (out / "crossover.png").stat().st_size > 0
-    assert summary["version"] == 2 and summary["protocol"] == json.loads(json.dumps(STUDY.protocol()))
-    for cell in STUDY.cells:
+
+
+def test_every_arm_of_every_cell_pool_and_seed_is_in_the_summary(summary):
+    summary, spec, _ = summary
+    assert summary["version"] == 2 and summary["protocol"] == json.loads(json.dumps(spec.protocol()))
+    for cell in spec.cells:
         runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"]) == (cell.teachers, cell.task_set)]
         for pool in cell.pools:
             for seed in cell.seeds:
                 arms = {r["arm"] for r in runs if r["pool"] == pool and r["seed"] == seed}
-                assert set(STUDY.arms) - {"kd-tol", "kd-eq9"} <= arms, (cell, pool, seed)
+                assert set(spec.arms) - {"kd-tol", "kd-eq9"} <= arms, (cell, pool, seed)
         assert all(len(r["teachers_id"].split(":")[1].split("+")) == 2 for r in runs)
     custom = next(c for c in summary["cells"] if c["task_set"] == "custom")
     assert custom["labels"] == ["pullover", "shirt", "t-shirt", "two"]
@@ -93,10 +114,13 @@ def test_every_arm_of_every_cell_pool_and_seed_is_in_the_summary(study):
     assert max(kd_params["custom"]) < min(kd_params["all"])          # a head of 4 rows instead of 20
 
 
-def test_every_arm_sees_exactly_its_n_images_and_the_held_out_slice_comes_out_of_n(study):
-    out, summary = study
-    for r in summary["runs"]:
+def test_every_arm_sees_exactly_its_n_images(summary):
+    for r in summary[0]["runs"]:
         assert r["images_seen"] == (0 if r["arm"] == "teachers" else r["pool"]), r
+
+
+def test_the_held_out_slice_comes_out_of_n_and_the_soft_targets_are_paid_once(study):
+    out = study[0]
     records = out / "records" / "pair-1" / "all"
     for arm in ("amalgamation", "amalgamation-eq9", "amalgamation-b4"):
         record = json.loads(next(records.glob(f"{arm}-N64-s0-*.json")).read_text())
@@ -109,8 +133,9 @@ def test_every_arm_sees_exactly_its_n_images_and_the_held_out_slice_comes_out_of
     assert b4["macs"]["soft_targets"] == pytest.approx(per_image * 64, rel=1e-6)       # the same N images, once
 
 
-def test_kd_budgets_are_within_ten_percent_of_the_arm_each_is_paired_with(study):
-    runs = study[1]["runs"]
+def test_kd_budgets_are_within_ten_percent_of_the_arm_each_is_paired_with(summary):
+    summary, spec, _ = summary
+    runs = summary["runs"]
     by = {(r["teachers"], r["task_set"], r["arm"], r["pool"], r["seed"]): r for r in runs}
     checked = 0
     for (teachers, task, arm, pool, seed), r in by.items():
@@ -122,12 +147,12 @@ def test_kd_budgets_are_within_ten_percent_of_the_arm_each_is_paired_with(study)
         if arm in ("amalgamation", "amalgamation-eq9"):
             own = r["train_macs"] / by[teachers, task, "amalgamation-b4", pool, seed]["train_macs"]
             kd = "kd-tol" if arm == "amalgamation" else "kd-eq9"
-            assert ((teachers, task, kd, pool, seed) in by) == (abs(own - 1) > STUDY.budget_tolerance)
-    assert checked >= 3 * 2 * 4
+            assert ((teachers, task, kd, pool, seed) in by) == (abs(own - 1) > spec.budget_tolerance)
+    assert checked >= 3 * sum(len(c.pools) * len(c.seeds) for c in spec.cells)      # kd, kd-2x, b4-2x everywhere
 
 
-def test_every_choice_is_the_validation_best_of_its_grid_and_applies_to_every_seed(study):
-    summary = study[1]
+def test_every_choice_is_the_validation_best_of_its_grid_and_applies_to_every_seed(summary):
+    summary, spec, _ = summary
     assert summary["tuning"]
     for t in summary["tuning"]:
         ranked = [g for g in t["grid"] if g["val_map"] is not None]
@@ -140,7 +165,7 @@ def test_every_choice_is_the_validation_best_of_its_grid_and_applies_to_every_se
     kd = [t for t in summary["tuning"] if t["arm"] == "kd"]
     assert all({g["setting"]["start"] for g in t["grid"]} == {"teacher-mean", "merge", "random-head"} for t in kd)
     merge = [t for t in summary["tuning"] if t["arm"] == "merge"]
-    assert all([g["setting"]["lam"] for g in t["grid"]] == list(STUDY.grids.merge_lambdas) for t in merge)
+    assert all([g["setting"]["lam"] for g in t["grid"]] == list(spec.grids.merge_lambdas) for t in merge)
     untuned = [r for r in summary["runs"] if r["teachers"] == "pair-2" and r["arm"] != "teachers"]
     tuned = {(t["task_set"], t["arm"], t["pool"]): t["chosen"] for t in summary["tuning"]}
     for r in untuned:
@@ -148,8 +173,8 @@ def test_every_choice_is_the_validation_best_of_its_grid_and_applies_to_every_se
         assert r["setting"] == tuned[r["task_set"], arm, r["pool"]], r
 
 
-def test_the_pairs_recompute_from_the_runs_with_holm_adjusted_intervals(study):
-    summary = study[1]
+def test_the_pairs_recompute_from_the_runs_with_holm_adjusted_intervals(summary):
+    summary, spec, _ = summary
     for cell in summary["cells"]:
         family = [e for e in summary["paired"] if (e["teachers"], e["task_set"]) == (cell["teachers"], cell["task_set"])]
         assert all(e["family_size"] == len(family) for e in family)
@@ -159,11 +184,11 @@ def test_the_pairs_recompute_from_the_runs_with_holm_adjusted_intervals(study):
             again = report.pair(runs, e["a"], e["b"], e["pool"], e["kind"])
             assert again["diffs"] == e["diffs"] and again["mean"] == e["mean"]
         again = report.holm([report.pair(runs, e["a"], e["b"], e["pool"], e["kind"]) for e in family],
-                            STUDY.alpha, STUDY.margin)
+                            spec.alpha, spec.margin)
         assert [a["adjusted_ci95"] for a in again] == [e["adjusted_ci95"] for e in family]
         assert [a["word"] for a in again] == [e["word"] for e in family]
         assert summary["verdict"][f"{cell['teachers']}/{cell['task_set']}"] == \
-            report.cell_verdict(family, report.failures(runs), cell, STUDY.margin)
+            report.cell_verdict(family, report.failures(runs), cell, spec.margin)
 
 
 def test_holm_adjusts_each_interval_by_its_rank_and_words_follow_the_intervals():
@@ -203,8 +228,8 @@ def test_the_verdict_sentence_groups_pools_by_word_and_names_kd_s_budget():
                             "250, seed 2.")
 
 
-def test_the_decision_table_picks_the_best_candidate_of_each_question(study):
-    summary = study[1]
+def test_the_decision_table_picks_the_best_candidate_of_each_question(summary):
+    summary, _, markdown = summary
     for row in summary["decision"]:
         runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"], r["pool"]) ==
                 (row["teachers"], row["task_set"], row["pool"])]
@@ -216,7 +241,7 @@ def test_the_decision_table_picks_the_best_candidate_of_each_question(study):
         if row["criterion"] == "size":
             assert "teachers" not in allowed and "kd" in allowed and "merge" in allowed
     assert {r["criterion"] for r in summary["decision"]} == {"accuracy", "size", "no-training"}
-    assert "| the network must be the KD student's size |" in (study[0] / "crossover.md").read_text()
+    assert "| the network must be the KD student's size |" in markdown
 
 
 def test_a_diverged_run_keeps_its_budget_and_counts_with_its_start_s_map(study, tmp_path):
