@@ -311,6 +311,23 @@ def test_a_killed_study_resumes_to_the_same_numbers(study, smoke_teachers, tmp_p
         assert {k: v for k, v in mine.items() if k not in varying} == {k: v for k, v in theirs.items() if k not in varying}
 
 
+def test_a_resumed_study_estimates_the_time_left_from_the_jobs_it_trains(study, tmp_path):
+    """A study that finds most of its records re-reads those jobs in a moment; its progress lines say the time left
+    is not known until a job of its own has trained (they said "about 0 min left" half-way through)."""
+    out = tmp_path / "resumed"
+    shutil.copytree(study[0], out)
+    for path in (out / "records" / "pair-1" / "custom").glob("kd*-N64-s1-*.json"):
+        path.unlink()
+    lines = []
+    run_study(STUDY, out, out / "records", pools=[64], seeds=[1], arms=list(STUDY.arms), log=lines.append)
+    progress = [line for line in lines if "% of the work done" in line]
+    fresh = next(i for i, line in enumerate(progress) if "pair-1/custom kd N=64 seed 1" in line)
+    assert all(line.endswith("time left not known yet (every job so far found its records)") for line in progress[:fresh])
+    assert all(line.endswith(" min left") or line.endswith("100% of the work done, nothing left")
+               for line in progress[fresh:])
+    assert progress[-1].endswith("100% of the work done, nothing left")
+
+
 def test_one_study_at_a_time_writes_a_directory(study, tmp_path):
     from kalib.runs.locks import run_lock
     out = tmp_path / "locked"

@@ -19,7 +19,8 @@ from ..locks import run_lock
 from ..parallel import run_parallel
 from .arms import amalgamation_runs, kd_runs, merge_runs, teachers_runs
 from .protocol import AMALGAMATION_ARMS, DEPENDS, KD_ARMS, Cell, Study
-from .records import Context, best, chosen, finished, load_context, rank, records_of, tuning_context
+from .records import (Context, best, chosen, finished, load_context, rank, record_path, records_of,
+                      tuning_context)
 
 SETTING_OF = {"kd-tol": "kd", "kd-eq9": "kd"}      # arms that take another arm's chosen setting
 KINDS = {"teachers": ("teachers",), "merge": ("merge",), "amalgamation": (*AMALGAMATION_ARMS, "amalgamation-b4-2x"),
@@ -98,6 +99,16 @@ def check_dependencies(study: Study, arms: Sequence[str], pools, seeds,
                                               f"{seed}, {cell.name}), which do not exist yet: add {need} to --arms")
 
 
+def time_left(elapsed: float, trained: float, left: float) -> str:
+    """The progress line's estimate: the work ``left`` at the pace of the work ``trained`` in ``elapsed`` seconds
+    (both in :func:`job_cost` units)."""
+    if left <= 0:
+        return "nothing left"
+    if trained <= 0:
+        return "time left not known yet (every job so far found its records)"
+    return f"about {elapsed / trained * left / 60:.0f} min left"
+
+
 def run_study(study: Study, out_dir: Path, records: Path, figures: Path | None = None, *,
               teachers_dir: Path | None = None, pools=None, seeds=None, arms=None,
               log: Callable[[str], None] = print) -> dict | None:
@@ -117,20 +128,26 @@ def run_study(study: Study, out_dir: Path, records: Path, figures: Path | None =
             records_of(contexts[cell.name], arm, pool, seed)))
         stages = jobs(study, arms, pools, seeds)
         total = sum(job_cost(j) for stage in stages for j in stage)
-        done, started = 0.0, time.perf_counter()
-        log(f"crossover study v2 ({study.preset}): {sum(map(len, stages))} jobs in {len(stages)} stages, code "
+        done, trained, ended, started = 0.0, 0.0, 0, time.perf_counter()
+        count = sum(map(len, stages))
+        existing = {path.resolve() for path in Path(records).rglob("*.json")}
+        log(f"crossover study v2 ({study.preset}): {count} jobs in {len(stages)} stages, code "
             f"{next(iter(contexts.values())).commit}; records in {records}")
         for stage in stages:
             def report_done(i, records_of_job, stage=stage):
-                nonlocal done
-                done += job_cost(stage[i])
-                elapsed = time.perf_counter() - started
+                nonlocal done, trained, ended
                 cell, kind, pool, seed, _ = stage[i]
+                done, ended = done + job_cost(stage[i]), ended + 1
+                # the time left is read from the jobs that wrote a record in this process, not from those that
+                # found all of theirs written (a resumed study re-reads its finished jobs in a moment)
+                if any(record_path(contexts[cell], r["arm"], r["pool"], r["seed"], r["setting"]).resolve()
+                       not in existing for r in records_of_job):
+                    trained += job_cost(stage[i])
                 top = max(records_of_job, key=lambda r: rank(r["val_map"]))
                 score = "diverged" if top["val_map"] is None else f"{top['val_map']:.1f}"
                 log(f"  {cell} {kind} N={pool} seed {seed}: {len(records_of_job)} runs, best validation mAP {score} "
-                    f"({top['arm']}); {100 * done / total:.0f}% of the work done, about "
-                    f"{elapsed / done * (total - done) / 60:.0f} min left")
+                    f"({top['arm']}); {100 * done / total:.0f}% of the work done, "
+                    f"{time_left(time.perf_counter() - started, trained, total - done if ended < count else 0)}")
             run_parallel([lambda j=j: run_job(contexts, j, arms) for j in stage], on_done=report_done)
         summary = summarise(study, contexts)
     if summary is None:
