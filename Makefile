@@ -17,8 +17,8 @@ OUT    ?= runs/$(PRESET)$(if $(BF16),-$(PRECISION))
 # is compiled up front (where PYTHONDONTWRITEBYTECODE is set nothing else keeps the bytecode), by compileall on
 # all cores rather than by pip on one (38 s instead of 62 s here), leaving out what kalib, its tests and the
 # notebooks never import: the packages' own test folders, pip, setuptools, scikit-learn and networkx (17 s
-# instead of 27 s for the rest); like pip, it skips a file it cannot compile (torch ships one test helper in
-# Python 3.12 syntax).
+# instead of 27 s for the whole venv, the two compiled one after the other); like pip, it skips a file it cannot
+# compile (torch ships one test helper in Python 3.12 syntax).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
