@@ -344,7 +344,7 @@ def test_notebook_06_prints_every_cells_verdict_word_for_word(tmp_path, monkeypa
     assert check.ok is None and check.message.startswith("Not answered yet"), "exercise 2 on the study"
 
 
-def test_notebook_06_says_the_study_is_running_while_it_has_no_summary(tmp_path, monkeypatch, capsys):
+def test_notebook_06_says_where_the_records_are_while_it_has_no_summary(tmp_path, monkeypatch, capsys):
     records = tmp_path / "records" / "pair-1" / "all"
     records.mkdir(parents=True)
     for name in ("kd-N250-s0-lr0.1.json", "merge-N250-s0-lam0.5.json"):
@@ -353,10 +353,10 @@ def test_notebook_06_says_the_study_is_running_while_it_has_no_summary(tmp_path,
     monkeypatch.setattr(choosing, "CROSSOVER_RECORDS", tmp_path / "records")
     namespace = _namespace()
     printed, check = _cells_of_06(("ch06-07", "ch06-10", "ch06-13"), namespace, capsys)
-    assert printed == (f"`{tmp_path / 'crossover.json'}` is missing, so this section has no study to read. Version 2 "
-                       "of the crossover study is running: its 2 records so far are in "
-                       f"`{tmp_path / 'records'}`, one per finished run, and `make study` resumes from them (hours on "
-                       "two CPU cores; README) and writes the summary once every run has a record.\n")
+    assert printed == (f"`{tmp_path / 'crossover.json'}` is missing, so this section has no study to read. Here "
+                       f"version 2 of the crossover study has 2 records in `{tmp_path / 'records'}`, one per finished "
+                       "run; `make study` re-uses them, trains the runs that have none (hours on two CPU cores for the "
+                       "whole study; README) and writes the summary once every run has a record.\n")
     assert check.ok is None and "nothing to check against yet" in check.message and "make study" in check.message
     _, check = _cells_of_06(("ch06-15",), namespace, capsys)
     assert check.ok is None and "nothing to check against yet" in check.message
@@ -372,10 +372,11 @@ def test_notebook_06_says_the_study_is_running_while_it_has_no_summary(tmp_path,
         (tmp_path / "crossover.json").write_text(content)
         assert choosing.load_crossover() is None
         printed, _ = _cells_of_06(("ch06-07",), _namespace(), capsys)
-        assert why in printed and "Version 2 of the crossover study is running" in printed, content
+        assert why in printed and "version 2 of the crossover study has 2 records" in printed, content
     (records / "merge-N250-s0-lam0.5.json").unlink()
-    assert "its 1 record so far is in" in choosing.crossover_missing()
-    assert "it has no records yet, one per finished run" in choosing.crossover_missing(records=tmp_path / "none")
+    assert "version 2 of the crossover study has 1 record in" in choosing.crossover_missing()
+    assert "Here there are no records of version 2 of the crossover study, one per finished run" in \
+        choosing.crossover_missing(records=tmp_path / "none")
 
 
 def test_the_keys_notebook_06_reads_are_those_the_study_writes():

@@ -65,15 +65,16 @@ def load_crossover(path: str | Path | None = None) -> dict | None:
 
 def crossover_missing(path: str | Path | None = None, records: str | Path | None = None) -> str:
     """What to say where :func:`load_crossover` gives None: what the file is (missing, version 1, incomplete),
-    that version 2 is running, how many records it has so far and how to resume it."""
+    how many of version 2's records there are and how to write the summary from them."""
     path, records = Path(path or CROSSOVER_JSON), Path(records or CROSSOVER_RECORDS)
     _, why = _read(path)
     count = sum(1 for _ in records.rglob("*.json")) if records.is_dir() else 0
-    so_far = ("it has no records yet" if count == 0 else
-              f"its {count:,} record{'s so far are' if count > 1 else ' so far is'} in `{shown_path(records)}`")
-    return (f"`{shown_path(path)}` is {why}, so this section has no study to read. Version 2 of the crossover "
-            f"study is running: {so_far}, one per finished run, and `make study` resumes from them (hours on two CPU "
-            "cores; README) and writes the summary once every run has a record.")
+    found = ("there are no records of version 2 of the crossover study" if count == 0 else
+             f"version 2 of the crossover study has {count:,} record{'s' if count > 1 else ''} in "
+             f"`{shown_path(records)}`")
+    return (f"`{shown_path(path)}` is {why}, so this section has no study to read. Here {found}, one per finished "
+            "run; `make study` re-uses them, trains the runs that have none (hours on two CPU cores for the whole "
+            "study; README) and writes the summary once every run has a record.")
 
 
 def _series(values: Sequence) -> str:

@@ -418,8 +418,8 @@ def check_top3_ceiling(answer, targets: torch.Tensor) -> Check:
 
 # ------------------------------------------------------------------------------------ notebook 06
 
-NO_STUDY = ("figures/crossover.json holds no summary of version 2 of the crossover study (it is running): there is "
-            "nothing to check against yet (`make study`).")
+NO_STUDY = ("figures/crossover.json holds no summary of version 2 of the crossover study: there is nothing to check "
+            "against yet (`make study` writes it from the study's records).")
 
 
 def crossover_pools(summary: Mapping, cell: str, a: str, b: str) -> dict[str, list[int]]:
