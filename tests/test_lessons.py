@@ -328,6 +328,7 @@ def test_notebook_06_prints_every_cells_verdict_word_for_word(tmp_path, monkeypa
         assert "ahead at 250" in summary["verdict"]["pair-1/all"] and "behind at 4,000" in summary["verdict"]["pair-1/all"]
         assert f"The study's verdict for {cell}, as figures/crossover.json states it:" in lines
         assert verdict in lines, "each verdict, exactly as the JSON states it, on a line of its own"
+    assert all(line in lines for line in report.answer(summary)), "the answer in brief, a paragraph per sentence"
     assert printed.startswith(f"From `{tmp_path / 'crossover.json'}`: version 2 of the committed crossover study, preset "
                               "quick, its protocol fixed at commit e3a94b519cb6 before its first run (code path 1)")
     assert ("**pair-1/all** (20 labels): At the same network size, images and training MACs (`amalgamation-b4` − "

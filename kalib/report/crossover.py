@@ -147,7 +147,9 @@ def candidates(table: dict[str, dict], criterion: str) -> list[str]:
 def analyse(runs: Sequence[dict], cells: Sequence[dict], margin: float, alpha: float) -> dict:
     """``paired`` (the verdict's pairs and, per decision question, best − runner-up, with Holm-adjusted
     intervals and words per family: teachers × task set), ``decision`` (per cell, pool and question the best
-    arm with its numbers and word), ``failures`` and ``verdict`` (per cell, :func:`cell_verdict`)."""
+    arm with its numbers and word, among the arms run at every seed of the cell: ``kd-tol`` and ``kd-eq9`` run
+    only at the seeds where their budget differs from ``kd``'s), ``failures`` and ``verdict`` (per cell,
+    :func:`cell_verdict`)."""
     paired, decision, verdict = [], [], {}
     for cell in cells:
         name = f"{cell['teachers']}/{cell['task_set']}"
@@ -155,7 +157,8 @@ def analyse(runs: Sequence[dict], cells: Sequence[dict], margin: float, alpha: f
         family, rows = [], []
         for pool in cell["pools"]:
             family += [e for a, b in COMPARISONS if (e := pair(mine, a, b, pool)) is not None]
-            table = means(mine, pool)
+            table = {arm: v for arm, v in means(mine, pool).items()      # only arms run at every seed
+                     if {r['seed'] for r in mine if r['arm'] == arm and r['pool'] == pool} >= set(cell['seeds'])}
             for criterion in CRITERIA:
                 order = candidates(table, criterion)
                 if not order:
@@ -232,6 +235,107 @@ def cell_verdict(family: Sequence[dict], failed: Sequence[dict], cell: dict, mar
     return " ".join(sentences)
 
 
+def _places(entries: Sequence[dict]) -> str:
+    """"pair-1/all N = 500, 1,000; pair-2/all N = 250": the cells and pools of ``entries``."""
+    cells: dict[str, list[int]] = {}
+    for e in entries:
+        cells.setdefault(f"{e['teachers']}/{e['task_set']}", []).append(e["pool"])
+    return "; ".join(f"{cell} N = {', '.join(f'{n:,}' for n in sorted(pools))}" for cell, pools in cells.items())
+
+
+def _words(entries: Sequence[dict]) -> str:
+    """A pair's words over every cell and pool, grouped: "ahead nowhere; behind in 3 of 10 (pair-1/all N = 500,
+    1,000; pair-2/all N = 250); inconclusive in 7 (…)"."""
+    groups = [(w, at) for w in ("ahead", "behind", "equivalent", "inconclusive")
+              if (at := [e for e in entries if e["word"] == w])]
+    parts = [] if groups and groups[0][0] == "ahead" else ["ahead nowhere"]
+    for i, (w, at) in enumerate(groups):
+        parts.append(f"{w} in {len(at)}{f' of {len(entries)}' if i == 0 else ''} ({_places(at)})")
+    return "; ".join(parts)
+
+
+def _ratios(summary: dict, entries: Sequence[dict], against: str, key: str) -> str:
+    """"1.9–2.0×": the range over ``entries`` (pairs a − b) of arm a's mean ``key`` over that of ``against``, in
+    the entry's cell and pool."""
+    values = []
+    for e in entries:
+        runs = [r for r in summary["runs"] if (r["teachers"], r["task_set"]) == (e["teachers"], e["task_set"])]
+        table = means(runs, e["pool"])
+        values.append(table[e["a"]][key] / table[against][key])
+    low, high = min(values), max(values)
+    return f"{low:.1f}×" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f}×"
+
+
+def answer(summary: dict) -> list[str]:
+    """The study's answer in a few sentences, each written from the words of its pairs over every cell and pool
+    (the verdict's Holm-adjusted words) and from the arms' mean sizes: the block-wise start against KD at the same
+    network, images and training MACs and at twice them; the larger branch-out nets against KD at their own MACs;
+    the Eq. 9 net and KD against the teachers; KD against the merge; then what follows."""
+    pairs = {(a, b): [e for e in summary["paired"] if e["kind"] == "verdict" and (e["a"], e["b"]) == (a, b)]
+             for a, b in COMPARISONS}
+    same, twice, tolerance, eq9_kd, merge, eq9, kd = (pairs[c] for c in COMPARISONS)
+    lines = []
+    if same:
+        lines.append(f"**The same network, images and training MACs** (`amalgamation-b4` − `kd`): {_words(same)}.")
+    if twice:
+        lines.append(f"**Twice the training MACs** (`amalgamation-b4-2x` − `kd-2x`): {_words(twice)}.")
+    if tolerance and eq9_kd:
+        text = ("**Larger networks from the same blocks**, each against KD at its own training MACs: the tolerance "
+                f"rule's (`amalgamation` − KD) {_words(tolerance)}; Eq. 9's (`amalgamation-eq9` − KD) "
+                f"{_words(eq9_kd)}.")
+        if ahead := [e for e in tolerance + eq9_kd if e["word"] == "ahead"]:
+            text += (f" Where they are ahead they have {_ratios(summary, ahead, 'kd', 'params')} the KD student's "
+                     f"parameters and {_ratios(summary, ahead, 'kd', 'inference_macs')} its inference MACs per image.")
+        lines.append(text)
+    size = eq9 and (f"{_ratios(summary, eq9, 'teachers', 'params')} the teachers' parameters and "
+                    f"{_ratios(summary, eq9, 'teachers', 'inference_macs')} their inference MACs")
+    if eq9 and kd:
+        lines.append(f"**Against the teachers as they are** (no training): the Eq. 9 net (`amalgamation-eq9` − "
+                     f"`teachers`), with {size}, {_words(eq9)}. KD at the student's size (`kd` − `teachers`): "
+                     f"{_words(kd)}.")
+    if merge:
+        low, high = min(e["mean"] for e in merge), max(e["mean"] for e in merge)
+        lines.append(f"**The training-free merge**, of the student's size (`kd` − `merge`): {_words(merge)}; KD's "
+                     f"lead is {low:+.1f} to {high:+.1f} mAP.")
+    if same and twice and not any(e["word"] == "ahead" for e in same + twice):
+        still = ("So, once the network, the images and the training compute are equal, block-wise amalgamation wins "
+                 "nowhere in this study.")
+        if eq9 and kd and not any(e["word"] == "behind" for e in eq9):
+            behind = [e for e in kd if e["word"] == "behind"]
+            still += (f" What it still gives is a network that is behind the teachers nowhere, from N = "
+                      f"{min(e['pool'] for e in eq9):,} on, where KD at the student's size is behind them in "
+                      f"{len(behind)} of {len(kd)}; but that network is the Eq. 9 TargetNet, with {size}, and against "
+                      "keeping the teachers, which needs no training, it is ahead in "
+                      f"{sum(e['word'] == 'ahead' for e in eq9)} of {len(eq9)}.")
+        lines.append(still)
+    return lines
+
+
+FAR_BELOW = 10.0        # mAP under the median of its arm, pool and cell: many times the seed-to-seed spread
+
+
+def far_below(summary: dict) -> str:
+    """The runs the words cannot show: those whose test mAP is more than ``FAR_BELOW`` under the median of their
+    arm at their pool and cell, with a finite loss (a diverged run is named by the verdict); they count in the
+    pairs as they are, and they are what widens an interval."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in summary["runs"]:
+        groups.setdefault((r["teachers"], r["task_set"], r["arm"], r["pool"]), []).append(r)
+    found = []
+    for (teachers, task_set, arm, pool), runs in groups.items():
+        finished = [r["test_map"] for r in runs if r["test_map"] is not None]
+        low = [r for r in runs if r["test_map"] is not None and r["test_map"] < statistics.median(finished) - FAR_BELOW]
+        if low:
+            found.append(f"`{arm}` in {teachers}/{task_set} at N = {pool:,}: " + ", ".join(
+                f"seed {r['seed']} {r['test_map']:.1f} (median {statistics.median(finished):.1f}; "
+                + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["setting"].items()) + ")"
+                for r in low))
+    if not found:
+        return ""
+    return (f"Runs more than {FAR_BELOW:g} mAP below their arm's median at the chosen setting, their loss finite, "
+            f"so they count in the pairs as they are and widen their intervals: {'; '.join(found)}.")
+
+
 def figure(summary: dict, path=None):
     """Per cell (a row): test mAP against pool size per arm (mean over seeds, band = min-max, the teachers'
     line), and test mAP against inference MACs per image (each arm a point per pool)."""
@@ -289,7 +393,9 @@ def markdown(summary: dict) -> str:
     """The study as tables: the verdict of every cell, the decision table, test mAP (mean ± std over seeds) per arm
     and pool, the paired differences, and the chosen settings."""
     p = summary["protocol"]
-    lines = [f"# Crossover study, version 2 ({summary['preset']} preset; protocol at commit {p['commit']})", ""]
+    lines = [f"# Crossover study, version 2 ({summary['preset']} preset; protocol at commit {p['commit']})", "",
+             "## The answer in brief", "", *(f"- {line}" for line in answer(summary)), "",
+             *([far_below(summary), ""] if far_below(summary) else []), *changed(summary), "## Verdict per cell", ""]
     for cell, text in summary["verdict"].items():
         lines += [f"**{cell}.** {text}", ""]
     lines += ["## Decision table", "", *decision_markdown(summary), ""]
@@ -331,9 +437,16 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def changed(summary: dict) -> list[str]:
+    """The protocol's changes after a test number was seen, as a paragraph (and a blank line), or nothing."""
+    changes = summary["protocol"].get("changes") or []
+    return [f"Changed after test numbers were seen: {'; '.join(changes)}.", ""] if changes else []
+
+
 def readme_quote(summary: dict) -> str:
-    """What the README quotes word for word: every cell's verdict, then the decision table."""
-    lines = []
+    """What the README quotes word for word: the answer in brief, every cell's verdict, then the decision table."""
+    lines = [*(f"- {line}" for line in answer(summary)), "", *([far_below(summary), ""] if far_below(summary) else []),
+             *changed(summary)]
     for cell, text in summary["verdict"].items():
         lines += [f"> **{cell}.** {text}", ">"]
     return "\n".join(lines[:-1] + ["", *decision_markdown(summary)]) + "\n"
