@@ -31,6 +31,7 @@ COMPARISONS = (("amalgamation-b4", "kd"), ("amalgamation-b4-2x", "kd-2x"), ("ama
 OWN_BUDGET = {"kd@amalgamation": "kd-tol", "kd@amalgamation-eq9": "kd-eq9"}
 CRITERIA = {"accuracy": "accuracy is all that matters", "size": "the network must be the KD student's size",
             "no-training": "there is no training budget"}
+WORDS = ("ahead", "behind", "equivalent", "inconclusive")     # what :func:`word` says of a pair, in this order
 SIZE_SLACK = 1.1            # "the KD student's size": parameters and inference MACs at most 1.1x KD's
 
 
@@ -202,7 +203,7 @@ def pair_sentence(entries: Sequence[dict]) -> str:
     """One pair of arms over the pools, grouped by word: "ahead at 250 and 500 (largest +3.1 mAP [+2.0, +4.2]
     at 250); inconclusive at 1,000 and 4,000"."""
     parts = []
-    for w in ("ahead", "behind", "equivalent", "inconclusive"):
+    for w in WORDS:
         at = [e for e in entries if e["word"] == w]
         if at:
             top = max(at, key=lambda e: abs(e["mean"]))
@@ -246,8 +247,7 @@ def _places(entries: Sequence[dict]) -> str:
 def _words(entries: Sequence[dict]) -> str:
     """A pair's words over every cell and pool, grouped: "ahead nowhere; behind in 3 of 10 (pair-1/all N = 500,
     1,000; pair-2/all N = 250); inconclusive in 7 (…)"."""
-    groups = [(w, at) for w in ("ahead", "behind", "equivalent", "inconclusive")
-              if (at := [e for e in entries if e["word"] == w])]
+    groups = [(w, at) for w in WORDS if (at := [e for e in entries if e["word"] == w])]
     parts = [] if groups and groups[0][0] == "ahead" else ["ahead nowhere"]
     for i, (w, at) in enumerate(groups):
         parts.append(f"{w} in {len(at)}{f' of {len(entries)}' if i == 0 else ''} ({_places(at)})")
@@ -314,6 +314,11 @@ def answer(summary: dict) -> list[str]:
 FAR_BELOW = 10.0        # mAP under the median of its arm, pool and cell: many times the seed-to-seed spread
 
 
+def _setting(setting: dict, sep: str = " ") -> str:
+    """"lr 0.05" (floats shortest, as ``:g``), fields joined by ``sep``."""
+    return sep.join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in setting.items())
+
+
 def far_below(summary: dict) -> str:
     """The runs the words cannot show: those whose test mAP is more than ``FAR_BELOW`` under the median of their
     arm at their pool and cell, with a finite loss (a diverged run is named by the verdict); they count in the
@@ -323,12 +328,11 @@ def far_below(summary: dict) -> str:
         groups.setdefault((r["teachers"], r["task_set"], r["arm"], r["pool"]), []).append(r)
     found = []
     for (teachers, task_set, arm, pool), runs in groups.items():
-        finished = [r["test_map"] for r in runs if r["test_map"] is not None]
-        low = [r for r in runs if r["test_map"] is not None and r["test_map"] < statistics.median(finished) - FAR_BELOW]
+        median = statistics.median(r["test_map"] for r in runs if r["test_map"] is not None)
+        low = [r for r in runs if r["test_map"] is not None and r["test_map"] < median - FAR_BELOW]
         if low:
             found.append(f"`{arm}` in {teachers}/{task_set} at N = {pool:,}: " + ", ".join(
-                f"seed {r['seed']} {r['test_map']:.1f} (median {statistics.median(finished):.1f}; "
-                + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["setting"].items()) + ")"
+                f"seed {r['seed']} {r['test_map']:.1f} (median {median:.1f}; {_setting(r['setting'], ', ')})"
                 for r in low))
     if not found:
         return ""
@@ -394,8 +398,7 @@ def markdown(summary: dict) -> str:
     and pool, the paired differences, and the chosen settings."""
     p = summary["protocol"]
     lines = [f"# Crossover study, version 2 ({summary['preset']} preset; protocol at commit {p['commit']})", "",
-             "## The answer in brief", "", *(f"- {line}" for line in answer(summary)), "",
-             *([far_below(summary), ""] if far_below(summary) else []), *changed(summary), "## Verdict per cell", ""]
+             "## The answer in brief", "", *brief(summary), "## Verdict per cell", ""]
     for cell, text in summary["verdict"].items():
         lines += [f"**{cell}.** {text}", ""]
     lines += ["## Decision table", "", *decision_markdown(summary), ""]
@@ -427,9 +430,9 @@ def markdown(summary: dict) -> str:
               "| teachers | task set | arm | N | grid (setting: validation mAP) | chosen | at edge |",
               "|---|---|---|---:|---|---|---|"]
     for t in summary["tuning"]:
-        grid = ", ".join(" ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in g["setting"].items())
+        grid = ", ".join(_setting(g["setting"])
                          + ": " + (f"{g['val_map']:.1f}" if g["val_map"] is not None else "diverged") for g in t["grid"])
-        choice = " ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t["chosen"].items())
+        choice = _setting(t["chosen"])
         lines.append(f"| {t['teachers']} | {t['task_set']} | {t['arm']} | {t['pool']:,} | {grid} | {choice} | "
                      f"{'yes' if t['at_edge'] else ''} |")
     c = summary["cost"]
@@ -437,16 +440,20 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def changed(summary: dict) -> list[str]:
-    """The protocol's changes after a test number was seen, as a paragraph (and a blank line), or nothing."""
-    changes = summary["protocol"].get("changes") or []
-    return [f"Changed after test numbers were seen: {'; '.join(changes)}.", ""] if changes else []
+def brief(summary: dict) -> list[str]:
+    """The answer in brief as markdown lines: its sentences as a list, then (each a paragraph where there are any)
+    the runs far below their arm's median and the protocol's changes after a test number was seen."""
+    lines = [*(f"- {line}" for line in answer(summary)), ""]
+    if far := far_below(summary):
+        lines += [far, ""]
+    if changes := summary["protocol"].get("changes"):
+        lines += [f"Changed after test numbers were seen: {'; '.join(changes)}.", ""]
+    return lines
 
 
 def readme_quote(summary: dict) -> str:
     """What the README quotes word for word: the answer in brief, every cell's verdict, then the decision table."""
-    lines = [*(f"- {line}" for line in answer(summary)), "", *([far_below(summary), ""] if far_below(summary) else []),
-             *changed(summary)]
+    lines = brief(summary)
     for cell, text in summary["verdict"].items():
         lines += [f"> **{cell}.** {text}", ">"]
     return "\n".join(lines[:-1] + ["", *decision_markdown(summary)]) + "\n"
